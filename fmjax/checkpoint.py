@@ -1,0 +1,58 @@
+"""Orbax checkpoints in <workdir>/checkpoints: the train state plus JSON metadata.
+
+Saved per step: `state` (params, optimiser state, EMA params) and `meta` (the
+model config it was built with, class names, normalisation statistics). A
+restore checks `meta` against the current config first and stops with a clear
+message on a mismatch instead of failing deep inside Orbax.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in the workdir was written for a different model or dataset."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """CheckpointManager keeping the last `keep` steps (synchronous saves)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                         enable_async_checkpointing=False,
+                                         read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)))
+  manager.wait_until_finished()
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def check_meta(saved: dict, expected: dict, workdir: str) -> None:
+  """Raises CheckpointMismatchError naming every key whose value differs."""
+  diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {v!r}"
+           for k, v in expected.items() if saved.get(k) != v]
+  if diffs:
+    raise CheckpointMismatchError(
+        f"The checkpoint in {checkpoint_dir(workdir)} was written for a different model or "
+        "dataset:\n  " + "\n  ".join(diffs) +
+        "\nUse a new --workdir, or restore the config the checkpoint was trained with.")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """The state at `step`, laid out like `abstract_state` (shapes, dtypes, shardings)."""
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]

@@ -1,0 +1,115 @@
+"""The base ConfigDict every config in configs/ starts from, and its validation."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from fmjax import mismatch
+from fmjax.data import DATASETS
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's recipe (Appendix C.1) on MVTec AD; configs override what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mvtec"  # synthetic | mvtec | folder
+  c.data.root = ""
+  c.data.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
+  c.data.image_size = 128
+  c.data.class_conditional = True  # False: one pooled model fed the null label
+  c.data.image_level_only = False  # True: no masks (image metrics only)
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      categories=("weave", "brushed", "tiles"), num_train=200, num_test_normal=20,
+      num_test_anomalous=30, seed=0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.channels = 64
+  c.model.num_res_blocks = 3
+  c.model.channel_mult = (1, 1, 2, 2, 4, 4)
+  c.model.attention_rates = (4, 8, 16, 32)
+  c.model.head_channels = 32
+  c.model.dropout = 0.05
+  c.model.norm_groups = 32
+  c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
+  c.model.attention_impl = "auto"  # auto (cuDNN on GPU with bf16) | xla | cudnn
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32
+  c.train.num_epochs = 2000.0
+  c.train.num_steps = -1  # > 0 overrides num_epochs
+  c.train.learning_rate = 1e-4
+  c.train.weight_decay = 1e-4
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.eps = 1e-6
+  c.train.amsgrad = True
+  c.train.update_rms_clip = 1.0
+  c.train.grad_clip_norm = 0.0  # 0: off (the paper's default)
+  c.train.ema_decay = 0.0  # 0: off
+  c.train.log_every_steps = 50
+  c.train.log_every_seconds = 10.0
+  c.train.checkpoint_every_steps = 1000
+  c.train.keep_checkpoints = 3
+
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.num_seeds = 10  # K
+  c.evaluate.num_times = 10  # T
+  c.evaluate.aggregator = "min"  # min | mean | quantile
+  c.evaluate.quantile = config_dict.placeholder(float)  # for aggregator=quantile
+  c.evaluate.batch_size = 8
+  c.evaluate.max_forward_batch = 400  # samples per forward pass, per device
+  c.evaluate.seed = 0
+  c.evaluate.use_ema = True
+  c.evaluate.num_heatmaps = 12
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.num_devices = -1  # -1: all devices
+  return c
+
+
+def validate(config) -> None:
+  """Raises ValueError with what to change for values the code cannot run with."""
+  errors = []
+  ec, tc, mc, dc = config.evaluate, config.train, config.model, config.data
+  if ec.num_seeds < 1:
+    errors.append(f"evaluate.num_seeds (K) must be >= 1, got {ec.num_seeds}")
+  if ec.num_times < 1:
+    errors.append(f"evaluate.num_times (T) must be >= 1, got {ec.num_times}")
+  try:
+    mismatch.validate_aggregator(ec.aggregator, ec.quantile)
+  except ValueError as e:
+    errors.append(f"evaluate.aggregator: {e}")
+  for name, value in [("train.batch_size", tc.batch_size), ("evaluate.batch_size", ec.batch_size),
+                      ("evaluate.max_forward_batch", ec.max_forward_batch),
+                      ("data.image_size", dc.image_size), ("model.channels", mc.channels),
+                      ("train.log_every_steps", tc.log_every_steps),
+                      ("train.checkpoint_every_steps", tc.checkpoint_every_steps)]:
+    if value < 1:
+      errors.append(f"{name} must be >= 1, got {value}")
+  if tc.num_steps <= 0 and tc.num_epochs <= 0:
+    errors.append("set train.num_epochs > 0 or train.num_steps > 0")
+  if dc.name not in DATASETS:
+    errors.append(f"data.name must be one of {DATASETS}, got {dc.name!r}")
+  levels = len(mc.channel_mult)
+  if dc.image_size % (2 ** (levels - 1)):
+    errors.append(f"data.image_size {dc.image_size} must be divisible by 2^{levels - 1} "
+                  f"for {levels} U-Net levels")
+  for width in {mc.channels * m for m in mc.channel_mult}:
+    if width % mc.norm_groups:
+      errors.append(f"channel width {width} is not divisible by model.norm_groups={mc.norm_groups}")
+    if width % mc.head_channels and any(r in mc.attention_rates for r in [2 ** i for i in range(levels)]):
+      errors.append(f"channel width {width} is not divisible by model.head_channels={mc.head_channels}")
+  try:
+    jnp.dtype(mc.dtype)
+  except TypeError:
+    errors.append(f"model.dtype {mc.dtype!r} is not a dtype (use bfloat16 or float32)")
+  if mc.attention_impl not in ("auto", "xla", "cudnn"):
+    errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
+  if not 0.0 <= tc.ema_decay < 1.0:
+    errors.append(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+  if errors:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(errors))

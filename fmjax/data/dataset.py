@@ -1,0 +1,94 @@
+"""The in-memory form every data source produces, and normalisation statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class AnomalyDataset:
+  """Normal training images and a labelled test split, all at one resolution.
+
+  Images are uint8 [N,H,W,3]; masks are uint8 {0,1} [M,H,W] or None for
+  image-level-only datasets. Classes index `class_names` (one per category).
+  """
+  name: str
+  class_names: list[str]
+  train_images: np.ndarray
+  train_classes: np.ndarray
+  test_images: np.ndarray
+  test_classes: np.ndarray
+  test_labels: np.ndarray  # 0 normal, 1 anomalous
+  test_masks: np.ndarray | None
+  test_defects: list[str]
+  test_paths: list[str]
+
+  def __post_init__(self):
+    n, m = len(self.train_images), len(self.test_images)
+    if n == 0:
+      raise ValueError(f"Dataset {self.name!r} has no training images.")
+    if m == 0:
+      raise ValueError(f"Dataset {self.name!r} has no test images.")
+    checks = [(self.train_classes, n, "train_classes"), (self.test_classes, m, "test_classes"),
+              (self.test_labels, m, "test_labels"), (self.test_defects, m, "test_defects"),
+              (self.test_paths, m, "test_paths")]
+    if self.test_masks is not None:
+      checks.append((self.test_masks, m, "test_masks"))
+    for arr, size, what in checks:
+      if len(arr) != size:
+        raise ValueError(f"{what} has {len(arr)} entries for {size} images.")
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class NormStats:
+  """Per-channel mean and std (in [0, 1] units) of the normal training images."""
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+  @classmethod
+  def of(cls, images: np.ndarray) -> "NormStats":
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return cls(tuple(float(v) for v in x.mean(0)), tuple(float(max(v, 1e-6)) for v in x.std(0)))
+
+  def normalize(self, images):
+    """uint8 [...,3] -> float32 (x/255 - mean) / std; works on numpy and jax arrays."""
+    mean = np.asarray(self.mean, np.float32)
+    std = np.asarray(self.std, np.float32)
+    return (images.astype(np.float32) / 255.0 - mean) / std
+
+  def denormalize(self, x) -> np.ndarray:
+    """float (normalised) -> float in [0, 1] units."""
+    return np.asarray(x) * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+
+  def save(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(dataclasses.asdict(self), f, indent=1)
+
+  @classmethod
+  def load(cls, path: str) -> "NormStats":
+    with open(path) as f:
+      d = json.load(f)
+    return cls(tuple(d["mean"]), tuple(d["std"]))
+
+  @classmethod
+  def from_dict(cls, d) -> "NormStats":
+    return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+  def to_dict(self):
+    return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def workdir_stats_path(workdir: str) -> str:
+  return os.path.join(workdir, "data_stats.json")

@@ -1,0 +1,78 @@
+"""fmjax entry point.
+
+  python -m fmjax.main --config configs/<x>.py --workdir <dir> \
+      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe]
+"""
+
+import os
+import sys
+
+
+def _split_cpu_into_devices() -> None:
+  """One XLA CPU device per core (a power of two, at most 8) unless XLA_FLAGS says otherwise.
+
+  Data parallelism then keeps every core busy on CPU-only machines; on GPU/TPU it
+  only affects the unused CPU platform. Must run before jax is imported.
+  """
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags_now:
+    return
+  n = 1
+  while n * 2 <= min(os.cpu_count() or 1, 8):
+    n *= 2
+  os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={n}".strip()
+
+
+_split_cpu_into_devices()
+
+from absl import app, flags  # noqa: E402  (after the XLA flags are set)
+from ml_collections import config_flags
+
+from fmjax import configlib, sharding  # noqa: E402
+from fmjax.checkpoint import CheckpointMismatchError  # noqa: E402
+from fmjax.train import NonFiniteLossError  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_enum("mode", "train_and_evaluate",
+                  ["train", "evaluate", "train_and_evaluate", "describe"], "What to run.")
+flags.mark_flags_as_required(["config"])
+
+# Errors that describe a user mistake: printed as one message, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
+               NonFiniteLossError)
+
+
+def run(config, workdir: str | None, mode: str):
+  """Runs `mode` for `config` in `workdir`; returns what the last phase returned."""
+  configlib.validate(config)
+  if mode == "describe":
+    from fmjax.describe import describe
+    return describe(config)
+  if not workdir:
+    raise ValueError("--workdir is required for modes train, evaluate and train_and_evaluate.")
+  sharding.initialize_distributed()
+  from fmjax import evaluate, train
+  from fmjax.data import load_dataset
+  dataset = load_dataset(config.data)
+  result = None
+  if mode in ("train", "train_and_evaluate"):
+    result = train.train(config, workdir, dataset)
+  if mode in ("evaluate", "train_and_evaluate"):
+    result = evaluate.evaluate(config, workdir, dataset)
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except USER_ERRORS as e:
+    print(f"fmjax: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,156 @@
+"""The Flow Mismatching scorer (paper Section 3, Eqs. 2-4).
+
+For a test image y, seeds x0^k ~ N(0, I) and interior times t_j = j / (T + 1):
+
+  Z_t^k(i)  = || v(x_t^k, t)(i) - (y - x0^k)(i) ||^2   (summed over channels)
+  delta_t(i) = aggregate_k Z_t^k(i)                    (min, mean or a quantile)
+  H(i)      = (1/T) sum_t t^2 delta_t(i)                (heatmap)
+  S         = max_i H(i) + mean of the top 1% of H       (image score)
+
+All K seeds of a chunk of images and a chunk of times are folded into one forward
+batch of at most `max_forward_batch` samples; chunks are scanned (no Python loop
+over seeds or times), so memory stays bounded for any K * T * batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+AGGREGATORS = ("min", "mean", "quantile")
+VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def interior_times(num_times: int) -> jax.Array:
+  """t_j = j / (T + 1), j = 1..T, float32 [T]."""
+  if num_times < 1:
+    raise ValueError(f"The number of times T must be >= 1, got {num_times}.")
+  return jnp.arange(1, num_times + 1, dtype=jnp.float32) / (num_times + 1)
+
+
+def validate_aggregator(aggregator: str, quantile: float | None) -> None:
+  """Raises ValueError for an unknown aggregator or a quantile outside (0, 1]."""
+  if aggregator not in AGGREGATORS:
+    raise ValueError(f"Unknown aggregator {aggregator!r}: use one of {', '.join(AGGREGATORS)}.")
+  if aggregator == "quantile" and (quantile is None or not 0.0 < quantile <= 1.0):
+    raise ValueError(f"aggregator='quantile' needs a quantile in (0, 1], got {quantile!r}.")
+
+
+def aggregate_seeds(z: jax.Array, aggregator: str, quantile: float | None = None, axis: int = 0):
+  """Aggregates mismatches over the seed axis: min, mean, or the ceil(q K)-th order statistic."""
+  if aggregator == "min":
+    return jnp.min(z, axis=axis)
+  if aggregator == "mean":
+    return jnp.mean(z, axis=axis)
+  rank = max(1, math.ceil(quantile * z.shape[axis] - 1e-9))  # 1-based order statistic
+  return jnp.take(jnp.sort(z, axis=axis), rank - 1, axis=axis)
+
+
+def image_score(heatmaps: jax.Array, top_fraction: float = 0.01) -> jax.Array:
+  """S = max + mean of the top ceil(top_fraction * H * W) pixels; heatmaps [B,H,W] -> [B]."""
+  flat = heatmaps.reshape(heatmaps.shape[0], -1)
+  k = max(1, math.ceil(top_fraction * flat.shape[1]))
+  top = jax.lax.top_k(flat, k)[0]
+  return top[:, 0] + jnp.mean(top, axis=1)
+
+
+def _chunks(total: int, chunk: int) -> tuple[int, int]:
+  """(number of chunks, padded total) covering `total` items in pieces of `chunk`."""
+  n = -(-total // chunk)
+  return n, n * chunk
+
+
+def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: jax.Array,
+                  aggregator: str = "min", quantile: float | None = None, *,
+                  labels: jax.Array | None = None, max_forward_batch: int = 1024,
+                  top_fraction: float = 0.01):
+  """Flow Mismatching heatmaps and image scores.
+
+  Args:
+    velocity_fn: v(x [N,H,W,C], t [N]) -> [N,H,W,C].
+    y: test images [B,H,W,C].
+    x0: Gaussian seeds [B,K,H,W,C].
+    times: interior times [T].
+    aggregator: "min" (paper default), "mean" or "quantile".
+    quantile: q in (0, 1] for "quantile" (the ceil(q K)-th order statistic).
+    labels: optional per-image class labels [B]; then velocity_fn is called as
+      velocity_fn(x, t, labels_per_sample [N]).
+    max_forward_batch: the largest number of samples in one call of velocity_fn.
+
+  Returns:
+    heatmaps [B,H,W] float32 and scores [B] float32.
+  """
+  validate_aggregator(aggregator, quantile)
+  if y.ndim != 4 or x0.ndim != 5 or x0.shape[0] != y.shape[0] or x0.shape[2:] != y.shape[1:]:
+    raise ValueError(f"Expected y [B,H,W,C] and x0 [B,K,H,W,C], got {y.shape} and {x0.shape}.")
+  times = jnp.asarray(times, jnp.float32)
+  if times.ndim != 1 or times.shape[0] < 1:
+    raise ValueError(f"times must be a non-empty vector, got shape {times.shape}.")
+  b, k = x0.shape[:2]
+  num_t = times.shape[0]
+  if k < 1:
+    raise ValueError("The number of seeds K must be >= 1.")
+
+  # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
+  img_chunk = max(1, min(b, max_forward_batch // k))
+  t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
+  n_img, b_pad = _chunks(b, img_chunk)
+  n_t, t_pad = _chunks(num_t, t_chunk)
+
+  y32 = jnp.pad(y.astype(jnp.float32), [(0, b_pad - b)] + [(0, 0)] * 3)
+  x032 = jnp.pad(x0.astype(jnp.float32), [(0, b_pad - b)] + [(0, 0)] * 4)
+  t_all = jnp.pad(times, (0, t_pad - num_t))
+  t_weight = jnp.pad(jnp.square(times), (0, t_pad - num_t))  # padded times weigh 0
+  lab = jnp.zeros((b_pad,), jnp.int32) if labels is None else jnp.pad(
+      jnp.asarray(labels, jnp.int32), (0, b_pad - b))
+
+  def heatmap_chunk(args):
+    yc, x0c, lc = args  # [bc,H,W,C], [bc,K,H,W,C], [bc]
+    target = yc[:, None] - x0c  # geometric velocity y - x0
+
+    def time_chunk(acc, ts_ws):
+      ts, ws = ts_ws  # [tc]
+      tb = ts[:, None, None, None, None, None]
+      xt = (1.0 - tb) * x0c[None] + tb * yc[None, :, None]  # [tc,bc,K,H,W,C]
+      flat = xt.reshape((-1,) + xt.shape[3:])
+      tt = jnp.broadcast_to(ts[:, None, None], xt.shape[:3]).reshape(-1)
+      if labels is None:
+        v = velocity_fn(flat, tt)
+      else:
+        v = velocity_fn(flat, tt, jnp.broadcast_to(lc[None, :, None], xt.shape[:3]).reshape(-1))
+      v = v.astype(jnp.float32).reshape(xt.shape)
+      z = jnp.sum(jnp.square(v - target[None]), axis=-1)  # [tc,bc,K,H,W]
+      delta = aggregate_seeds(z, aggregator, quantile, axis=2)  # [tc,bc,H,W]
+      return acc + jnp.einsum("t,tbhw->bhw", ws, delta), None
+
+    acc0 = jnp.zeros_like(yc[..., 0])  # inherits the per-device (shard_map) type
+    ts_ws = (t_all.reshape(n_t, t_chunk), t_weight.reshape(n_t, t_chunk))
+    acc, _ = jax.lax.scan(time_chunk, acc0, ts_ws)
+    return acc / num_t
+
+  ys = y32.reshape((n_img, img_chunk) + y32.shape[1:])
+  x0s = x032.reshape((n_img, img_chunk) + x032.shape[1:])
+  ls = lab.reshape(n_img, img_chunk)
+  heatmaps = jax.lax.map(heatmap_chunk, (ys, x0s, ls)).reshape((b_pad,) + y.shape[1:3])[:b]
+  return heatmaps, image_score(heatmaps, top_fraction)
+
+
+def draw_seeds(key: jax.Array, image_ids: jax.Array, num_seeds: int, image_shape) -> jax.Array:
+  """Seeds x0 [B,K,H,W,C] for images with global ids [B]: image i's seeds depend only on (key, i)."""
+  if num_seeds < 1:
+    raise ValueError(f"The number of seeds K must be >= 1, got {num_seeds}.")
+  draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), (num_seeds,) + tuple(image_shape))
+  return jax.vmap(draw)(image_ids)
+
+
+def score_images(velocity_fn: VelocityFn, y: jax.Array, key: jax.Array, num_seeds: int = 10,
+                 num_times: int = 10, aggregator: str = "min", quantile: float | None = None,
+                 image_ids: jax.Array | None = None, **kwargs):
+  """flow_mismatch with seeds drawn from `key` and t_j = j / (T + 1): -> (heatmaps, scores)."""
+  if image_ids is None:
+    image_ids = jnp.arange(y.shape[0])
+  x0 = draw_seeds(key, image_ids, num_seeds, y.shape[1:])
+  return flow_mismatch(velocity_fn, y, x0, interior_times(num_times), aggregator, quantile, **kwargs)

@@ -1,0 +1,215 @@
+"""The velocity U-Net v(x, t, label) of Flow Mismatching (paper Appendix C.1).
+
+A guided-diffusion style attention U-Net in NHWC layout: residual blocks with
+scale-shift time conditioning, residual up/down-sampling, multi-head self-attention
+with a fixed head width at selected down-sampling rates, zero-initialised output
+convolutions, and a class-label embedding with an extra "null" row for pooled
+(unconditional) models.
+
+Parameters are float32; `dtype` sets the compute precision (bfloat16 on
+accelerators). GroupNorm statistics and the attention softmax run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+zeros_init = nn.initializers.zeros
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of times t[N] in [0, 1] (unscaled) -> [N, dim], [cos, sin]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+class GroupNorm32(nn.Module):
+  """GroupNorm computed in float32 (eps 1e-5, as PyTorch), cast back to `dtype`."""
+  num_groups: int = 32
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=jnp.float32,
+                     param_dtype=jnp.float32, name="norm")(x.astype(jnp.float32))
+    return y.astype(self.dtype)
+
+
+def _downsample(x):
+  """2x2 average pool, stride 2: [N,H,W,C] -> [N,H/2,W/2,C]."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _upsample(x):
+  """Nearest-neighbour x2: [N,H,W,C] -> [N,2H,2W,C]."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class ResBlock(nn.Module):
+  """Residual block with scale-shift conditioning on `emb` and optional up/down."""
+  out_channels: int
+  dropout: float = 0.0
+  up: bool = False
+  down: bool = False
+  norm_groups: int = 32
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, deterministic: bool = True):
+    conv = lambda ch, k, name, init=nn.initializers.lecun_normal(): nn.Conv(
+        ch, (k, k), padding="SAME", dtype=self.dtype, kernel_init=init, name=name)
+    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, name="in_norm")(x))
+    if self.up:
+      h, x = _upsample(h), _upsample(x)
+    elif self.down:
+      h, x = _downsample(h), _downsample(x)
+    h = conv(self.out_channels, 3, "in_conv")(h)
+
+    scale_shift = nn.Dense(2 * self.out_channels, dtype=self.dtype, name="emb_proj")(nn.silu(emb))
+    scale, shift = jnp.split(scale_shift[:, None, None, :].astype(jnp.float32), 2, axis=-1)
+    h = GroupNorm32(self.norm_groups, jnp.float32, name="out_norm")(h)
+    h = (h * (1 + scale) + shift).astype(self.dtype)
+    h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
+    h = conv(self.out_channels, 3, "out_conv", zeros_init)(h)
+
+    if x.shape[-1] != self.out_channels:
+      x = conv(self.out_channels, 1, "skip")(x)
+    return x.astype(self.dtype) + h
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over the H*W positions, fixed head width, residual.
+
+  The "new order" QKV split: a 1x1 conv gives [q | k | v] along channels, each
+  then split into heads of `head_channels`.
+  """
+  head_channels: int = 32
+  norm_groups: int = 32
+  attention_impl: str | None = None  # None (XLA) or "cudnn"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n, hgt, wid, c = x.shape
+    heads = c // self.head_channels
+    h = GroupNorm32(self.norm_groups, self.dtype, name="norm")(x)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h.reshape(n, hgt * wid, c))
+    q, k, v = (a.reshape(n, hgt * wid, heads, self.head_channels)
+               for a in jnp.split(qkv, 3, axis=-1))
+    a = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    a = a.reshape(n, hgt * wid, c)
+    out = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj")(a)
+    return x + out.reshape(n, hgt, wid, c).astype(x.dtype)
+
+
+class UNet(nn.Module):
+  """Velocity field v(x, t, label): x[N,H,W,C], t[N] in [0,1], label[N] int -> [N,H,W,C].
+
+  `num_classes` = 0 builds a model without label embedding; otherwise the
+  embedding has `num_classes + 1` rows and label `num_classes` is the null label.
+  `attention_rates` are down-sampling rates (1 = input resolution).
+  """
+  out_channels: int = 3
+  model_channels: int = 64
+  num_res_blocks: int = 3
+  channel_mult: Sequence[int] = (1, 1, 2, 2, 4, 4)
+  attention_rates: Sequence[int] = (4, 8, 16, 32)
+  head_channels: int = 32
+  dropout: float = 0.05
+  num_classes: int = 0
+  norm_groups: int = 32
+  attention_impl: str | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, label=None, train: bool = False):
+    det = not train
+    emb_dim = 4 * self.model_channels
+    emb = timestep_embedding(t, self.model_channels)
+    emb = nn.Dense(emb_dim, dtype=self.dtype, name="time_embed_0")(emb)
+    emb = nn.Dense(emb_dim, dtype=self.dtype, name="time_embed_1")(nn.silu(emb))
+    if self.num_classes > 0:
+      if label is None:
+        label = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
+      emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")(label).astype(self.dtype)
+
+    res = lambda ch, name, **kw: ResBlock(ch, self.dropout, norm_groups=self.norm_groups,
+                                          dtype=self.dtype, name=name, **kw)
+    attn = lambda name: AttentionBlock(self.head_channels, self.norm_groups,
+                                       self.attention_impl, self.dtype, name=name)
+
+    h = nn.Conv(self.model_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                name="input_conv")(x.astype(self.dtype))
+    skips = [h]
+    rate = 1
+    for level, mult in enumerate(self.channel_mult):
+      for i in range(self.num_res_blocks):
+        h = res(mult * self.model_channels, f"down_{level}_res_{i}")(h, emb, det)
+        if rate in self.attention_rates:
+          h = attn(f"down_{level}_attn_{i}")(h)
+        skips.append(h)
+      if level != len(self.channel_mult) - 1:
+        h = res(h.shape[-1], f"down_{level}_downsample", down=True)(h, emb, det)
+        skips.append(h)
+        rate *= 2
+
+    h = res(h.shape[-1], "mid_res_0")(h, emb, det)
+    h = attn("mid_attn")(h)
+    h = res(h.shape[-1], "mid_res_1")(h, emb, det)
+
+    for level, mult in reversed(list(enumerate(self.channel_mult))):
+      for i in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = res(mult * self.model_channels, f"up_{level}_res_{i}")(h, emb, det)
+        if rate in self.attention_rates:
+          h = attn(f"up_{level}_attn_{i}")(h)
+      if level:
+        h = res(h.shape[-1], f"up_{level}_upsample", up=True)(h, emb, det)
+        rate //= 2
+
+    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, name="out_norm")(h))
+    h = nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype,
+                kernel_init=zeros_init, name="out_conv")(h)
+    return h.astype(jnp.float32)
+
+
+def build_unet(model_config, num_classes: int) -> UNet:
+  """The U-Net for `config.model` (a ConfigDict) and a dataset with `num_classes`.
+
+  The label embedding always has a null row; pooled models feed it for every image.
+  """
+  dtype = jnp.dtype(model_config.dtype)
+  impl = model_config.attention_impl
+  if impl == "auto":
+    impl = "cudnn" if (jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16)) else None
+  elif impl == "xla":
+    impl = None
+  return UNet(
+      out_channels=3,
+      model_channels=model_config.channels,
+      num_res_blocks=model_config.num_res_blocks,
+      channel_mult=tuple(model_config.channel_mult),
+      attention_rates=tuple(model_config.attention_rates),
+      head_channels=model_config.head_channels,
+      dropout=model_config.dropout,
+      num_classes=num_classes,
+      norm_groups=model_config.norm_groups,
+      attention_impl=impl,
+      dtype=dtype,
+  )
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter pytree (or its ShapeDtypeStructs)."""
+  return int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))

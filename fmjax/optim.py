@@ -1,0 +1,71 @@
+"""StableAdamW (AdamW + per-tensor update-RMS clipping), optionally with AMSGrad.
+
+Built from optax pieces: `optax.scale_by_amsgrad` (or `scale_by_adam`) and
+`optax.add_decayed_weights`, wrapped by `clip_by_update_rms`, which divides each
+tensor's update (weight decay included) by max(1, RMS(g^2 / v_hat) / threshold)
+as in StableAdamW (Wortsman et al., 2023), then `scale_by_learning_rate`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class ClipByUpdateRmsState(NamedTuple):
+  inner: optax.OptState
+
+
+def _second_moment(inner_state, b2: float):
+  """v_hat, the bias-corrected second moment the Adam update divides by."""
+  for s in jax.tree.leaves(inner_state, is_leaf=lambda x: hasattr(x, "nu")):
+    if isinstance(s, optax.ScaleByAmsgradState):
+      return s.nu_max
+    if isinstance(s, optax.ScaleByAdamState):
+      return optax.tree.bias_correction(s.nu, b2, s.count)
+  raise ValueError("clip_by_update_rms needs scale_by_adam or scale_by_amsgrad inside.")
+
+
+def clip_by_update_rms(inner: optax.GradientTransformation, b2: float, eps: float,
+                       threshold: float = 1.0) -> optax.GradientTransformation:
+  """Scales `inner`'s update of each tensor by 1 / max(1, RMS(g^2 / max(v_hat, eps^2)) / threshold)."""
+
+  def init_fn(params):
+    return ClipByUpdateRmsState(inner.init(params))
+
+  def update_fn(grads, state, params=None):
+    updates, inner_state = inner.update(grads, state.inner, params)
+    v_hat = _second_moment(inner_state, b2)
+
+    def scale(u, g, v):
+      rms = jnp.sqrt(jnp.mean(jnp.square(g.astype(jnp.float32)) / jnp.maximum(v, eps * eps)))
+      return u / jnp.maximum(1.0, rms / threshold)
+
+    return jax.tree.map(scale, updates, grads, v_hat), ClipByUpdateRmsState(inner_state)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def stable_adamw(learning_rate, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-6,
+                 weight_decay: float = 1e-4, amsgrad: bool = True,
+                 update_rms_clip: float | None = 1.0,
+                 grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """The paper's optimiser: StableAdamW with AMSGrad, lr 1e-4, wd 1e-4, betas (0.9, 0.99), eps 1e-6."""
+  moments = (optax.scale_by_amsgrad(b1, b2, eps) if amsgrad else optax.scale_by_adam(b1, b2, eps))
+  direction = optax.chain(moments, optax.add_decayed_weights(weight_decay))
+  if update_rms_clip:
+    direction = clip_by_update_rms(direction, b2, eps, update_rms_clip)
+  parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+  return optax.chain(*parts, direction, optax.scale_by_learning_rate(learning_rate))
+
+
+def build_optimizer(train_config) -> optax.GradientTransformation:
+  """The optimiser described by `config.train`."""
+  return stable_adamw(
+      learning_rate=train_config.learning_rate, b1=train_config.b1, b2=train_config.b2,
+      eps=train_config.eps, weight_decay=train_config.weight_decay,
+      amsgrad=train_config.amsgrad, update_rms_clip=train_config.update_rms_clip,
+      grad_clip_norm=train_config.grad_clip_norm)

@@ -1,0 +1,261 @@
+"""Conditional flow-matching training: train state, the jitted step, and the loop.
+
+The step is a pure function `(state, images uint8 [B,H,W,3], labels [B]) -> (state,
+loss)` compiled once with explicit shardings (batch split on the "data" mesh axis,
+state replicated) and the state donated. Batches are a pure function of
+(seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import threading
+import time
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmjax import checkpoint, flow, sharding
+from fmjax.data import AnomalyDataset, NormStats, load_dataset
+from fmjax.data.dataset import workdir_stats_path
+from fmjax.models.unet import build_unet, count_params
+from fmjax.optim import build_optimizer
+from fmjax.progress import JsonlWriter, Progress
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  ema_params: dict  # {} when EMA is off
+
+
+def model_meta(config, dataset: AnomalyDataset) -> dict:
+  """What a checkpoint must agree with to be restored into this config."""
+  m = config.model
+  return {
+      "channels": m.channels, "num_res_blocks": m.num_res_blocks,
+      "channel_mult": list(m.channel_mult), "attention_rates": list(m.attention_rates),
+      "head_channels": m.head_channels, "norm_groups": m.norm_groups,
+      "image_size": config.data.image_size, "class_names": list(dataset.class_names),
+      "ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
+  }
+
+
+def labels_for(config, classes: np.ndarray, num_classes: int) -> np.ndarray:
+  """Class labels for a conditional model, the null label (= num_classes) when pooled."""
+  if config.data.class_conditional:
+    return classes.astype(np.int32)
+  return np.full(classes.shape, num_classes, np.int32)
+
+
+def num_train_steps(config, num_images: int) -> int:
+  """train.num_steps if > 0, else ceil(num_epochs * images / batch)."""
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  return int(math.ceil(config.train.num_epochs * num_images / config.train.batch_size))
+
+
+def batch_indices(seed: int, step: int, batch_size: int, num_images: int) -> np.ndarray:
+  """Global batch `step`: consecutive slices of per-epoch permutations of the images."""
+  start = step * batch_size
+  out = []
+  while len(out) < batch_size:
+    epoch, pos = divmod(start + len(out), num_images)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_images)
+    out.extend(perm[pos:pos + batch_size - len(out)].tolist())
+  return np.asarray(out, np.int64)
+
+
+def create_train_state(model, optimizer, image_shape, num_classes: int, key, ema: bool) -> TrainState:
+  """Fresh float32 parameters, optimiser state and (optionally) EMA parameters."""
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params = model.init(key, dummy, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params) if ema else {})
+
+
+def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
+  """The jitted, sharded, state-donating train step."""
+  mean = jnp.asarray(norm.mean, jnp.float32)
+  std = jnp.asarray(norm.std, jnp.float32)
+  base_key = jax.random.key(seed)
+
+  def step_fn(state: TrainState, images, labels):
+    x1 = (images.astype(jnp.float32) / 255.0 - mean) / std
+    key = jax.random.fold_in(base_key, state.step)
+    loss_key, dropout_key = jax.random.split(key)
+
+    def loss_fn(params):
+      velocity = lambda x, t: model.apply({"params": params}, x, t, labels, train=True,
+                                          rngs={"dropout": dropout_key})
+      return flow.cfm_loss(velocity, x1, loss_key)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
+
+  data = sharding.data_sharding(mesh)
+  rep = sharding.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(rep, data, data), out_shardings=(rep, rep),
+                 donate_argnums=(0,))
+
+
+class BatchPrefetcher:
+  """Builds global device batches for steps [start, end) in a background thread."""
+
+  def __init__(self, images, labels, seed, batch_size, start, end, mesh, depth: int = 2):
+    self._q: queue.Queue = queue.Queue(maxsize=depth)
+    self._data = sharding.data_sharding(mesh)
+    rows = sharding.host_slice(batch_size)
+
+    def work():
+      for step in range(start, end):
+        idx = batch_indices(seed, step, batch_size, len(images))[rows]
+        self._q.put((sharding.to_global(images[idx], self._data),
+                     sharding.to_global(labels[idx], self._data)))
+
+    self._thread = threading.Thread(target=work, daemon=True)
+    self._thread.start()
+
+  def next(self):
+    return self._q.get()
+
+
+def _check_finite(pending: list, step: int):
+  losses = np.asarray(jax.device_get(pending), np.float64)
+  if not np.all(np.isfinite(losses)):
+    bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+    raise NonFiniteLossError(
+        f"The training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; no "
+        "checkpoint was written after it. Lower --config.train.learning_rate, check the "
+        "data normalisation, or use --config.model.dtype=float32.")
+  return losses
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def prepare_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
+  os.makedirs(workdir, exist_ok=True)
+
+
+def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
+  """The workdir's stored statistics, or fresh ones from the normal training images."""
+  path = workdir_stats_path(workdir)
+  if os.path.exists(path):
+    return NormStats.load(path)
+  stats = NormStats.of(dataset.train_images)
+  if jax.process_index() == 0:
+    stats.save(path)
+  return stats
+
+
+def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainState:
+  """Trains (or resumes) the velocity model in `workdir`; returns the final state."""
+  prepare_workdir(workdir)
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  batch_size = config.train.batch_size
+  sharding.check_batch_size(batch_size, mesh, "train.batch_size")
+
+  norm = norm_stats_for(workdir, dataset)
+  model = build_unet(config.model, dataset.num_classes)
+  optimizer = build_optimizer(config.train)
+  ema = config.train.ema_decay > 0
+  rep = sharding.replicated(mesh)
+  init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
+                                              dataset.num_classes, k, ema), out_shardings=rep)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+
+  meta = model_meta(config, dataset)
+  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
+  latest = manager.latest_step()
+  if latest is not None:
+    checkpoint.check_meta(checkpoint.read_meta(manager, latest)["model"], meta, workdir)
+    state = checkpoint.restore(manager, latest, abstract)
+    print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
+  else:
+    state = init(jax.random.key(config.seed))
+  print(f"Model: {count_params(state.params):,} parameters; {dataset.num_classes} classes "
+        f"({'conditional' if config.data.class_conditional else 'pooled'}); "
+        f"{len(dataset.train_images)} training images; mesh {dict(mesh.shape)}", flush=True)
+
+  total = num_train_steps(config, len(dataset.train_images))
+  start = int(jax.device_get(state.step))
+  train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh)
+  labels = labels_for(config, dataset.train_classes, dataset.num_classes)
+  full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size}
+  writer = JsonlWriter(os.path.join(workdir, "train_metrics.jsonl"))
+  progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
+  if start >= total:
+    print(f"Training already done ({start}/{total} steps).", flush=True)
+    return state
+
+  batches = BatchPrefetcher(dataset.train_images, labels, config.seed, batch_size, start, total, mesh)
+  pending, t_last = [], time.time()
+  for step in range(start + 1, total + 1):
+    images, batch_labels = batches.next()
+    state, loss = train_step(state, images, batch_labels)
+    pending.append(loss)
+    last = step == total
+    if step % config.train.log_every_steps == 0 or last or step % config.train.checkpoint_every_steps == 0:
+      losses = _check_finite(pending, step)
+      now = time.time()
+      rate = len(losses) / max(now - t_last, 1e-9)
+      pending, t_last = [], now
+      writer.write(step=step, loss=float(losses.mean()), steps_per_s=rate,
+                   images_per_s=rate * batch_size)
+      progress.update(len(losses), force=last, loss=float(losses[-1]), img_s=round(rate * batch_size, 1))
+      if step % config.train.checkpoint_every_steps == 0 or last:
+        if not bool(_all_finite(state.params)):
+          raise NonFiniteLossError(
+              f"The parameters became NaN or infinite by step {step}; no checkpoint was written. "
+              "Lower --config.train.learning_rate or use --config.model.dtype=float32.")
+        checkpoint.save(manager, step, state, full_meta)
+  manager.close()
+  return state
+
+
+def load_params_for_eval(config, workdir: str, dataset: AnomalyDataset, use_ema: bool = True):
+  """(params, step, NormStats) of the latest checkpoint in `workdir`, on the host's devices."""
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
+                            "(--mode=train or train_and_evaluate).")
+  meta = checkpoint.read_meta(manager, step)
+  checkpoint.check_meta(meta["model"], model_meta(config, dataset), workdir)
+  model = build_unet(config.model, dataset.num_classes)
+  optimizer = build_optimizer(config.train)
+  abstract = jax.eval_shape(lambda k: create_train_state(
+      model, optimizer, dataset.image_shape, dataset.num_classes, k, config.train.ema_decay > 0),
+      jax.random.key(0))
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  rep = sharding.replicated(mesh)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  state = checkpoint.restore(manager, step, abstract)
+  manager.close()
+  params = state.ema_params if (use_ema and state.ema_params) else state.params
+  return params, step, NormStats.from_dict(meta["norm"])

@@ -1,0 +1,27 @@
+"""Acceptance: the README's main command (the quickstart) reaches AUROC >= 0.90 on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+
+
+def test_quickstart_end_to_end(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["PYTHONPATH"] = str(REPO)
+  start = time.time()
+  out = subprocess.run([sys.executable, "-m", "fmjax.main", "--config", "configs/quickstart.py",
+                        "--workdir", str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=1200)
+  elapsed = time.time() - start
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  print(f"quickstart: {elapsed:.0f} s, image AUROC {metrics['image_auroc']:.3f}, "
+        f"pixel AUROC {metrics['pixel_auroc']:.3f}, pixel AUPRO {metrics['pixel_aupro']:.3f}")
+  assert metrics["image_auroc"] >= 0.90
+  assert metrics["pixel_auroc"] >= 0.90
+  assert metrics["settings"]["checkpoint_step"] == 500
+  assert "mean/overall" in out.stdout  # the summary table

@@ -1,0 +1,105 @@
+"""The sharded trainer: 8 devices equal 1 device, resume equals uninterrupted, bad runs stop."""
+
+import jax
+import numpy as np
+import pytest
+
+from fmjax import checkpoint, sharding, train
+from fmjax.data import NormStats, load_dataset
+from fmjax.models.unet import build_unet
+from fmjax.optim import build_optimizer
+
+from conftest import tiny_config
+
+
+def _one_step(config, dataset, num_devices):
+  mesh = sharding.make_mesh(num_devices)
+  model = build_unet(config.model, dataset.num_classes)
+  opt = build_optimizer(config.train)
+  norm = NormStats.of(dataset.train_images)
+  state = jax.jit(lambda k: train.create_train_state(model, opt, dataset.image_shape,
+                                                     dataset.num_classes, k, False),
+                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+  step = train.make_train_step(model, opt, norm, config.seed, 0.0, mesh)
+  idx = train.batch_indices(config.seed, 0, config.train.batch_size, len(dataset.train_images))
+  data = sharding.data_sharding(mesh)
+  images = sharding.to_global(dataset.train_images[idx], data)
+  labels = sharding.to_global(dataset.train_classes[idx], data)
+  assert len(images.sharding.device_set) == num_devices
+  state, loss = step(state, images, labels)
+  state, loss2 = step(state, images, labels)
+  return float(loss), float(loss2), jax.device_get(state.params)
+
+
+def test_eight_devices_give_the_one_device_loss():
+  assert len(jax.devices()) == 8, "conftest sets 8 simulated CPU devices"
+  config = tiny_config(**{"model.dropout": 0.1})
+  dataset = load_dataset(config.data)
+  loss1, loss1b, params1 = _one_step(config, dataset, 1)
+  loss8, loss8b, params8 = _one_step(config, dataset, 8)
+  assert np.isfinite(loss1) and loss1 > 0.1
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
+  np.testing.assert_allclose(loss8b, loss1b, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_cover_each_epoch_once_and_are_deterministic():
+  seen = np.concatenate([train.batch_indices(3, s, 4, 10) for s in range(5)])  # 20 = 2 epochs
+  assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+  np.testing.assert_array_equal(train.batch_indices(3, 2, 4, 10), seen[8:12])
+
+
+def test_num_train_steps_from_epochs():
+  config = tiny_config(**{"train.num_steps": -1, "train.num_epochs": 2000.0, "train.batch_size": 32})
+  assert train.num_train_steps(config, 209) == 13063  # ceil(2000 * 209 / 32)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  config = tiny_config(**{"train.num_steps": 4, "train.ema_decay": 0.9, "mesh.num_devices": 2})
+  dataset = load_dataset(config.data)
+  full = train.train(config, str(tmp_path / "full"), dataset)
+
+  half = tiny_config(**{"train.num_steps": 2, "train.ema_decay": 0.9, "mesh.num_devices": 2})
+  train.train(half, str(tmp_path / "split"), dataset)
+  resumed = train.train(config, str(tmp_path / "split"), dataset)  # same command again: resumes at 2
+
+  assert int(resumed.step) == int(full.step) == 4
+  for a, b in zip(jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed))):
+    np.testing.assert_array_equal(a, b)
+  manager = checkpoint.make_manager(str(tmp_path / "split"), read_only=True)
+  assert manager.all_steps() == [2, 4]
+
+
+def test_nan_loss_stops_without_overwriting_checkpoints(tmp_path):
+  config = tiny_config(**{"train.num_steps": 2})
+  dataset = load_dataset(config.data)
+  workdir = str(tmp_path / "run")
+  good = jax.device_get(train.train(config, workdir, dataset).params)
+  broken = tiny_config(**{"train.num_steps": 8, "train.learning_rate": 1e30,
+                          "train.checkpoint_every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError, match="learning_rate"):
+    train.train(broken, workdir, dataset)
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  assert manager.latest_step() == 2
+  params, step, _ = train.load_params_for_eval(config, workdir, dataset)
+  assert step == 2
+  for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(jax.device_get(params))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path):
+  config = tiny_config(**{"train.num_steps": 2})
+  dataset = load_dataset(config.data)
+  train.train(config, str(tmp_path), dataset)
+  other = tiny_config(**{"train.num_steps": 4, "model.channels": 16})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="channels: checkpoint has 8, config has 16"):
+    train.train(other, str(tmp_path), dataset)
+  assert checkpoint.make_manager(str(tmp_path), read_only=True).latest_step() == 2
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("x")
+  with pytest.raises(NotADirectoryError, match="is a file"):
+    train.train(tiny_config(), str(path))
