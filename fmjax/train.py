@@ -87,6 +87,14 @@ def create_train_state(model, optimizer, image_shape, num_classes: int, key, ema
                     ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
+def abstract_train_state(model, optimizer, dataset: AnomalyDataset, ema: bool, mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the train state, without allocating it."""
+  rep = sharding.replicated(mesh)
+  shapes = jax.eval_shape(lambda k: create_train_state(
+      model, optimizer, dataset.image_shape, dataset.num_classes, k, ema), jax.random.key(0))
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
+
+
 def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
   """The jitted, sharded, state-donating train step."""
   mean = jnp.asarray(norm.mean, jnp.float32)
@@ -115,6 +123,21 @@ def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: flo
   rep = sharding.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(rep, data, data), out_shardings=(rep, rep),
                  donate_argnums=(0,))
+
+
+def make_loss_fn(model, norm: NormStats, mesh):
+  """jitted (params, images uint8, labels) -> CFM loss without dropout (a fixed key)."""
+  mean = jnp.asarray(norm.mean, jnp.float32)
+  std = jnp.asarray(norm.std, jnp.float32)
+
+  def loss_fn(params, images, labels):
+    x1 = (images.astype(jnp.float32) / 255.0 - mean) / std
+    velocity = lambda x, t: model.apply({"params": params}, x, t, labels)
+    return flow.cfm_loss(velocity, x1, jax.random.key(0))
+
+  data = sharding.data_sharding(mesh)
+  rep = sharding.replicated(mesh)
+  return jax.jit(loss_fn, in_shardings=(rep, data, data), out_shardings=rep)
 
 
 class BatchPrefetcher:
@@ -186,8 +209,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   rep = sharding.replicated(mesh)
   init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
                                               dataset.num_classes, k, ema), out_shardings=rep)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  abstract = abstract_train_state(model, optimizer, dataset, ema, mesh)
 
   meta = model_meta(config, dataset)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
@@ -205,6 +227,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   total = num_train_steps(config, len(dataset.train_images))
   start = int(jax.device_get(state.step))
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh)
+  check_loss = make_loss_fn(model, norm, mesh)
   labels = labels_for(config, dataset.train_classes, dataset.num_classes)
   full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size}
   writer = JsonlWriter(os.path.join(workdir, "train_metrics.jsonl"))
@@ -229,10 +252,12 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
                    images_per_s=rate * batch_size)
       progress.update(len(losses), force=last, loss=float(losses[-1]), img_s=round(rate * batch_size, 1))
       if step % config.train.checkpoint_every_steps == 0 or last:
-        if not bool(_all_finite(state.params)):
+        # The losses so far used the previous parameters: check the new ones before saving.
+        if not (bool(_all_finite(state.params)) and
+                np.isfinite(float(check_loss(state.params, images, batch_labels)))):
           raise NonFiniteLossError(
-              f"The parameters became NaN or infinite by step {step}; no checkpoint was written. "
-              "Lower --config.train.learning_rate or use --config.model.dtype=float32.")
+              f"The parameters after step {step} give a NaN or infinite loss; no checkpoint was "
+              "written. Lower --config.train.learning_rate or use --config.model.dtype=float32.")
         checkpoint.save(manager, step, state, full_meta)
   manager.close()
   return state
@@ -249,12 +274,8 @@ def load_params_for_eval(config, workdir: str, dataset: AnomalyDataset, use_ema:
   checkpoint.check_meta(meta["model"], model_meta(config, dataset), workdir)
   model = build_unet(config.model, dataset.num_classes)
   optimizer = build_optimizer(config.train)
-  abstract = jax.eval_shape(lambda k: create_train_state(
-      model, optimizer, dataset.image_shape, dataset.num_classes, k, config.train.ema_decay > 0),
-      jax.random.key(0))
   mesh = sharding.make_mesh(config.mesh.num_devices)
-  rep = sharding.replicated(mesh)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
+  abstract = abstract_train_state(model, optimizer, dataset, config.train.ema_decay > 0, mesh)
   state = checkpoint.restore(manager, step, abstract)
   manager.close()
   params = state.ema_params if (use_ema and state.ema_params) else state.params
