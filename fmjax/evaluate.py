@@ -27,8 +27,6 @@ from fmjax.train import labels_for, load_params_for_eval, prepare_workdir
 
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
   """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B])."""
-  mean = jnp.asarray(norm.mean, jnp.float32)
-  std = jnp.asarray(norm.std, jnp.float32)
   key = jax.random.key(eval_config.seed)
   k, t = eval_config.num_seeds, eval_config.num_times
   mismatch.validate_aggregator(eval_config.aggregator, eval_config.quantile)
@@ -37,7 +35,7 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
 
   def score_local(params, images, labels, ids):
     """This device's images: one flow_mismatch call, chunked to per_device forwards."""
-    y = (images.astype(jnp.float32) / 255.0 - mean) / std
+    y = norm.normalize(images)
     x0 = mismatch.draw_seeds(key, ids, k, y.shape[1:])
     velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
     return mismatch.flow_mismatch(velocity, y, x0, times, eval_config.aggregator,

@@ -97,12 +97,10 @@ def abstract_train_state(model, optimizer, dataset: AnomalyDataset, ema: bool, m
 
 def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
   """The jitted, sharded, state-donating train step."""
-  mean = jnp.asarray(norm.mean, jnp.float32)
-  std = jnp.asarray(norm.std, jnp.float32)
   base_key = jax.random.key(seed)
 
   def step_fn(state: TrainState, images, labels):
-    x1 = (images.astype(jnp.float32) / 255.0 - mean) / std
+    x1 = norm.normalize(images)
     key = jax.random.fold_in(base_key, state.step)
     loss_key, dropout_key = jax.random.split(key)
 
@@ -127,11 +125,9 @@ def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: flo
 
 def make_loss_fn(model, norm: NormStats, mesh):
   """jitted (params, images uint8, labels) -> CFM loss without dropout (a fixed key)."""
-  mean = jnp.asarray(norm.mean, jnp.float32)
-  std = jnp.asarray(norm.std, jnp.float32)
 
   def loss_fn(params, images, labels):
-    x1 = (images.astype(jnp.float32) / 255.0 - mean) / std
+    x1 = norm.normalize(images)
     velocity = lambda x, t: model.apply({"params": params}, x, t, labels)
     return flow.cfm_loss(velocity, x1, jax.random.key(0))
 
