@@ -24,9 +24,12 @@ def checkpoint_dir(workdir: str) -> str:
 
 def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """CheckpointManager keeping the last `keep` steps (synchronous saves)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                         enable_async_checkpointing=False,
-                                         read_only=read_only)
+  if read_only:  # save_interval_steps / max_to_keep do not apply (Orbax warns if set)
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0,
+                                           max_to_keep=None, enable_async_checkpointing=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=("state", "meta"))
 

@@ -16,12 +16,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "mvtec"  # synthetic | mvtec | folder
+  c.data.name = "mvtec"  # synthetic | mvtec | visa | folder
   c.data.root = ""
   c.data.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
   c.data.image_size = 128
   c.data.class_conditional = True  # False: one pooled model fed the null label
   c.data.image_level_only = False  # True: no masks (image metrics only)
+  c.data.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
+  c.data.visa_split_csv = "split_csv/1cls.csv"  # relative to data.root, or an absolute path
+  c.data.loader_workers = 0  # grain worker processes for training batches (0: threads only)
+  c.data.loader_threads = 4  # grain threads reading training batches
   c.data.synthetic = ml_collections.ConfigDict(dict(
       categories=("weave", "brushed", "tiles"), num_train=200, num_test_normal=20,
       num_test_anomalous=30, seed=0))
@@ -64,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.max_forward_batch = 400  # samples per forward pass, per device
   c.evaluate.seed = 0
   c.evaluate.use_ema = True
-  c.evaluate.num_heatmaps = 12
+  c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
+  c.evaluate.grid_columns = 8  # test images per category grid picture
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices

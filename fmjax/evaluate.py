@@ -8,7 +8,6 @@ the batch size or the number of devices.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -16,12 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import mismatch, sharding
+from fmjax import mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
-from fmjax.metrics import compute_metrics
+from fmjax.metrics import compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
-from fmjax.report import write_heatmaps
 from fmjax.train import labels_for, load_params_for_eval, prepare_workdir
 
 
@@ -84,15 +82,18 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
 
 
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
-  """Scores the test split with the latest checkpoint; writes <workdir>/metrics.json and pictures."""
+  """Scores the test split with the latest checkpoint; writes the report into <workdir>/eval/."""
   prepare_workdir(workdir)
   dataset = dataset if dataset is not None else load_dataset(config.data)
   params, step, norm = load_params_for_eval(config, workdir, dataset, config.evaluate.use_ema)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh)
+  if jax.process_index() != 0:
+    return {}
 
   masks = dataset.test_masks
-  overall = compute_metrics(scores, dataset.test_labels, heatmaps, masks)
+  overall = compute_metrics(scores, dataset.test_labels, heatmaps, masks, with_curves=True)
+  curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
   per_category = {}
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.test_classes == ci
@@ -101,32 +102,23 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   ec = config.evaluate
   result = {
       **overall,
+      "mean": mean_over_categories(per_category),
       "per_category": per_category,
-      "settings": {"num_seeds": ec.num_seeds, "num_times": ec.num_times,
+      "settings": {"dataset": dataset.name, "categories": list(dataset.class_names),
+                   "num_seeds": ec.num_seeds, "num_times": ec.num_times,
                    "aggregator": ec.aggregator, "quantile": ec.quantile,
-                   "checkpoint_step": int(step), "images_per_s": images_per_s,
-                   "num_test_images": int(len(scores)), "seed": ec.seed},
+                   "checkpoint_step": int(step), "use_ema": bool(ec.use_ema),
+                   "images_per_s": images_per_s, "num_test_images": int(len(scores)),
+                   "seed": ec.seed, "batch_size": ec.batch_size,
+                   "num_devices": int(mesh.devices.size)},
       "images": [{"path": p, "category": dataset.class_names[c], "defect": d, "label": int(l),
                   "score": float(s)}
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
                                           dataset.test_defects, dataset.test_labels, scores)],
   }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(result, f, indent=1)
-    write_heatmaps(os.path.join(workdir, "heatmaps"), dataset, heatmaps, scores, norm,
-                   config.evaluate.num_heatmaps)
-    _print_summary(result, dataset)
+  eval_dir = os.path.join(workdir, "eval")
+  report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
+                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
+  print("\n".join(report.summary_lines(result)), flush=True)
+  print(f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).", flush=True)
   return result
-
-
-def _print_summary(result: dict, dataset: AnomalyDataset) -> None:
-  keys = [k for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
-                      "pixel_f1_max", "pixel_aupro") if k in result]
-  print("category      " + " ".join(f"{k:>13s}" for k in keys))
-  rows = list(result["per_category"].items()) + [("mean/overall", result)]
-  for name, m in rows:
-    print(f"{name:13s} " + " ".join(f"{100 * m[k]:13.1f}" for k in keys))
-  s = result["settings"]
-  print(f"K={s['num_seeds']} T={s['num_times']} aggregator={s['aggregator']} "
-        f"step={s['checkpoint_step']} {s['images_per_s']:.2f} images/s", flush=True)

@@ -4,106 +4,215 @@ AUROC and AP follow scikit-learn (AP is the step-wise average precision);
 F1-max is the largest F1 over the precision-recall curve; AUPRO follows the
 official MVTec AD evaluation (8-connected ground-truth regions, FPR over all
 normal pixels of the test set, trapezoid up to FPR 0.3 with interpolation at
-0.3, divided by 0.3). All curves come from one sort of the scores, which is
-much faster than scikit-learn's curves on tens of millions of pixels; the tests
-check them against scikit-learn.
+0.3, divided by 0.3).
+
+Every curve comes from one descending sort of the scores; the pixel metrics and
+AUPRO share a single sort of all pixels. For float32 maps the sort is a SIMD
+sort of 64-bit keys (order-preserving score bits << 32 | pixel index), about
+4x faster than `np.argsort` on tens of millions of pixels. The tests check
+every value against scikit-learn and against plain per-threshold loops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 from scipy import ndimage
 
-METRIC_KEYS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
-               "pixel_f1_max", "pixel_aupro")
+IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
+METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
 
 
-def _threshold_counts(scores: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray):
-  """Cumulative positive/negative weight at each distinct threshold, scores descending."""
-  order = np.argsort(scores, kind="stable")[::-1]
-  s = scores[order]
-  last_of_run = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-  tp = np.cumsum(weights_pos[order], dtype=np.float64)[last_of_run]
-  fp = np.cumsum(weights_neg[order], dtype=np.float64)[last_of_run]
-  return tp, fp, s[last_of_run]
+def _float32_sort_keys(x: np.ndarray) -> np.ndarray:
+  """float32 [n] -> uint64 keys whose order is the order of x, with the index in the low bits."""
+  bits = x.view(np.uint32).astype(np.uint64)
+  negative = (bits >> np.uint64(31)).astype(bool)
+  # Negative floats: flip every bit; non-negative: set the sign bit. Then unsigned order = float order.
+  bits = np.where(negative, bits ^ np.uint64(0xFFFFFFFF), bits | np.uint64(0x80000000))
+  return (bits << np.uint64(32)) | np.arange(x.size, dtype=np.uint64)
 
 
-def binary_curves(scores, labels) -> dict:
-  """AUROC, AP (step-wise) and F1-max (+ its threshold) of scores for binary labels."""
-  scores = np.asarray(scores, np.float64).ravel()
-  labels = np.asarray(labels).ravel().astype(bool)
+def descending_order(scores: np.ndarray) -> np.ndarray:
+  """Indices that sort the flat `scores` in descending order (ties in any order)."""
+  if scores.dtype == np.float32 and scores.size < 2**32:
+    keys = _float32_sort_keys(scores)
+    keys.sort()
+    return (keys[::-1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+  return np.argsort(scores, kind="stable")[::-1]
+
+
+@dataclasses.dataclass
+class _Sorted:
+  """Scores sorted descending, and where each run of equal scores ends."""
+  order: np.ndarray  # [n] int64
+  run_ends: np.ndarray  # [distinct] index of the last element of each run
+  thresholds: np.ndarray  # [distinct] score of each run, descending
+
+  @classmethod
+  def of(cls, scores: np.ndarray) -> "_Sorted":
+    order = descending_order(scores)
+    s = scores[order]
+    run_ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+    return cls(order, run_ends, s[run_ends])
+
+  def cumulative(self, weights: np.ndarray) -> np.ndarray:
+    """Total weight of the elements scored >= each threshold: [distinct] float64."""
+    w = weights[self.order]
+    dtype = np.int64 if w.dtype == bool else np.float64
+    return np.cumsum(w, dtype=dtype)[self.run_ends].astype(np.float64)
+
+
+def _check_scores(scores: np.ndarray, what: str) -> None:
+  bad = int(np.size(scores) - np.isfinite(scores).sum())
+  if bad:
+    raise ValueError(f"{what} contain {bad} non-finite values (NaN or inf); cannot rank them.")
+
+
+def _undefined(what: str, n_pos: int, n_neg: int) -> None:
+  warnings.warn(f"{what} undefined with {n_pos} anomalous and {n_neg} normal samples; "
+                "reporting NaN.", stacklevel=3)
+
+
+def _curves_from_sorted(srt: _Sorted, labels: np.ndarray, with_curves: bool) -> dict:
   n_pos = int(labels.sum())
   n_neg = labels.size - n_pos
+  nan = float("nan")
   if n_pos == 0 or n_neg == 0:
-    warnings.warn(f"AUROC/AP/F1 are undefined with {n_pos} anomalous and {n_neg} normal "
-                  "samples; reporting NaN.")
-    return {"auroc": float("nan"), "ap": float("nan"), "f1_max": float("nan"),
-            "f1_threshold": float("nan")}
-  tp, fp, thresholds = _threshold_counts(scores, labels.astype(np.float64), (~labels).astype(np.float64))
+    _undefined("AUROC/AP/F1-max are", n_pos, n_neg)
+    return {"auroc": nan, "ap": nan, "f1_max": nan, "f1_threshold": nan}
+  tp = srt.cumulative(labels)
+  fp = (srt.run_ends + 1) - tp
   tpr = np.r_[0.0, tp / n_pos]
   fpr = np.r_[0.0, fp / n_neg]
-  auroc = float(np.trapezoid(tpr, fpr))
   precision = tp / (tp + fp)
   recall = tp / n_pos
-  ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
   best = int(np.argmax(f1))
-  return {"auroc": auroc, "ap": ap, "f1_max": float(f1[best]), "f1_threshold": float(thresholds[best])}
+  out = {"auroc": float(np.trapezoid(tpr, fpr)),
+         "ap": float(np.sum(np.diff(np.r_[0.0, recall]) * precision)),
+         "f1_max": float(f1[best]), "f1_threshold": float(srt.thresholds[best])}
+  if with_curves:
+    out["curves"] = {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall}
+  return out
 
 
-def aupro(anomaly_maps, masks, fpr_limit: float = 0.3) -> float:
-  """Area under the per-region-overlap curve up to `fpr_limit`, normalised to [0, 1]."""
-  maps = np.asarray(anomaly_maps, np.float64)
-  masks = np.asarray(masks).astype(bool)
-  structure = np.ones((3, 3), int)
-  region_weight = np.zeros(masks.shape, np.float64)
-  sizes = []
-  comp = np.zeros(masks.shape, np.int64)
-  offset = 0
-  for i in range(masks.shape[0]):
-    labeled, n = ndimage.label(masks[i], structure=structure)
-    comp[i] = np.where(labeled > 0, labeled + offset, 0)
-    sizes.extend(np.bincount(labeled.ravel())[1:].tolist())
-    offset += n
-  num_regions = len(sizes)
-  num_ok = int((~masks).sum())
-  if num_regions == 0 or num_ok == 0:
-    warnings.warn("AUPRO is undefined without both anomalous regions and normal pixels; NaN.")
+def binary_curves(scores, labels, with_curves: bool = False) -> dict:
+  """AUROC, AP (step-wise), F1-max and its threshold (score >= threshold = anomalous).
+
+  scores [...] and labels [...] (nonzero = anomalous) of the same size. With
+  `with_curves`, also "curves": fpr/tpr (ROC, from (0, 0)) and precision/recall
+  per distinct threshold, descending. One class only -> NaN and a warning.
+  """
+  scores = np.asarray(scores).ravel()
+  if scores.dtype not in (np.float32, np.float64):
+    scores = scores.astype(np.float64)
+  labels = np.asarray(labels).ravel().astype(bool)
+  if scores.size != labels.size:
+    raise ValueError(f"{scores.size} scores for {labels.size} labels.")
+  _check_scores(scores, "Scores")
+  return _curves_from_sorted(_Sorted.of(scores), labels, with_curves)
+
+
+def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+  """Per pixel 1 / (num_regions * size of its 8-connected region), 0 outside; and num_regions."""
+  structure = np.zeros((3, 3, 3), bool)
+  structure[1] = True  # 8-connectivity within each map, none across maps
+  labeled, num_regions = ndimage.label(masks, structure=structure)
+  if num_regions == 0:
+    return np.zeros(masks.shape, np.float64), 0
+  sizes = np.bincount(labeled.ravel()).astype(np.float64)
+  sizes[0] = np.inf  # background weight 0
+  return 1.0 / (num_regions * sizes[labeled]), num_regions
+
+
+def _aupro_from_sorted(srt: _Sorted, masks: np.ndarray, fpr_limit: float) -> float:
+  weights, num_regions = _region_weights(masks)
+  normal = ~masks.ravel()
+  num_normal = int(normal.sum())
+  if num_regions == 0 or num_normal == 0:
+    _undefined("AUPRO is", num_regions, num_normal)
     return float("nan")
-  sizes = np.asarray([1.0] + sizes)  # index 0 (background) unused
-  region_weight = np.where(comp > 0, 1.0 / (num_regions * sizes[comp]), 0.0)
-  pro, fpr, _ = _threshold_counts(maps.ravel(), region_weight.ravel(),
-                                  (~masks).ravel().astype(np.float64) / num_ok)
-  fpr = np.r_[0.0, np.minimum(fpr, 1.0)]
-  pro = np.r_[0.0, np.minimum(pro, 1.0)]
-  inside = fpr <= fpr_limit
-  x, y = fpr[inside], pro[inside]
-  if x[-1] < fpr_limit and inside.sum() < fpr.size:
-    j = int(inside.sum())  # first point beyond the limit
-    frac = (fpr_limit - fpr[j - 1]) / (fpr[j] - fpr[j - 1])
+  pro = np.r_[0.0, np.minimum(srt.cumulative(weights.ravel()), 1.0)]
+  fpr = np.r_[0.0, srt.cumulative(normal) / num_normal]
+  inside = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr is non-decreasing
+  x, y = fpr[:inside], pro[:inside]
+  if x[-1] < fpr_limit and inside < fpr.size:  # interpolate the curve at the limit
+    frac = (fpr_limit - fpr[inside - 1]) / (fpr[inside] - fpr[inside - 1])
     x = np.r_[x, fpr_limit]
-    y = np.r_[y, pro[j - 1] + frac * (pro[j] - pro[j - 1])]
+    y = np.r_[y, pro[inside - 1] + frac * (pro[inside] - pro[inside - 1])]
   return float(np.trapezoid(y, x) / fpr_limit)
 
 
-def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None) -> dict:
-  """The seven metrics (fractions) and the F1-optimal thresholds.
+def _check_maps(anomaly_maps, masks) -> tuple[np.ndarray, np.ndarray]:
+  maps = np.asarray(anomaly_maps)
+  if maps.dtype not in (np.float32, np.float64):
+    maps = maps.astype(np.float64)
+  masks = np.asarray(masks)
+  if maps.shape != masks.shape or maps.ndim != 3:
+    raise ValueError(f"anomaly_maps {maps.shape} and masks {masks.shape} must both be [N,H,W].")
+  _check_scores(maps, "Anomaly maps")
+  return maps, masks.astype(bool)
+
+
+def aupro(anomaly_maps, masks, fpr_limit: float = 0.3) -> float:
+  """Area under the per-region-overlap curve up to `fpr_limit`, normalised to [0, 1].
+
+  anomaly_maps [N,H,W] float, masks [N,H,W] (nonzero = defect).
+  """
+  maps, masks = _check_maps(anomaly_maps, masks)
+  return _aupro_from_sorted(_Sorted.of(maps.ravel()), masks, fpr_limit)
+
+
+def pixel_metrics(anomaly_maps, masks, fpr_limit: float = 0.3, with_curves: bool = False) -> dict:
+  """Pixel AUROC/AP/F1-max (+ threshold) and AUPRO from one sort of all pixels."""
+  maps, masks = _check_maps(anomaly_maps, masks)
+  srt = _Sorted.of(maps.ravel())
+  curves = _curves_from_sorted(srt, masks.ravel(), with_curves)
+  curves["aupro"] = _aupro_from_sorted(srt, masks, fpr_limit) if masks.any() else float("nan")
+  return curves
+
+
+def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None,
+                    with_curves: bool = False) -> dict:
+  """The seven metrics (fractions in [0, 1]) and the F1-optimal thresholds.
 
   image_scores [N], image_labels [N] (1 = anomalous), anomaly_maps [N,H,W] and
-  masks [N,H,W]; without masks only the image-level keys are returned.
+  masks [N,H,W]. Without masks only the image keys are returned. A metric that
+  is undefined (one class only, no defect pixels) is NaN, with a warning. With
+  `with_curves`, "image_curves" / "pixel_curves" hold the ROC and PR curves.
   """
-  image = binary_curves(image_scores, image_labels)
+  scores = np.asarray(image_scores)
+  labels = np.asarray(image_labels)
+  if scores.ndim != 1 or scores.shape != labels.shape:
+    raise ValueError(f"image_scores {scores.shape} and image_labels {labels.shape} must both be [N].")
+  if not np.isin(labels, (0, 1)).all():
+    raise ValueError(f"image_labels must be 0 (normal) or 1 (anomalous); got {np.unique(labels)}.")
+  image = binary_curves(scores, labels, with_curves)
   out = {"image_auroc": image["auroc"], "image_ap": image["ap"], "image_f1_max": image["f1_max"],
          "image_f1_threshold": image["f1_threshold"]}
+  if with_curves and "curves" in image:
+    out["image_curves"] = image["curves"]
   if masks is None:
     return out
-  maps = np.asarray(anomaly_maps)
-  masks = np.asarray(masks)
-  if maps.shape != masks.shape:
-    raise ValueError(f"anomaly_maps {maps.shape} and masks {masks.shape} differ in shape.")
-  pixel = binary_curves(maps, masks)
+  if anomaly_maps is None or len(anomaly_maps) != len(scores):
+    raise ValueError("anomaly_maps must be given with masks, one [H,W] map per image score.")
+  pixel = pixel_metrics(anomaly_maps, masks, with_curves=with_curves)
   out.update({"pixel_auroc": pixel["auroc"], "pixel_ap": pixel["ap"], "pixel_f1_max": pixel["f1_max"],
-              "pixel_f1_threshold": pixel["f1_threshold"], "pixel_aupro": aupro(maps, masks)})
+              "pixel_f1_threshold": pixel["f1_threshold"], "pixel_aupro": pixel["aupro"]})
+  if with_curves and "curves" in pixel:
+    out["pixel_curves"] = pixel["curves"]
+  return out
+
+
+def mean_over_categories(per_category: dict[str, dict]) -> dict:
+  """The paper's "Mean" row: each metric averaged over the categories that define it."""
+  out = {}
+  for key in METRIC_KEYS:
+    values = [m[key] for m in per_category.values() if key in m]
+    finite = [v for v in values if np.isfinite(v)]
+    if values:
+      out[key] = float(np.mean(finite)) if finite else float("nan")
   return out

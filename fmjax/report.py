@@ -1,17 +1,33 @@
-"""Pictures of the evaluation: test image | heatmap overlay with the ground truth."""
+"""The evaluation report in <workdir>/eval/: tables, per-image scores and pictures.
+
+  metrics.json          overall, mean over categories, per category, settings, per-image scores
+  metrics.md            one row per category in the layout of the paper's Tables 4/5, plus Mean
+  scores.csv            path, category, defect, label, score, threshold, decision
+  grid_<category>.png   test images with the ground-truth contour | heatmap overlay
+  score_histogram.png   image scores of normal vs anomalous images, per category
+  roc_pr.png            ROC and precision-recall curves (image and pixel level)
+  heatmaps/             the highest- and lowest-scoring images at full size
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from fmjax.data import AnomalyDataset, NormStats
+from fmjax import plots
+from fmjax.data import AnomalyDataset
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black-purple-orange-yellow).
 _ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
                     np.float64) / 255.0
+TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
+                 ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"),
+                 ("pixel_aupro", "PRO"))
 
 
 def colormap(x: np.ndarray) -> np.ndarray:
@@ -25,26 +41,45 @@ def colormap(x: np.ndarray) -> np.ndarray:
 def _outline(mask: np.ndarray) -> np.ndarray:
   """The pixels just outside a binary mask (8-neighbourhood), so thin defects stay visible."""
   m = mask.astype(bool)
-  grown = m.copy()
-  for dy in (-1, 0, 1):
-    for dx in (-1, 0, 1):
-      grown |= np.roll(np.roll(m, dy, axis=0), dx, axis=1)
+  padded = np.pad(m, 1)
+  grown = np.zeros_like(m)
+  h, w = m.shape
+  for dy in range(3):
+    for dx in range(3):
+      grown |= padded[dy:dy + h, dx:dx + w]
   return grown & ~m
 
 
-def heatmap_panel(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask=None) -> np.ndarray:
-  """uint8 image [H,W,3] | overlay of the heatmap (scaled by vmax), mask outline in white."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask=None) -> np.ndarray:
+  """uint8 image [H,W,3] blended with the colour-mapped heatmap / vmax; mask outline in white."""
   heat = colormap(heatmap / max(vmax, 1e-12))
-  overlay = 0.45 * image.astype(np.float64) / 255.0 + 0.55 * heat
+  out = 0.45 * image.astype(np.float64) / 255.0 + 0.55 * heat
   if mask is not None:
-    overlay[_outline(mask)] = 1.0
-  return np.concatenate([image, np.round(overlay * 255).astype(np.uint8)], axis=1)
+    out[_outline(mask)] = 1.0
+  return np.round(out * 255).astype(np.uint8)
+
+
+def with_contour(image: np.ndarray, mask=None) -> np.ndarray:
+  out = image.copy()
+  if mask is not None:
+    out[_outline(mask)] = (0, 255, 0)
+  return out
+
+
+def heatmap_panel(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask=None) -> np.ndarray:
+  """uint8 [H, 2W, 3]: the image | heatmap overlay, ground truth outlined."""
+  return np.concatenate([with_contour(image, mask), overlay(image, heatmap, vmax, mask)], axis=1)
+
+
+def _upscale(a: np.ndarray, target: int = 128) -> Image.Image:
+  im = Image.fromarray(a)
+  scale = max(1, target // a.shape[0])
+  return im.resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) if scale > 1 else im
 
 
 def write_heatmaps(directory: str, dataset: AnomalyDataset, heatmaps: np.ndarray,
-                   scores: np.ndarray, norm: NormStats, count: int) -> list[str]:
+                   scores: np.ndarray, count: int) -> list[str]:
   """Saves the `count` highest- and lowest-scoring test images' panels as PNGs; returns paths."""
-  del norm  # panels show the stored uint8 images
   os.makedirs(directory, exist_ok=True)
   order = np.argsort(-scores)
   chosen = list(dict.fromkeys(list(order[: (count + 1) // 2]) + list(order[::-1][: count // 2])))
@@ -52,11 +87,193 @@ def write_heatmaps(directory: str, dataset: AnomalyDataset, heatmaps: np.ndarray
   paths = []
   for rank, i in enumerate(chosen):
     mask = None if dataset.test_masks is None else dataset.test_masks[i]
-    panel = heatmap_panel(dataset.test_images[i], heatmaps[i], vmax, mask)
-    scale = max(1, 256 // panel.shape[0])
-    img = Image.fromarray(panel).resize((panel.shape[1] * scale, panel.shape[0] * scale), Image.NEAREST)
-    name = f"{rank:02d}_{dataset.class_names[dataset.test_classes[i]]}_{dataset.test_defects[i]}_{scores[i]:.3g}.png"
+    img = _upscale(heatmap_panel(dataset.test_images[i], heatmaps[i], vmax, mask), 256)
+    name = (f"{rank:02d}_{dataset.class_names[dataset.test_classes[i]]}_{dataset.test_defects[i]}"
+            f"_{scores[i]:.3g}.png")
     path = os.path.join(directory, name)
     img.save(path)
     paths.append(path)
   return paths
+
+
+def grid_selection(scores: np.ndarray, labels: np.ndarray, columns: int) -> list[tuple[int, str]]:
+  """Indices (into scores) and captions: best and worst anomalous, worst and best normal images."""
+  anomalous = np.flatnonzero(labels == 1)
+  normal = np.flatnonzero(labels == 0)
+  anomalous = anomalous[np.argsort(-scores[anomalous], kind="stable")]
+  normal = normal[np.argsort(-scores[normal], kind="stable")]
+  n_anom = min(len(anomalous), max(columns - min(len(normal), columns // 3), (columns + 1) // 2))
+  n_norm = min(len(normal), columns - n_anom)
+  top_a = (n_anom + 1) // 2
+  picks = [(int(i), "best detected") for i in anomalous[:top_a]]
+  picks += [(int(i), "hardest defect") for i in anomalous[::-1][: n_anom - top_a][::-1]]
+  top_n = n_norm // 2
+  picks += [(int(i), "highest normal") for i in normal[:top_n]]
+  picks += [(int(i), "lowest normal") for i in normal[::-1][: n_norm - top_n][::-1]]
+  return list(dict.fromkeys(picks))
+
+
+def category_grid(dataset: AnomalyDataset, heatmaps: np.ndarray, scores: np.ndarray,
+                  category: int, threshold: float, columns: int = 8) -> Image.Image:
+  """Columns of test images of one category: image + contour over heatmap overlay, captioned."""
+  idx = np.flatnonzero(dataset.test_classes == category)
+  sel = grid_selection(scores[idx], dataset.test_labels[idx], columns)
+  vmax = float(np.quantile(heatmaps[idx], 0.999))
+  f = plots.font(11)
+  tiles = []
+  for local, why in sel:
+    i = idx[local]
+    mask = None if dataset.test_masks is None else dataset.test_masks[i]
+    top = _upscale(with_contour(dataset.test_images[i], mask))
+    bottom = _upscale(overlay(dataset.test_images[i], heatmaps[i], vmax, mask))
+    w = top.width
+    tile = Image.new("RGB", (w, 46 + 2 * top.height + 4), (255, 255, 255))
+    d = ImageDraw.Draw(tile)
+    flagged = "flagged" if scores[i] >= threshold else "passed"
+    captions = (dataset.test_defects[i][:22], f"score {scores[i]:.4g} ({flagged})", why)
+    for row, text in enumerate(captions):
+      d.text((w / 2, 2 + 14 * row), text, fill=(30, 30, 30), font=f, anchor="mt")
+    tile.paste(top, (0, 46))
+    tile.paste(bottom, (0, 46 + top.height + 4))
+    tiles.append(tile)
+  grid = plots.side_by_side(tiles, gap=6)
+  title = Image.new("RGB", (max(grid.width, 420), 34), (255, 255, 255))
+  d = ImageDraw.Draw(title)
+  d.text((4, 3), f"{dataset.class_names[category]}: top, image + ground truth (green); bottom, heatmap",
+         fill=(30, 30, 30), font=f)
+  d.text((4, 18), f"colour scale 0 to {vmax:.3g} (99.9th percentile of the category)",
+         fill=(30, 30, 30), font=f)
+  return plots.stacked([title, grid], gap=2)
+
+
+def _fmt(v) -> str:
+  return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def metrics_table(result: dict) -> str:
+  """Markdown: one row per category and a Mean row (percent, one decimal), as in Tables 4/5."""
+  keys = [(k, name) for k, name in TABLE_COLUMNS
+          if any(k in m for m in result["per_category"].values())]
+  lines = ["| Category | " + " | ".join(name for _, name in keys) + " |",
+           "|---|" + "---:|" * len(keys)]
+  rows = list(result["per_category"].items()) + [("Mean", result["mean"])]
+  for name, m in rows:
+    cells = [_fmt(m.get(k)) for k, _ in keys]
+    bold = "**" if name == "Mean" else ""
+    lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def metrics_markdown(result: dict) -> str:
+  s = result["settings"]
+  overall = " ".join(f"{name} {_fmt(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
+  return "\n".join([
+      f"# Flow Mismatching evaluation: {s['dataset']}", "",
+      f"Checkpoint step {s['checkpoint_step']}; K = {s['num_seeds']} seeds, T = {s['num_times']} "
+      f"times, aggregator {s['aggregator']}" + (f" (q = {s['quantile']})" if s.get("quantile") else "")
+      + f"; {s['num_test_images']} test images scored at {s['images_per_s']:.2f} images/s.", "",
+      "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
+      "Mean = average over categories (the papers' convention).", "",
+      metrics_table(result), "",
+      f"All test images pooled into one ranking: {overall}.", ""])
+
+
+def write_scores_csv(path: str, result: dict) -> None:
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "category", "defect", "label", "score", "threshold", "decision"])
+    for r in result["images"]:
+      t = result["per_category"][r["category"]]["image_f1_threshold"]
+      decision = "" if not np.isfinite(t) else ("anomalous" if r["score"] >= t else "normal")
+      w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{r['score']:.8g}",
+                  f"{t:.8g}", decision])
+
+
+def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict) -> Image.Image:
+  charts = []
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.test_classes == ci
+    labels = dataset.test_labels[sel]
+    charts.append(plots.histogram_chart(
+        [("normal", scores[sel][labels == 0]), ("anomalous", scores[sel][labels == 1])],
+        f"{name}: image scores", "score (max + top-1% mean)",
+        threshold=result["per_category"][name]["image_f1_threshold"]))
+  cols = min(3, len(charts))
+  rows = [plots.side_by_side(charts[i:i + cols]) for i in range(0, len(charts), cols)]
+  return plots.stacked(rows)
+
+
+def roc_pr_figure(curves: dict, result: dict) -> Image.Image | None:
+  """ROC and PR curves of all test images pooled; image level, and pixel level when masks exist."""
+  roc, pr = [], []
+  for level in ("image", "pixel"):
+    c = curves.get(f"{level}_curves")
+    if c is None:
+      continue
+    roc.append((f"{level} AUROC {_fmt(result[f'{level}_auroc'])}", c["fpr"], c["tpr"]))
+    pr.append((f"{level} AP {_fmt(result[f'{level}_ap'])}", np.r_[0.0, c["recall"]],
+               np.r_[c["precision"][0], c["precision"]]))
+  if not roc:
+    return None
+  return plots.side_by_side([
+      plots.line_chart(roc, "ROC (all test images)", "false positive rate", "true positive rate",
+                       xlim=(0, 1), ylim=(0, 1)),
+      plots.line_chart(pr, "Precision-recall (all test images)", "recall", "precision",
+                       xlim=(0, 1), ylim=(0, 1), legend_corner="bl")])
+
+
+def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps: np.ndarray,
+                 scores: np.ndarray, curves: dict, num_heatmaps: int = 12,
+                 grid_columns: int = 8) -> list[str]:
+  """Writes every file listed in the module docstring; returns their paths."""
+  os.makedirs(eval_dir, exist_ok=True)
+  written = []
+
+  def path(name):
+    written.append(os.path.join(eval_dir, name))
+    return written[-1]
+
+  with open(path("metrics.json"), "w") as f:
+    json.dump(_json_safe(result), f, indent=1)
+  with open(path("metrics.md"), "w") as f:
+    f.write(metrics_markdown(result))
+  write_scores_csv(path("scores.csv"), result)
+  for ci, name in enumerate(dataset.class_names):
+    threshold = result["per_category"][name]["image_f1_threshold"]
+    category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns).save(
+        path(f"grid_{_safe_name(name)}.png"))
+  histogram_figure(dataset, scores, result).save(path("score_histogram.png"))
+  figure = roc_pr_figure(curves, result)
+  if figure is not None:
+    figure.save(path("roc_pr.png"))
+  if num_heatmaps > 0:
+    write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
+  return written
+
+
+def _safe_name(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _json_safe(obj):
+  """NaN/inf -> None, so metrics.json is strict JSON."""
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def summary_lines(result: dict) -> list[str]:
+  """The table printed at the end of an evaluation."""
+  keys = [(k, n) for k, n in TABLE_COLUMNS if k in result or k in result["mean"]]
+  lines = ["category        " + " ".join(f"{n:>8s}" for _, n in keys)]
+  for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
+    lines.append(f"{name[:15]:15s} " + " ".join(f"{_fmt(m.get(k)):>8s}" for k, _ in keys))
+  s = result["settings"]
+  lines.append(f"K={s['num_seeds']} T={s['num_times']} aggregator={s['aggregator']} "
+               f"step={s['checkpoint_step']} {s['images_per_s']:.2f} images/s")
+  return lines
+

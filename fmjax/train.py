@@ -2,8 +2,10 @@
 
 The step is a pure function `(state, images uint8 [B,H,W,3], labels [B]) -> (state,
 loss)` compiled once with explicit shardings (batch split on the "data" mesh axis,
-state replicated) and the state donated. Batches are a pure function of
-(seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+state replicated) and the state donated. Batches come from a grain pipeline
+(`fmjax.data.pipeline`) that is a pure function of (seed, step); its iterator
+state is saved with every checkpoint, so a resumed run sees exactly the batches
+an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import queue
-import threading
 import time
 
 import flax.struct
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from fmjax import checkpoint, flow, sharding
-from fmjax.data import AnomalyDataset, NormStats, load_dataset
+from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
@@ -65,17 +65,6 @@ def num_train_steps(config, num_images: int) -> int:
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
   return int(math.ceil(config.train.num_epochs * num_images / config.train.batch_size))
-
-
-def batch_indices(seed: int, step: int, batch_size: int, num_images: int) -> np.ndarray:
-  """Global batch `step`: consecutive slices of per-epoch permutations of the images."""
-  start = step * batch_size
-  out = []
-  while len(out) < batch_size:
-    epoch, pos = divmod(start + len(out), num_images)
-    perm = np.random.default_rng([seed, epoch]).permutation(num_images)
-    out.extend(perm[pos:pos + batch_size - len(out)].tolist())
-  return np.asarray(out, np.int64)
 
 
 def create_train_state(model, optimizer, image_shape, num_classes: int, key, ema: bool) -> TrainState:
@@ -134,27 +123,6 @@ def make_loss_fn(model, norm: NormStats, mesh):
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
   return jax.jit(loss_fn, in_shardings=(rep, data, data), out_shardings=rep)
-
-
-class BatchPrefetcher:
-  """Builds global device batches for steps [start, end) in a background thread."""
-
-  def __init__(self, images, labels, seed, batch_size, start, end, mesh, depth: int = 2):
-    self._q: queue.Queue = queue.Queue(maxsize=depth)
-    self._data = sharding.data_sharding(mesh)
-    rows = sharding.host_slice(batch_size)
-
-    def work():
-      for step in range(start, end):
-        idx = batch_indices(seed, step, batch_size, len(images))[rows]
-        self._q.put((sharding.to_global(images[idx], self._data),
-                     sharding.to_global(labels[idx], self._data)))
-
-    self._thread = threading.Thread(target=work, daemon=True)
-    self._thread.start()
-
-  def next(self):
-    return self._q.get()
 
 
 def _check_finite(pending: list, step: int):
@@ -226,36 +194,55 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   check_loss = make_loss_fn(model, norm, mesh)
   labels = labels_for(config, dataset.train_classes, dataset.num_classes)
   full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size}
+  workers = config.data.loader_workers
+  full_meta["loader_workers"] = workers
+  iterator_state = None  # fresh stream, started at `start`
+  if latest is not None:
+    saved = checkpoint.read_meta(manager, latest)
+    if saved.get("loader_workers") == workers and "data_iterator" in saved:
+      iterator_state = saved["data_iterator"]
+    else:
+      print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
+            f"stream restarts at step {start}, which gives the same batches.", flush=True)
   writer = JsonlWriter(os.path.join(workdir, "train_metrics.jsonl"))
   progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
   if start >= total:
     print(f"Training already done ({start}/{total} steps).", flush=True)
     return state
 
-  batches = BatchPrefetcher(dataset.train_images, labels, config.seed, batch_size, start, total, mesh)
-  pending, t_last = [], time.time()
-  for step in range(start + 1, total + 1):
-    images, batch_labels = batches.next()
-    state, loss = train_step(state, images, batch_labels)
-    pending.append(loss)
-    last = step == total
-    if step % config.train.log_every_steps == 0 or last or step % config.train.checkpoint_every_steps == 0:
-      losses = _check_finite(pending, step)
-      now = time.time()
-      rate = len(losses) / max(now - t_last, 1e-9)
-      pending, t_last = [], now
-      writer.write(step=step, loss=float(losses.mean()), steps_per_s=rate,
-                   images_per_s=rate * batch_size)
-      progress.update(len(losses), force=last, loss=float(losses[-1]), img_s=round(rate * batch_size, 1))
-      if step % config.train.checkpoint_every_steps == 0 or last:
-        # The losses so far used the previous parameters: check the new ones before saving.
-        if not (bool(_all_finite(state.params)) and
-                np.isfinite(float(check_loss(state.params, images, batch_labels)))):
-          raise NonFiniteLossError(
-              f"The parameters after step {step} give a NaN or infinite loss; no checkpoint was "
-              "written. Lower --config.train.learning_rate or use --config.model.dtype=float32.")
-        checkpoint.save(manager, step, state, full_meta)
-  manager.close()
+  source = pipeline.ArraySource(dataset.train_images, labels)
+  stream = pipeline.train_dataset(source, batch_size, config.seed, jax.process_index(),
+                                  jax.process_count())
+  iterator = pipeline.train_iterator(stream, iterator_state, workers, config.data.loader_threads,
+                                     start=start)
+  batches = pipeline.DevicePrefetcher(iterator, mesh, total - start)
+  try:
+    pending, t_last = [], time.time()
+    for step in range(start + 1, total + 1):
+      images, batch_labels = batches.next()
+      state, loss = train_step(state, images, batch_labels)
+      pending.append(loss)
+      last = step == total
+      save_now = step % config.train.checkpoint_every_steps == 0 or last
+      if step % config.train.log_every_steps == 0 or save_now:
+        losses = _check_finite(pending, step)
+        now = time.time()
+        rate = len(losses) / max(now - t_last, 1e-9)
+        pending, t_last = [], now
+        writer.write(step=step, loss=float(losses.mean()), steps_per_s=rate,
+                     images_per_s=rate * batch_size)
+        progress.update(len(losses), force=last, loss=float(losses[-1]), img_s=round(rate * batch_size, 1))
+        if save_now:
+          # The losses so far used the previous parameters: check the new ones before saving.
+          if not (bool(_all_finite(state.params)) and
+                  np.isfinite(float(check_loss(state.params, images, batch_labels)))):
+            raise NonFiniteLossError(
+                f"The parameters after step {step} give a NaN or infinite loss; no checkpoint was "
+                "written. Lower --config.train.learning_rate or use --config.model.dtype=float32.")
+          checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
+  finally:
+    batches.close()
+    manager.close()
   return state
 
 

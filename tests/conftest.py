@@ -57,3 +57,46 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the repo)")
   return SHARED_DATA
+
+
+def check_eval_report(eval_dir, categories, with_masks=True):
+  """Asserts every report file exists and parses, and metrics.md's table equals metrics.json."""
+  import csv
+  import json
+  import math
+  import re
+
+  from PIL import Image
+
+  eval_dir = pathlib.Path(eval_dir)
+  metrics = json.loads((eval_dir / "metrics.json").read_text())
+  pictures = ["score_histogram.png", "roc_pr.png"] + [f"grid_{c}.png" for c in categories]
+  for name in pictures:
+    with Image.open(eval_dir / name) as im:
+      im.load()
+      assert im.width > 100 and im.height > 100, name
+  with open(eval_dir / "scores.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(metrics["images"])
+  for row, img in zip(rows, metrics["images"]):
+    assert row["path"] == img["path"] and float(row["score"]) == pytest.approx(img["score"], rel=1e-7)
+    threshold = metrics["per_category"][row["category"]]["image_f1_threshold"]
+    assert row["decision"] == ("anomalous" if img["score"] >= threshold else "normal")
+  # metrics.md: one row per category + Mean, percent with one decimal.
+  table = [l for l in (eval_dir / "metrics.md").read_text().splitlines() if l.startswith("|")]
+  header = [c.strip() for c in table[0].strip("|").split("|")]
+  keys = {"I-AUROC": "image_auroc", "I-AP": "image_ap", "I-F1max": "image_f1_max",
+          "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap", "P-F1max": "pixel_f1_max", "PRO": "pixel_aupro"}
+  assert len(header) == (8 if with_masks else 4), header
+  body = {re.sub(r"\*", "", r.strip("|").split("|")[0]).strip(): r for r in table[2:]}
+  assert list(body) == list(categories) + ["Mean"]
+  for name, row in body.items():
+    source = metrics["mean"] if name == "Mean" else metrics["per_category"][name]
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    for column, cell in zip(header[1:], cells):
+      value = source[keys[column]]
+      if value is None or (isinstance(value, float) and math.isnan(value)):
+        assert cell == "-"
+      else:
+        assert cell == f"{100 * value:.1f}", (name, column)
+  return metrics

@@ -1,9 +1,15 @@
-"""The embedded procedural dataset and the MVTec-layout reader."""
+"""The embedded procedural dataset, the MVTec / VisA / folder sources, and strict bad-data handling."""
+
+import csv
+import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from fmjax.data import load_folder_dataset, make_synthetic_dataset
+from fmjax.data import (CorruptImageError, DataLayoutError, load_folder_dataset, load_visa_dataset,
+                        make_synthetic_dataset, mvtec_samples)
+from fmjax.data.decode import read_image, read_mask
 from fmjax.data.synthetic import _texture
 
 
@@ -43,6 +49,43 @@ def test_real_bottle_counts(shared_data):
   assert int((ds.test_labels == 0).sum()) == 20
   assert int(ds.test_masks.reshape(83, -1).max(1).sum()) == 63
   assert ((ds.test_masks.reshape(83, -1).max(1) > 0) == (ds.test_labels == 1)).all()
+  assert sorted(set(ds.test_defects)) == ["broken_large", "broken_small", "contamination", "good"]
+  # Every mask belongs to its image: same defect folder and stem, same size on disk.
+  _, samples = mvtec_samples(str(shared_data / "mvtec"), ["bottle"])
+  masked = [s for s in samples if s.mask]
+  assert len(masked) == 63
+  for s in masked:
+    stem = os.path.splitext(os.path.basename(s.path))[0]
+    assert s.mask.endswith(os.path.join("ground_truth", s.defect, stem + "_mask.png"))
+    assert Image.open(s.mask).size == Image.open(s.path).size
+
+
+def test_real_magnetic_tile_counts_and_greyscale(shared_data):
+  with pytest.warns(UserWarning, match="no foreground pixel") as caught:
+    ds = load_folder_dataset(str(shared_data / "mtd"), ["magnetic_tile"], 128)
+  empty = [str(w.message) for w in caught if "no foreground" in str(w.message)]
+  assert len(empty) == 6 and all("uneven" in m for m in empty)  # empty in the source already
+  assert (len(ds.train_images), len(ds.test_images)) == (714, 630)
+  assert int((ds.test_labels == 1).sum()) == 392
+  assert int(ds.test_masks.reshape(630, -1).max(1).sum()) == 392 - 6
+  assert ds.train_images.shape == (714, 128, 128, 3)
+  # Greyscale PNGs become three equal channels.
+  np.testing.assert_array_equal(ds.train_images[..., 0], ds.train_images[..., 2])
+
+
+def test_fullres_bottle_resizes_to_the_shipped_copies(shared_data):
+  full = shared_data / "mvtec_fullres_sample" / "bottle"
+  small = shared_data / "mvtec" / "bottle"
+  pairs = [(os.path.join(d, f), os.path.join(str(small), os.path.relpath(d, str(full)), f))
+           for d, _, files in os.walk(full) for f in files if f.endswith(".png")]
+  assert len(pairs) == 10  # 8 images + 2 masks
+  for big, copy in pairs:
+    if "ground_truth" in big:
+      a, b = read_mask(big, 128), read_mask(copy, 128)
+      assert (a == b).mean() > 0.995, big
+    else:
+      a, b = read_image(big, 128).astype(int), read_image(copy, 128).astype(int)
+      assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 8, big
 
 
 def test_real_images_only_needs_the_switch(shared_data):
@@ -59,3 +102,182 @@ def test_missing_root_and_category(tmp_path):
   (tmp_path / "a" / "train" / "good").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match=r"not found under .*found \['a'\]"):
     load_folder_dataset(str(tmp_path), ["bottle"])
+
+
+# --- Small trees written by the tests ---------------------------------------------------------
+
+
+def _png(path, size=(16, 16), mode="RGB", value=128, array=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if array is not None:
+    Image.fromarray(array).save(path)
+  else:
+    Image.new(mode, size, value if mode in ("L", "I;16", "I", "P") else (value,) * len(mode)).save(path)
+  return path
+
+
+def _mvtec_tree(root, category="widget", n_train=3, defects=("scratch",), with_masks=True):
+  for i in range(n_train):
+    _png(f"{root}/{category}/train/good/{i:03d}.png", value=100 + i)
+  _png(f"{root}/{category}/test/good/000.png")
+  for d in defects:
+    _png(f"{root}/{category}/test/{d}/000.png", value=200)
+    if with_masks:
+      m = np.zeros((16, 16), np.uint8)
+      m[4:8, 4:8] = 255
+      _png(f"{root}/{category}/ground_truth/{d}/000_mask.png", array=m)
+  return str(root)
+
+
+def test_fake_mvtec_tree_reads_with_labels_and_masks(tmp_path):
+  root = _mvtec_tree(tmp_path, defects=("crack", "scratch"))
+  ds = load_folder_dataset(root, [], 8)
+  assert ds.class_names == ["widget"]
+  assert ds.test_defects == ["crack", "good", "scratch"] and ds.test_labels.tolist() == [1, 0, 1]
+  assert ds.test_masks.shape == (3, 8, 8) and ds.test_masks[0].sum() == 4 and not ds.test_masks[1].any()
+
+
+def test_defect_without_masks_folder_and_missing_mask(tmp_path):
+  root = _mvtec_tree(tmp_path, with_masks=False)
+  with pytest.raises(DataLayoutError, match="'scratch' has no masks folder .*image_level_only"):
+    load_folder_dataset(root, ["widget"], 8)
+  os.makedirs(tmp_path / "widget" / "ground_truth" / "scratch")
+  with pytest.raises(DataLayoutError, match="000.png has no mask"):
+    load_folder_dataset(root, ["widget"], 8)
+  ds = load_folder_dataset(root, ["widget"], 8, image_level_only=True)
+  assert ds.test_masks is None and ds.test_labels.tolist() == [0, 1]
+
+
+def test_empty_splits_are_refused(tmp_path):
+  root = _mvtec_tree(tmp_path, n_train=0)
+  os.makedirs(tmp_path / "widget" / "train" / "good")
+  with pytest.raises(DataLayoutError, match="training split is empty"):
+    load_folder_dataset(root, ["widget"], 8)
+  os.makedirs(tmp_path / "other" / "train" / "good")
+  _png(str(tmp_path / "other" / "train" / "good" / "a.png"))
+  os.makedirs(tmp_path / "other" / "test" / "good")
+  with pytest.raises(DataLayoutError, match="'other': the test split is empty"):
+    load_folder_dataset(root, ["other"], 8)
+
+
+def test_corrupt_images_name_the_file_or_are_skipped_with_a_count(tmp_path):
+  root = _mvtec_tree(tmp_path, n_train=4)
+  bad = tmp_path / "widget" / "train" / "good" / "001.png"
+  bad.write_bytes(bad.read_bytes()[:40])  # truncated
+  (tmp_path / "widget" / "train" / "good" / "002.png").write_bytes(b"not an image at all")
+  with pytest.raises(CorruptImageError, match=r"2 of 6 files cannot be decoded:\n.*001.png") as e:
+    load_folder_dataset(root, ["widget"], 8)
+  assert "002.png" in str(e.value) and "skip_corrupt=True" in str(e.value)
+  with pytest.warns(UserWarning, match="Skipped 2 undecodable files"):
+    ds = load_folder_dataset(root, ["widget"], 8, skip_corrupt=True)
+  assert len(ds.train_images) == 2 and not any("001" in p or "002" in p for p in ds.train_paths)
+
+
+def test_mask_of_another_size_is_resized_with_a_warning(tmp_path):
+  root = _mvtec_tree(tmp_path)
+  m = np.zeros((32, 32), np.uint8)
+  m[8:16, 8:16] = 255  # the same region as the 16x16 mask, at twice the size
+  _png(str(tmp_path / "widget" / "ground_truth" / "scratch" / "000_mask.png"), array=m)
+  with pytest.warns(UserWarning, match="is 32x32 but its image is 16x16"):
+    ds = load_folder_dataset(root, ["widget"], 16)
+  assert ds.test_masks[1].sum() == 16 and ds.test_masks[1][4:8, 4:8].all()
+
+
+def test_mixed_sizes_and_modes_become_rgb_at_the_configured_size(tmp_path):
+  d = tmp_path / "widget" / "train" / "good"
+  _png(str(d / "a_grey.png"), (20, 12), "L", 60)
+  _png(str(d / "b_rgba.png"), (16, 16), "RGBA", 90)
+  _png(str(d / "c_rgb.jpg"), (40, 40), "RGB", 120)
+  _png(str(d / "d_16bit.png"), array=np.full((16, 16), 65535 // 2, np.uint16))
+  pal = Image.new("P", (16, 16), 3)
+  pal.putpalette([0, 0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90] + [0] * 756)
+  pal.save(str(d / "e_palette.png"))
+  _png(str(tmp_path / "widget" / "test" / "good" / "t.png"))
+  ds = load_folder_dataset(str(tmp_path), ["widget"], 8)
+  assert ds.train_images.shape == (5, 8, 8, 3) and ds.train_images.dtype == np.uint8
+  means = ds.train_images.reshape(5, -1, 3).mean(1)
+  np.testing.assert_allclose(means[0], [60, 60, 60], atol=0.5)
+  np.testing.assert_allclose(means[1], [90, 90, 90], atol=0.5)  # alpha dropped
+  np.testing.assert_allclose(means[2], [120, 120, 120], atol=2)  # JPEG
+  np.testing.assert_allclose(means[3], [127.5, 127.5, 127.5], atol=0.6)  # 16-bit full range -> 8 bits
+  np.testing.assert_allclose(means[4], [70, 80, 90], atol=0.5)  # palette index 3
+
+
+def _visa_tree(root, objects=("pcb1", "candle")):
+  rows = []
+  for obj in objects:
+    for i in range(3):
+      rel = f"{obj}/Data/Images/Normal/{i:04d}.JPG"
+      _png(os.path.join(root, rel), value=90 + i)
+      rows.append([obj, "train", "normal", rel, ""])
+    rel = f"{obj}/Data/Images/Normal/0003.JPG"
+    _png(os.path.join(root, rel))
+    rows.append([obj, "test", "normal", rel, ""])
+    for i in range(2):
+      rel = f"{obj}/Data/Images/Anomaly/{i:03d}.JPG"
+      mrel = f"{obj}/Data/Masks/Anomaly/{i:03d}.png"
+      _png(os.path.join(root, rel), value=200)
+      m = np.zeros((16, 16), np.uint8)
+      m[2:6, 2:5] = 1 + i  # VisA masks are small integers, not 0/255
+      _png(os.path.join(root, mrel), array=m)
+      rows.append([obj, "test", "anomaly", rel, mrel])
+  os.makedirs(os.path.join(root, "split_csv"), exist_ok=True)
+  with open(os.path.join(root, "split_csv", "1cls.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["object", "split", "label", "image", "mask"])
+    w.writerows(rows)
+  return str(root)
+
+
+def test_fake_visa_tree_with_split_csv_and_non_binary_masks(tmp_path):
+  root = _visa_tree(tmp_path)
+  ds = load_visa_dataset(root, [], 16)
+  assert ds.class_names == ["candle", "pcb1"] and ds.name == "visa"
+  assert len(ds.train_images) == 6 and len(ds.test_images) == 6
+  assert ds.test_labels.tolist() == [0, 1, 1, 0, 1, 1]
+  assert ds.test_defects.count("anomaly") == 4
+  assert ds.test_masks.dtype == np.uint8 and set(np.unique(ds.test_masks)) == {0, 1}
+  assert [int(m.sum()) for m in ds.test_masks] == [0, 12, 12, 0, 12, 12]  # the 4x3 regions
+  one = load_visa_dataset(root, ["pcb1"], 8)
+  assert one.class_names == ["pcb1"] and len(one.test_images) == 3
+
+
+def test_visa_layout_errors(tmp_path):
+  with pytest.raises(DataLayoutError, match="split file .*1cls.csv not found"):
+    load_visa_dataset(str(tmp_path), [], 8)
+  root = _visa_tree(tmp_path)
+  with pytest.raises(DataLayoutError, match=r"Categories \['fryum'\] not found .*found \['candle', 'pcb1'\]"):
+    load_visa_dataset(root, ["fryum"], 8)
+  os.remove(tmp_path / "pcb1" / "Data" / "Masks" / "Anomaly" / "001.png")
+  with pytest.raises(DataLayoutError, match="Mask .*001.png of pcb1/Data/Images/Anomaly/001.JPG does not exist"):
+    load_visa_dataset(root, ["pcb1"], 8)
+
+
+def test_file_stream_equals_memory_stream(tmp_path):
+  from fmjax.data import pipeline
+  root = _mvtec_tree(tmp_path, n_train=5)
+  ds = load_folder_dataset(root, ["widget"], 8)
+  labels = np.arange(5, dtype=np.int32)
+  files = pipeline.train_dataset(pipeline.ImageFileSource(ds.train_paths, labels, 8), 2, seed=7)
+  memory = pipeline.train_dataset(pipeline.ArraySource(ds.train_images, labels), 2, seed=7)
+  for step in range(6):
+    np.testing.assert_array_equal(files[step]["image"], memory[step]["image"])
+    np.testing.assert_array_equal(files[step]["label"], memory[step]["label"])
+
+
+def test_visa_config_reads_a_visa_tree(tmp_path):
+  from fmjax.configlib import validate
+  from fmjax.data import categories_of, load_dataset
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("visa_config", os.path.join(
+      os.path.dirname(__file__), "..", "configs", "visa.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert len(categories_of(config.data)) == 12
+  config.data.root = _visa_tree(tmp_path)
+  config.data.categories = "pcb1,candle"
+  config.data.image_size = 32
+  validate(config)
+  ds = load_dataset(config.data)
+  assert ds.class_names == ["pcb1", "candle"] and ds.num_classes == 2

@@ -10,21 +10,21 @@ import pytest
 from fmjax import main as fm_main
 from fmjax.metrics import METRIC_KEYS
 
-from conftest import REPO, tiny_config
+from conftest import REPO, check_eval_report, tiny_config
 
 
-def test_train_and_evaluate_writes_metrics_heatmaps_and_logs(tmp_path):
+def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   config = tiny_config(**{"mesh.num_devices": 2})
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
-  with open(tmp_path / "metrics.json") as f:
-    metrics = json.load(f)
+  metrics = check_eval_report(tmp_path / "eval", ["weave", "brushed", "tiles"])
   for key in METRIC_KEYS:
     assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics[key] == result[key]
   assert len(metrics["images"]) == 12  # 3 categories x (2 normal + 2 anomalous)
   assert set(metrics["per_category"]) == {"weave", "brushed", "tiles"}
   assert metrics["settings"]["checkpoint_step"] == 4
-  assert len(os.listdir(tmp_path / "heatmaps")) == 2
+  assert len(os.listdir(tmp_path / "eval" / "heatmaps")) == 2
+  assert set(metrics["mean"]) == set(METRIC_KEYS)
   lines = (tmp_path / "train_metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
   # Evaluating again from the checkpoint gives the same scores (same seed).

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fmjax import checkpoint, sharding, train
-from fmjax.data import NormStats, load_dataset
+from fmjax.data import NormStats, load_dataset, pipeline
 from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer
 
@@ -21,10 +21,11 @@ def _one_step(config, dataset, num_devices):
                                                      dataset.num_classes, k, False),
                   out_shardings=sharding.replicated(mesh))(jax.random.key(0))
   step = train.make_train_step(model, opt, norm, config.seed, 0.0, mesh)
-  idx = train.batch_indices(config.seed, 0, config.train.batch_size, len(dataset.train_images))
+  source = pipeline.ArraySource(dataset.train_images, dataset.train_classes)
+  batch = pipeline.train_dataset(source, config.train.batch_size, config.seed)[0]
   data = sharding.data_sharding(mesh)
-  images = sharding.to_global(dataset.train_images[idx], data)
-  labels = sharding.to_global(dataset.train_classes[idx], data)
+  images = sharding.to_global(batch["image"], data)
+  labels = sharding.to_global(batch["label"], data)
   assert len(images.sharding.device_set) == num_devices
   state, loss = step(state, images, labels)
   state, loss2 = step(state, images, labels)
@@ -44,10 +45,43 @@ def test_eight_devices_give_the_one_device_loss():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _index_stream(seed, batch_size, num_images, process_index=0, process_count=1):
+  ids = np.arange(num_images)
+  return pipeline.train_dataset(pipeline.ArraySource(ids, ids), batch_size, seed, process_index,
+                                process_count)
+
+
 def test_batches_cover_each_epoch_once_and_are_deterministic():
-  seen = np.concatenate([train.batch_indices(3, s, 4, 10) for s in range(5)])  # 20 = 2 epochs
+  stream = _index_stream(3, 4, 10)
+  seen = np.concatenate([stream[s]["image"] for s in range(5)])  # 20 = 2 epochs
   assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
-  np.testing.assert_array_equal(train.batch_indices(3, 2, 4, 10), seen[8:12])
+  assert not np.array_equal(seen[:10], seen[10:])  # reshuffled each epoch
+  np.testing.assert_array_equal(_index_stream(3, 4, 10)[2]["image"], seen[8:12])
+  assert not np.array_equal(_index_stream(4, 4, 10)[0]["image"], seen[:4])
+
+
+def test_hosts_get_consecutive_rows_of_the_same_global_batch():
+  one = _index_stream(5, 8, 13)
+  hosts = [_index_stream(5, 8, 13, h, 4) for h in range(4)]
+  for step in range(6):
+    joined = np.concatenate([h[step]["image"] for h in hosts])
+    np.testing.assert_array_equal(joined, one[step]["image"])
+    assert hosts[1][step]["image"].shape == (2,)
+  with pytest.raises(ValueError, match="not divisible by 3 hosts"):
+    _index_stream(0, 8, 13, 0, 3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterator_state_resumes_the_stream(workers):
+  stream = _index_stream(1, 4, 10)
+  it = pipeline.train_iterator(stream, None, num_workers=workers)
+  first = [next(it)["image"] for _ in range(3)]
+  state = it.get_state()
+  rest = [next(it)["image"] for _ in range(3)]
+  resumed = pipeline.train_iterator(stream, state, num_workers=workers)
+  for a, b in zip(rest, [next(resumed)["image"] for _ in range(3)]):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(first[0], stream[0]["image"])
 
 
 def test_num_train_steps_from_epochs():
@@ -69,6 +103,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(a, b)
   manager = checkpoint.make_manager(str(tmp_path / "split"), read_only=True)
   assert manager.all_steps() == [2, 4]
+  assert checkpoint.read_meta(manager, 2)["data_iterator"] == {"next_index": 2}  # grain state
 
 
 def test_nan_loss_stops_without_overwriting_checkpoints(tmp_path):

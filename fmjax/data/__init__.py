@@ -1,10 +1,12 @@
 """Data sources. `load_dataset(config.data)` returns an `AnomalyDataset`."""
 
 from fmjax.data.dataset import AnomalyDataset, NormStats
-from fmjax.data.folder import MVTEC_CATEGORIES, load_folder_dataset
+from fmjax.data.decode import CorruptImageError
+from fmjax.data.sources import (MVTEC_CATEGORIES, VISA_CATEGORIES, DataLayoutError, mvtec_samples,
+                                read_samples, visa_samples)
 from fmjax.data.synthetic import make_synthetic_dataset
 
-DATASETS = ("synthetic", "mvtec", "folder")
+DATASETS = ("synthetic", "mvtec", "visa", "folder")
 
 
 def categories_of(data_config) -> list[str]:
@@ -17,7 +19,27 @@ def categories_of(data_config) -> list[str]:
     return list(data_config.synthetic.categories)
   if data_config.name == "mvtec":
     return list(MVTEC_CATEGORIES)
+  if data_config.name == "visa":
+    return list(VISA_CATEGORIES)
   return []  # folder: every category found under root
+
+
+def load_folder_dataset(root: str, categories=(), image_size: int = 128,
+                        image_level_only: bool = False, name: str = "folder",
+                        skip_corrupt: bool = False) -> AnomalyDataset:
+  """Reads categories (all sub-folders of `root` with a train/ folder when empty) of an MVTec-layout tree."""
+  categories, samples = mvtec_samples(root, categories, image_level_only)
+  return read_samples(name, categories, samples, image_size, with_masks=not image_level_only,
+                      skip_corrupt=skip_corrupt)
+
+
+def load_visa_dataset(root: str, categories=(), image_size: int = 128,
+                      split_csv: str = "split_csv/1cls.csv", skip_corrupt: bool = False,
+                      image_level_only: bool = False) -> AnomalyDataset:
+  """Reads VisA as distributed, split by its official CSV; masks binarised (nonzero = defect)."""
+  categories, samples = visa_samples(root, categories, split_csv, image_level_only)
+  return read_samples("visa", categories, samples, image_size, with_masks=not image_level_only,
+                      skip_corrupt=skip_corrupt)
 
 
 def load_dataset(data_config) -> AnomalyDataset:
@@ -29,10 +51,13 @@ def load_dataset(data_config) -> AnomalyDataset:
         image_size=data_config.image_size, categories=categories_of(data_config),
         num_train=syn.num_train, num_test_normal=syn.num_test_normal,
         num_test_anomalous=syn.num_test_anomalous, seed=syn.seed)
-  if name in ("mvtec", "folder"):
-    if not data_config.root:
-      raise ValueError(f"Set --config.data.root to the {name} data folder.")
-    return load_folder_dataset(
-        data_config.root, categories_of(data_config), data_config.image_size,
-        image_level_only=data_config.image_level_only, name=name)
-  raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
+  if not data_config.root:
+    raise ValueError(f"Set --config.data.root to the {name} data folder.")
+  if name == "visa":
+    return load_visa_dataset(data_config.root, categories_of(data_config), data_config.image_size,
+                             data_config.visa_split_csv, data_config.skip_corrupt,
+                             data_config.image_level_only)
+  return load_folder_dataset(data_config.root, categories_of(data_config), data_config.image_size,
+                             data_config.image_level_only, name, data_config.skip_corrupt)

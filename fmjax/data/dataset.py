@@ -26,6 +26,7 @@ class AnomalyDataset:
   test_masks: np.ndarray | None
   test_defects: list[str]
   test_paths: list[str]
+  train_paths: list[str] | None = None  # files of the training images, when read from disk
 
   def __post_init__(self):
     n, m = len(self.train_images), len(self.test_images)

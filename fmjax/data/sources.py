@@ -1,0 +1,212 @@
+"""Indexing datasets on disk (MVTec AD, VisA, MVTec-layout folders) and reading them into memory.
+
+An indexer lists `Sample`s (path, category, split, defect, label, mask path)
+and checks the layout strictly; `read_samples` decodes them in parallel with a
+grain pipeline into an `AnomalyDataset`.
+
+  MVTec layout:  <root>/<category>/train/good/*.png
+                 <root>/<category>/test/<defect>/*.png              ("good" = normal)
+                 <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+  VisA:          <root>/<category>/Data/Images/{Normal,Anomaly}/*.JPG
+                 <root>/<category>/Data/Masks/Anomaly/*.png         (nonzero = defect)
+                 <root>/split_csv/1cls.csv                          (object,split,label,image,mask)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import warnings
+
+import grain
+import numpy as np
+
+from fmjax.data.dataset import AnomalyDataset
+from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, image_size_of, read_image, read_mask
+
+MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
+                    "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
+                    "zipper")
+VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
+                   "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
+NORMAL_FOLDERS = ("good", "Normal")
+
+
+class DataLayoutError(FileNotFoundError):
+  """The data folder does not have the expected layout."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  path: str
+  category: str
+  split: str  # "train" | "test"
+  defect: str = "good"  # "good" for normal images
+  label: int = 0  # 0 normal, 1 anomalous
+  mask: str | None = None  # mask file of an anomalous test image
+
+
+def _list_images(folder: str) -> list[str]:
+  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+
+
+def _resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
+  if not os.path.isdir(root):
+    raise DataLayoutError(f"Data root {root!r} does not exist (set --config.data.root).")
+  categories = list(wanted) or found
+  if not categories:
+    raise DataLayoutError(f"No categories in {layout} layout under {root}.")
+  missing = [c for c in categories if c not in found]
+  if missing:
+    raise DataLayoutError(f"Categories {missing} not found under {root} ({layout} layout); "
+                          f"found {found}.")
+  return categories
+
+
+def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
+  """(categories, samples) of an MVTec-layout tree; all categories with a train/ folder if none given."""
+  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train"))) \
+      if os.path.isdir(root) else []
+  categories = _resolve_categories(root, categories, found, "MVTec")
+  samples = []
+  for cat in categories:
+    cat_dir = os.path.join(root, cat)
+    train_dir, test_dir = os.path.join(cat_dir, "train", "good"), os.path.join(cat_dir, "test")
+    for d in (train_dir, test_dir):
+      if not os.path.isdir(d):
+        raise DataLayoutError(f"Category {cat!r}: expected folder {d} (MVTec layout "
+                              f"<root>/<category>/train/good and test/<defect>).")
+    train = _list_images(train_dir)
+    if not train:
+      raise DataLayoutError(f"Category {cat!r}: the training split is empty (no images in {train_dir}).")
+    samples += [Sample(p, cat, "train") for p in train]
+    test = []
+    for defect in sorted(os.listdir(test_dir)):
+      ddir = os.path.join(test_dir, defect)
+      if not os.path.isdir(ddir):
+        continue
+      normal = defect in NORMAL_FOLDERS
+      gt_dir = os.path.join(cat_dir, "ground_truth", defect)
+      images = _list_images(ddir)
+      if images and not normal and not image_level_only and not os.path.isdir(gt_dir):
+        raise DataLayoutError(
+            f"Category {cat!r}: defect type {defect!r} has no masks folder {gt_dir}. Set "
+            "--config.data.image_level_only=True for datasets without masks.")
+      for path in images:
+        mask = None
+        if not normal and not image_level_only:
+          stem = os.path.splitext(os.path.basename(path))[0]
+          mask = os.path.join(gt_dir, f"{stem}_mask.png")
+          if not os.path.isfile(mask):
+            raise DataLayoutError(
+                f"Anomalous test image {path} has no mask {mask}. Set "
+                "--config.data.image_level_only=True for datasets without masks.")
+        test.append(Sample(path, cat, "test", defect, int(not normal), mask))
+    if not test:
+      raise DataLayoutError(f"Category {cat!r}: the test split is empty (no images under {test_dir}).")
+    samples += test
+  return categories, samples
+
+
+def visa_samples(root: str, categories=(), split_csv: str = "split_csv/1cls.csv",
+                 image_level_only: bool = False):
+  """(categories, samples) of VisA as distributed, split by the official CSV."""
+  csv_path = split_csv if os.path.isabs(split_csv) else os.path.join(root, split_csv)
+  if not os.path.isdir(root):
+    raise DataLayoutError(f"Data root {root!r} does not exist (set --config.data.root).")
+  if not os.path.isfile(csv_path):
+    raise DataLayoutError(f"VisA split file {csv_path} not found (the official split_csv/1cls.csv "
+                          "that ships with VisA; or set --config.data.visa_split_csv).")
+  with open(csv_path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  need = {"object", "split", "label", "image", "mask"}
+  if not rows or not need <= set(rows[0]):
+    raise DataLayoutError(f"{csv_path} must have the columns {sorted(need)}; "
+                          f"found {sorted(rows[0]) if rows else 'no rows'}.")
+  found = sorted({r["object"] for r in rows})
+  categories = _resolve_categories(root, categories, found, "VisA")
+  samples = []
+  for cat in categories:
+    mine = [r for r in rows if r["object"] == cat]
+    for split in ("train", "test"):
+      if not any(r["split"] == split for r in mine):
+        raise DataLayoutError(f"Category {cat!r}: the {split} split in {csv_path} is empty.")
+    for r in mine:
+      path = os.path.join(root, r["image"])
+      if not os.path.isfile(path):
+        raise DataLayoutError(f"{csv_path} lists {r['image']}, which is not in {root}.")
+      anomalous = r["label"].strip().lower() == "anomaly"
+      if r["split"] == "train" and anomalous:
+        raise DataLayoutError(f"{csv_path} puts an anomalous image in the train split: {r['image']}.")
+      mask = None
+      if anomalous and not image_level_only:
+        if not r["mask"]:
+          raise DataLayoutError(f"Anomalous image {r['image']} has no mask in {csv_path}.")
+        mask = os.path.join(root, r["mask"])
+        if not os.path.isfile(mask):
+          raise DataLayoutError(f"Mask {mask} of {r['image']} does not exist.")
+      samples.append(Sample(path, cat, r["split"], "anomaly" if anomalous else "good",
+                            int(anomalous), mask))
+  return categories, samples
+
+
+class _Decode(grain.transforms.Map):
+  """Sample -> {"image", "mask", "error"}; errors are returned, not raised, to report all at once."""
+
+  def __init__(self, image_size: int, with_masks: bool):
+    self.size, self.with_masks = image_size, with_masks
+
+  def map(self, sample: Sample) -> dict:
+    out = {"image": None, "mask": None, "error": None, "warnings": []}
+    try:
+      out["image"] = read_image(sample.path, self.size)
+      if self.with_masks and sample.split == "test":
+        if sample.mask is None:
+          out["mask"] = np.zeros((self.size, self.size), np.uint8)
+        else:
+          out["mask"] = read_mask(sample.mask, self.size, image_size_of(sample.path),
+                                  notes=out["warnings"])
+    except CorruptImageError as e:
+      out["error"] = str(e)
+    return out
+
+
+def read_samples(name: str, categories: list[str], samples: list[Sample], image_size: int,
+                 with_masks: bool = True, skip_corrupt: bool = False,
+                 num_threads: int = 16) -> AnomalyDataset:
+  """Decodes every sample (grain, `num_threads` threads) into an in-memory AnomalyDataset."""
+  ds = grain.MapDataset.source(samples).map(_Decode(image_size, with_masks))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=64))
+  decoded = list(it)
+  errors = [d["error"] for d in decoded if d["error"]]
+  for d in decoded:
+    for w in d["warnings"]:
+      warnings.warn(w, stacklevel=2)
+  if errors and not skip_corrupt:
+    listed = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+    raise CorruptImageError(f"{len(errors)} of {len(samples)} files cannot be decoded:\n  {listed}\n"
+                            "Fix or remove them, or set --config.data.skip_corrupt=True to skip "
+                            "them with a warning.")
+  if errors:
+    warnings.warn(f"Skipped {len(errors)} undecodable files (data.skip_corrupt=True): "
+                  + "; ".join(errors[:5]), stacklevel=2)
+  keep = [(s, d) for s, d in zip(samples, decoded) if not d["error"]]
+  class_of = {c: i for i, c in enumerate(categories)}
+  train = [(s, d) for s, d in keep if s.split == "train"]
+  test = [(s, d) for s, d in keep if s.split == "test"]
+  for split, items in (("train", train), ("test", test)):
+    for cat in categories:
+      if not any(s.category == cat for s, _ in items):
+        raise DataLayoutError(f"Category {cat!r} has no readable {split} images.")
+  return AnomalyDataset(
+      name=name, class_names=list(categories),
+      train_images=np.stack([d["image"] for _, d in train]),
+      train_classes=np.asarray([class_of[s.category] for s, _ in train], np.int32),
+      test_images=np.stack([d["image"] for _, d in test]),
+      test_classes=np.asarray([class_of[s.category] for s, _ in test], np.int32),
+      test_labels=np.asarray([s.label for s, _ in test], np.int32),
+      test_masks=np.stack([d["mask"] for _, d in test]) if with_masks else None,
+      test_defects=[s.defect for s, _ in test], test_paths=[s.path for s, _ in test],
+      train_paths=[s.path for s, _ in train])
