@@ -234,10 +234,10 @@ def test_fake_visa_tree_with_split_csv_and_non_binary_masks(tmp_path):
   ds = load_visa_dataset(root, [], 16)
   assert ds.class_names == ["candle", "pcb1"] and ds.name == "visa"
   assert len(ds.train_images) == 6 and len(ds.test_images) == 6
-  assert ds.test_labels.tolist() == [0, 1, 1, 0, 1, 1]
+  assert ds.test_labels.tolist() == [1, 1, 0, 1, 1, 0]  # per category, sorted by path
   assert ds.test_defects.count("anomaly") == 4
   assert ds.test_masks.dtype == np.uint8 and set(np.unique(ds.test_masks)) == {0, 1}
-  assert [int(m.sum()) for m in ds.test_masks] == [0, 12, 12, 0, 12, 12]  # the 4x3 regions
+  assert [int(m.sum()) for m in ds.test_masks] == [12, 12, 0, 12, 12, 0]  # the 4x3 regions
   one = load_visa_dataset(root, ["pcb1"], 8)
   assert one.class_names == ["pcb1"] and len(one.test_images) == 3
 
@@ -281,3 +281,37 @@ def test_visa_config_reads_a_visa_tree(tmp_path):
   validate(config)
   ds = load_dataset(config.data)
   assert ds.class_names == ["pcb1", "candle"] and ds.num_classes == 2
+
+
+def _tfds_config(name, root, tfds_dir, categories, size):
+  from fmjax.configlib import base_config
+  c = base_config()
+  c.data.name, c.data.root, c.data.tfds_dir = name, root, str(tfds_dir)
+  c.data.categories, c.data.image_size = categories, size
+  return c
+
+
+def test_tfds_builder_matches_the_folder_reader(shared_data, tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from fmjax.data import load_dataset
+  config = _tfds_config("mvtec", str(shared_data / "mvtec"), tmp_path / "tfds", "bottle", 32)
+  via_tfds = load_dataset(config.data)
+  assert list((tmp_path / "tfds" / "fmjax_mvtec" / "bottle_32px" / "1.0.0").glob("*.array_record*"))
+  direct = load_folder_dataset(str(shared_data / "mvtec"), ["bottle"], 32)
+  for field in ("train_images", "test_images", "test_masks", "test_labels", "test_classes"):
+    np.testing.assert_array_equal(getattr(via_tfds, field), getattr(direct, field), err_msg=field)
+  assert via_tfds.test_paths == direct.test_paths and via_tfds.test_defects == direct.test_defects
+  again = load_dataset(config.data)  # prepared once: read back, not rebuilt
+  np.testing.assert_array_equal(again.train_images, direct.train_images)
+
+
+def test_tfds_builder_on_a_fake_visa_tree(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from fmjax.data import load_dataset
+  root = _visa_tree(tmp_path / "visa")
+  via_tfds = load_dataset(_tfds_config("visa", root, tmp_path / "tfds", "pcb1,candle", 16).data)
+  direct = load_visa_dataset(root, ["pcb1", "candle"], 16)
+  assert via_tfds.class_names == ["pcb1", "candle"]
+  np.testing.assert_array_equal(via_tfds.test_masks, direct.test_masks)
+  np.testing.assert_array_equal(via_tfds.train_classes, direct.train_classes)
+  assert via_tfds.test_paths == direct.test_paths

@@ -55,6 +55,17 @@ def load_dataset(data_config) -> AnomalyDataset:
     raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
   if not data_config.root:
     raise ValueError(f"Set --config.data.root to the {name} data folder.")
+  if data_config.tfds_dir:
+    if name not in ("mvtec", "visa"):
+      raise ValueError(f"data.tfds_dir works with mvtec and visa, not {name!r}.")
+    from fmjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    categories = categories_of(data_config)
+    builder = tfds_builders.make_builder(
+        name, data_config.tfds_dir, data_config.image_size, categories,
+        data_config.image_level_only, data_config.visa_split_csv)
+    tfds_builders.prepare(builder, data_config.root)  # a no-op once prepared
+    return tfds_builders.read_prepared(builder, categories,
+                                       with_masks=not data_config.image_level_only)
   if name == "visa":
     return load_visa_dataset(data_config.root, categories_of(data_config), data_config.image_size,
                              data_config.visa_split_csv, data_config.skip_corrupt,

@@ -129,7 +129,7 @@ def visa_samples(root: str, categories=(), split_csv: str = "split_csv/1cls.csv"
   categories = _resolve_categories(root, categories, found, "VisA")
   samples = []
   for cat in categories:
-    mine = [r for r in rows if r["object"] == cat]
+    mine = sorted((r for r in rows if r["object"] == cat), key=lambda r: r["image"])
     for split in ("train", "test"):
       if not any(r["split"] == split for r in mine):
         raise DataLayoutError(f"Category {cat!r}: the {split} split in {csv_path} is empty.")

@@ -1,0 +1,152 @@
+"""TFDS builders for MVTec AD and VisA (manual download -> array_record), read without TensorFlow.
+
+    builder = make_builder("mvtec", data_dir, image_size=128, categories=["bottle"])
+    prepare(builder, manual_dir="/data/mvtec_ad")  # once: decode, resize, write array_record
+    dataset = read_prepared(builder)                # AnomalyDataset via the TFDS data source
+
+Choices: features are fixed-shape uint8 `Tensor`s (image [S,S,3], mask [S,S]) at
+the configured resolution rather than `tfds.features.Image`, because encoding
+PNGs inside TFDS needs TensorFlow, and decoding them again would cost time on
+every read. Records are array_record files, which `tfds.data_source` (and so
+grain) reads with random access and no TensorFlow at all. The images are
+decoded with the same code as the folder reader, so both give identical arrays.
+The resolution and categories are part of the builder config's name, so several
+preparations live side by side in one data_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fmjax.data.dataset import AnomalyDataset
+from fmjax.data.decode import image_size_of, read_image, read_mask
+from fmjax.data.sources import DataLayoutError, Sample, mvtec_samples, visa_samples
+
+
+def _tfds():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("The TFDS builders need tensorflow-datasets (pip install "
+                      "tensorflow-datasets); TensorFlow itself is not needed.") from e
+  return tfds
+
+
+def _config_name(image_size: int, categories) -> str:
+  return f"{'-'.join(categories) if categories else 'all'}_{image_size}px"
+
+
+def _make_builder_class(kind: str):
+  """A GeneratorBasedBuilder for `kind` ("mvtec" or "visa"), created on first use (lazy tfds import)."""
+  tfds = _tfds()
+
+  @dataclasses.dataclass
+  class AnomalyConfig(tfds.core.BuilderConfig):
+    image_size: int = 128
+    categories: tuple = ()
+    image_level_only: bool = False
+    split_csv: str = "split_csv/1cls.csv"
+
+  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """MVTec AD / VisA at one resolution: train (normal) and test (labelled, with masks)."""
+    name = f"fmjax_{kind}"
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download the dataset from its authors and pass its root folder as manual_dir "
+        "(MVTec AD: <root>/<category>/train/good ...; VisA: <root>/<category>/Data/..., "
+        "<root>/split_csv/1cls.csv).")
+    BUILDER_CONFIG_CLS = AnomalyConfig
+    url_infos = None  # manual download only: no checksums file to look up beside the code
+
+    def _info(self):
+      size = self.builder_config.image_size
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+          "mask": tfds.features.Tensor(shape=(size, size), dtype=np.uint8),
+          "anomalous": tfds.features.Scalar(dtype=np.int64),
+          "category": tfds.features.Text(),
+          "defect": tfds.features.Text(),
+          "path": tfds.features.Text(),
+      }), description=f"{kind} anomaly detection at {size}x{size} (fmjax).")
+
+    def _samples(self, dl_manager):
+      cfg = self.builder_config
+      root = str(dl_manager.manual_dir)
+      if kind == "mvtec":
+        return mvtec_samples(root, list(cfg.categories), cfg.image_level_only)
+      return visa_samples(root, list(cfg.categories), cfg.split_csv, cfg.image_level_only)
+
+    def _split_generators(self, dl_manager):
+      _, samples = self._samples(dl_manager)
+      return {split: self._generate_examples([s for s in samples if s.split == split])
+              for split in ("train", "test")}
+
+    def _generate_examples(self, samples: list[Sample]):
+      size = self.builder_config.image_size
+      for s in samples:
+        mask = (read_mask(s.mask, size, image_size_of(s.path)) if s.mask
+                else np.zeros((size, size), np.uint8))
+        yield s.path, {"image": read_image(s.path, size), "mask": mask, "anomalous": s.label,
+                       "category": s.category, "defect": s.defect, "path": s.path}
+
+  Builder.__name__ = f"Fmjax{kind.capitalize()}"
+  return Builder, AnomalyConfig
+
+
+_CLASSES: dict = {}
+
+
+def make_builder(kind: str, data_dir: str, image_size: int = 128,
+                 categories=(), image_level_only: bool = False,
+                 split_csv: str = "split_csv/1cls.csv"):
+  """A TFDS builder for "mvtec" or "visa" writing array_record files under `data_dir`."""
+  if kind not in ("mvtec", "visa"):
+    raise ValueError(f"No TFDS builder for {kind!r}: use mvtec or visa.")
+  if kind not in _CLASSES:
+    _CLASSES[kind] = _make_builder_class(kind)
+  builder_cls, config_cls = _CLASSES[kind]
+  config = config_cls(name=_config_name(image_size, categories), image_size=image_size,
+                      categories=tuple(categories), image_level_only=image_level_only,
+                      split_csv=split_csv)
+  return builder_cls(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def prepare(builder, manual_dir: str) -> None:
+  """Writes the array_record files from the dataset folder `manual_dir` (no-op once done)."""
+  tfds = _tfds()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+
+
+def read_prepared(builder, class_names=None, with_masks: bool = True) -> AnomalyDataset:
+  """The prepared train/test splits, read through the builder's data source (array_record).
+
+  Ordered by class (in `class_names` order, default alphabetical) then path, which is
+  the folder reader's order, so both give the same arrays.
+  """
+  splits = {}
+  for split in ("train", "test"):
+    source = builder.as_data_source(split=split)
+    splits[split] = [source[i] for i in range(len(source))]
+    if not splits[split]:
+      raise DataLayoutError(f"The prepared {split} split of {builder.info.full_name} is empty.")
+  names = list(class_names or sorted({_text(r["category"]) for r in splits["train"]}))
+  index = {c: i for i, c in enumerate(names)}
+  for split, rows in splits.items():
+    rows.sort(key=lambda r: (index.get(_text(r["category"]), len(names)), _text(r["path"])))
+  train, test = splits["train"], splits["test"]
+  return AnomalyDataset(
+      name=builder.name.removeprefix("fmjax_"), class_names=names,
+      train_images=np.stack([r["image"] for r in train]),
+      train_classes=np.asarray([index[_text(r["category"])] for r in train], np.int32),
+      test_images=np.stack([r["image"] for r in test]),
+      test_classes=np.asarray([index[_text(r["category"])] for r in test], np.int32),
+      test_labels=np.asarray([r["anomalous"] for r in test], np.int32),
+      test_masks=np.stack([r["mask"] for r in test]) if with_masks else None,
+      test_defects=[_text(r["defect"]) for r in test], test_paths=[_text(r["path"]) for r in test],
+      train_paths=[_text(r["path"]) for r in train])
+
+
+def _text(v) -> str:
+  return v.decode() if isinstance(v, bytes) else str(v)
