@@ -25,6 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
   c.data.visa_split_csv = "split_csv/1cls.csv"  # relative to data.root, or an absolute path
   c.data.tfds_dir = ""  # mvtec/visa: prepare TFDS array_record files here once, then read them
+  c.data.score_dir = ""  # --mode=score: a folder of unlabeled images to score
+  c.data.score_category = ""  # --mode=score: their category (a class of the trained model)
   c.data.loader_workers = 0  # grain worker processes for training batches (0: threads only)
   c.data.loader_threads = 4  # grain threads reading training batches
   c.data.synthetic = ml_collections.ConfigDict(dict(

@@ -8,6 +8,7 @@ the batch size or the number of devices.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from fmjax import mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
+from fmjax.data.sources import folder_images, read_images
 from fmjax.metrics import compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
@@ -48,25 +50,25 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
   return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
 
 
-def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
-  """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
+def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 norm: NormStats, mesh, what: str = "score"):
+  """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M]."""
   ec = config.evaluate
   batch = ec.batch_size
   sharding.check_batch_size(batch, mesh, "evaluate.batch_size")
-  model = build_unet(config.model, dataset.num_classes)
+  model = build_unet(config.model, num_classes)
   score = make_score_fn(model, norm, ec, mesh)
   data = sharding.data_sharding(mesh)
   rows = sharding.host_slice(batch)
-  labels = labels_for(config, dataset.test_classes, dataset.num_classes)
-  m = len(dataset.test_images)
+  m = len(images)
   heatmaps, scores = [], []
-  progress = Progress(m, f"score K={ec.num_seeds} T={ec.num_times}", "img")
+  progress = Progress(m, f"{what} K={ec.num_seeds} T={ec.num_times}", "img")
   t0 = None
   for start in range(0, m, batch):
     idx = np.arange(start, start + batch)
     valid = idx < m
     idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
-    h, s = score(params, sharding.to_global(dataset.test_images[idx][rows], data),
+    h, s = score(params, sharding.to_global(images[idx][rows], data),
                  sharding.to_global(labels[idx][rows], data),
                  sharding.to_global(idx[rows].astype(np.int32), data))
     h, s = jax.device_get((h, s))  # host 0 needs all rows: outputs are fully addressable on 1 host
@@ -81,11 +83,18 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
   return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
 
 
+def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
+  """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
+  labels = labels_for(config, dataset.test_classes, dataset.num_classes)
+  return score_arrays(config, params, dataset.test_images, labels, dataset.num_classes, norm, mesh)
+
+
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
   """Scores the test split with the latest checkpoint; writes the report into <workdir>/eval/."""
   prepare_workdir(workdir)
   dataset = dataset if dataset is not None else load_dataset(config.data)
-  params, step, norm = load_params_for_eval(config, workdir, dataset, config.evaluate.use_ema)
+  params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
+                                               config.evaluate.use_ema)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh)
   if jax.process_index() != 0:
@@ -122,3 +131,46 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   print("\n".join(report.summary_lines(result)), flush=True)
   print(f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).", flush=True)
   return result
+
+
+def score_folder(config, workdir: str) -> dict:
+  """Scores every image under `data.score_dir` (no labels, no masks) with the workdir's model.
+
+  Writes <workdir>/scores/<folder name>/scores.csv (path, score, and the decision at the
+  category's F1-optimal threshold from <workdir>/eval/metrics.json when there is one) and
+  one heatmap panel per image.
+  """
+  folder = config.data.score_dir
+  if not folder:
+    raise ValueError("--mode=score needs --config.data.score_dir=<folder of images>.")
+  paths = folder_images(folder)
+  params, step, norm, class_names = load_params_for_eval(config, workdir, None, config.evaluate.use_ema)
+  category = config.data.score_category or (class_names[0] if len(class_names) == 1 else "")
+  if config.data.class_conditional and category not in class_names:
+    raise ValueError(f"Set --config.data.score_category to the category of the images: one of "
+                     f"{class_names} (the model is class-conditional).")
+  images = read_images(paths, config.data.image_size, config.data.skip_corrupt)
+  paths = [p for p, ok in zip(paths, images.ok) if ok]
+  index = class_names.index(category) if category in class_names else 0
+  labels = labels_for(config, np.full(len(paths), index), len(class_names))
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
+                                                len(class_names), norm, mesh)
+  threshold = float("nan")
+  metrics_path = os.path.join(workdir, "eval", "metrics.json")
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      per_category = json.load(f).get("per_category", {})
+    t = per_category.get(category, {}).get("image_f1_threshold")
+    threshold = float("nan") if t is None else float(t)
+  out_dir = os.path.join(workdir, "scores", os.path.basename(os.path.normpath(folder)))
+  rows = [{"path": p, "category": category, "score": float(s)} for p, s in zip(paths, scores)]
+  if jax.process_index() == 0:
+    report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, threshold)
+    flagged = int((scores >= threshold).sum()) if np.isfinite(threshold) else None
+    print(f"Scored {len(paths)} images from {folder} at {images_per_s:.2f} images/s (step {step}); "
+          + (f"{flagged} above the F1-optimal threshold {threshold:.4g}. " if flagged is not None
+             else "no threshold known (run --mode=evaluate on a labelled test split first). ")
+          + f"Results in {out_dir}/", flush=True)
+  return {"images": rows, "threshold": threshold, "images_per_s": images_per_s,
+          "checkpoint_step": int(step)}

@@ -1,7 +1,10 @@
 """fmjax entry point.
 
   python -m fmjax.main --config configs/<x>.py --workdir <dir> \
-      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe]
+      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe|score]
+
+  --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
+  workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
 
 import os
@@ -36,7 +39,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train_and_evaluate",
-                  ["train", "evaluate", "train_and_evaluate", "describe"], "What to run.")
+                  ["train", "evaluate", "train_and_evaluate", "describe", "score"], "What to run.")
 flags.mark_flags_as_required(["config"])
 
 # Errors that describe a user mistake: printed as one message, no traceback.
@@ -51,9 +54,11 @@ def run(config, workdir: str | None, mode: str):
     from fmjax.describe import describe
     return describe(config)
   if not workdir:
-    raise ValueError("--workdir is required for modes train, evaluate and train_and_evaluate.")
+    raise ValueError("--workdir is required for modes train, evaluate, train_and_evaluate, score.")
   sharding.initialize_distributed()
   from fmjax import evaluate, train
+  if mode == "score":
+    return evaluate.score_folder(config, workdir)
   from fmjax.data import load_dataset
   dataset = load_dataset(config.data)
   result = None

@@ -251,6 +251,25 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
   return written
 
 
+def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
+                           heatmaps: np.ndarray, threshold: float) -> None:
+  """scores.csv (path, category, score, threshold, decision) and a heatmap panel per image."""
+  os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
+  known = np.isfinite(threshold)
+  with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "category", "score", "threshold", "decision"])
+    for r in rows:
+      decision = ("anomalous" if r["score"] >= threshold else "normal") if known else ""
+      w.writerow([r["path"], r["category"], f"{r['score']:.8g}", f"{threshold:.8g}" if known else "",
+                  decision])
+  vmax = float(np.quantile(heatmaps, 0.999))
+  for i, r in enumerate(rows):
+    stem = _safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
+    _upscale(heatmap_panel(images[i], heatmaps[i], vmax), 256).save(
+        os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
+
+
 def _safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 

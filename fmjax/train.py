@@ -41,14 +41,14 @@ class TrainState:
   ema_params: dict  # {} when EMA is off
 
 
-def model_meta(config, dataset: AnomalyDataset) -> dict:
+def model_meta(config, class_names: list[str]) -> dict:
   """What a checkpoint must agree with to be restored into this config."""
   m = config.model
   return {
       "channels": m.channels, "num_res_blocks": m.num_res_blocks,
       "channel_mult": list(m.channel_mult), "attention_rates": list(m.attention_rates),
       "head_channels": m.head_channels, "norm_groups": m.norm_groups,
-      "image_size": config.data.image_size, "class_names": list(dataset.class_names),
+      "image_size": config.data.image_size, "class_names": list(class_names),
       "ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
   }
 
@@ -76,11 +76,12 @@ def create_train_state(model, optimizer, image_shape, num_classes: int, key, ema
                     ema_params=jax.tree.map(jnp.copy, params) if ema else {})
 
 
-def abstract_train_state(model, optimizer, dataset: AnomalyDataset, ema: bool, mesh) -> TrainState:
+def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: bool,
+                         mesh) -> TrainState:
   """Shapes, dtypes and (replicated) shardings of the train state, without allocating it."""
   rep = sharding.replicated(mesh)
   shapes = jax.eval_shape(lambda k: create_train_state(
-      model, optimizer, dataset.image_shape, dataset.num_classes, k, ema), jax.random.key(0))
+      model, optimizer, image_shape, num_classes, k, ema), jax.random.key(0))
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 
@@ -173,9 +174,10 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   rep = sharding.replicated(mesh)
   init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
                                               dataset.num_classes, k, ema), out_shardings=rep)
-  abstract = abstract_train_state(model, optimizer, dataset, ema, mesh)
+  abstract = abstract_train_state(model, optimizer, dataset.image_shape, dataset.num_classes, ema,
+                                  mesh)
 
-  meta = model_meta(config, dataset)
+  meta = model_meta(config, dataset.class_names)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   latest = manager.latest_step()
   if latest is not None:
@@ -246,20 +248,29 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   return state
 
 
-def load_params_for_eval(config, workdir: str, dataset: AnomalyDataset, use_ema: bool = True):
-  """(params, step, NormStats) of the latest checkpoint in `workdir`, on the host's devices."""
+def load_params_for_eval(config, workdir: str, class_names: list[str] | None = None,
+                         use_ema: bool = True):
+  """(params, step, NormStats, class names) of the latest checkpoint in `workdir`.
+
+  The checkpoint must match the config's model and, when given, `class_names`;
+  without them the checkpoint's own class names are used (scoring new images).
+  """
   manager = checkpoint.make_manager(workdir, read_only=True)
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
                             "(--mode=train or train_and_evaluate).")
   meta = checkpoint.read_meta(manager, step)
-  checkpoint.check_meta(meta["model"], model_meta(config, dataset), workdir)
-  model = build_unet(config.model, dataset.num_classes)
+  saved_names = list(meta["model"]["class_names"])
+  names = list(class_names) if class_names is not None else saved_names
+  checkpoint.check_meta(meta["model"], model_meta(config, names), workdir)
+  model = build_unet(config.model, len(names))
   optimizer = build_optimizer(config.train)
   mesh = sharding.make_mesh(config.mesh.num_devices)
-  abstract = abstract_train_state(model, optimizer, dataset, config.train.ema_decay > 0, mesh)
+  size = config.data.image_size
+  abstract = abstract_train_state(model, optimizer, (size, size, 3), len(names),
+                                  config.train.ema_decay > 0, mesh)
   state = checkpoint.restore(manager, step, abstract)
   manager.close()
   params = state.ema_params if (use_ema and state.ema_params) else state.params
-  return params, step, NormStats.from_dict(meta["norm"])
+  return params, step, NormStats.from_dict(meta["norm"]), names

@@ -1,11 +1,13 @@
 """The entry point end to end on tiny configs, and its messages for bad input."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from fmjax import main as fm_main
 from fmjax.metrics import METRIC_KEYS
@@ -30,6 +32,28 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   # Evaluating again from the checkpoint gives the same scores (same seed).
   again = fm_main.run(config, str(tmp_path), "evaluate")
   assert [i["score"] for i in again["images"]] == [i["score"] for i in metrics["images"]]
+
+  # --mode=score on a folder holding weave's 4 test images (the first 4 of the split, saved
+  # losslessly in the same order) reproduces their scores: same seeds, same class label.
+  from fmjax.data import load_dataset
+  dataset = load_dataset(config.data)
+  folder = tmp_path / "new_images"
+  folder.mkdir()
+  for i in range(4):
+    Image.fromarray(dataset.test_images[i]).save(folder / f"{i}.png")
+  scored = fm_main.run(tiny_config(**{"mesh.num_devices": 2, "data.score_dir": str(folder),
+                                      "data.score_category": "weave"}), str(tmp_path), "score")
+  assert [r["score"] for r in scored["images"]] == pytest.approx(
+      [i["score"] for i in metrics["images"][:4]], rel=1e-5)
+  threshold = metrics["per_category"]["weave"]["image_f1_threshold"]
+  assert scored["threshold"] == threshold
+  with open(tmp_path / "scores" / "new_images" / "scores.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["decision"] for r in rows] == [
+      "anomalous" if i["score"] >= threshold else "normal" for i in metrics["images"][:4]]
+  assert len(os.listdir(tmp_path / "scores" / "new_images" / "heatmaps")) == 4
+  with pytest.raises(ValueError, match=r"score_category .* one of \['weave', 'brushed', 'tiles'\]"):
+    fm_main.run(tiny_config(**{"data.score_dir": str(folder)}), str(tmp_path), "score")
 
 
 def test_scores_do_not_depend_on_batch_size_or_devices(tmp_path):

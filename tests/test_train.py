@@ -117,7 +117,8 @@ def test_nan_loss_stops_without_overwriting_checkpoints(tmp_path):
     train.train(broken, workdir, dataset)
   manager = checkpoint.make_manager(workdir, read_only=True)
   assert manager.latest_step() == 2
-  params, step, _ = train.load_params_for_eval(config, workdir, dataset)
+  params, step, _, names = train.load_params_for_eval(config, workdir, dataset.class_names)
+  assert names == dataset.class_names
   assert step == 2
   for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(jax.device_get(params))):
     np.testing.assert_array_equal(a, b)

@@ -210,3 +210,39 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
       test_masks=np.stack([d["mask"] for _, d in test]) if with_masks else None,
       test_defects=[s.defect for s, _ in test], test_paths=[s.path for s, _ in test],
       train_paths=[s.path for s, _ in train])
+
+
+def folder_images(folder: str) -> list[str]:
+  """Every image file under `folder` (recursively), sorted; an error if there are none."""
+  if not os.path.isdir(folder):
+    raise DataLayoutError(f"Folder {folder!r} does not exist.")
+  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+  if not paths:
+    raise DataLayoutError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}.")
+  return paths
+
+
+@dataclasses.dataclass
+class DecodedImages:
+  array: np.ndarray  # uint8 [n_ok,S,S,3]
+  ok: list[bool]  # per input path: decoded (False only with skip_corrupt)
+
+
+def read_images(paths: list[str], image_size: int, skip_corrupt: bool = False,
+                num_threads: int = 16) -> DecodedImages:
+  """Decodes image files in parallel (grain threads); corrupt files raise or are skipped."""
+  samples = [Sample(p, "", "score") for p in paths]
+  ds = grain.MapDataset.source(samples).map(_Decode(image_size, with_masks=False))
+  decoded = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
+  errors = [d["error"] for d in decoded if d["error"]]
+  if errors and not skip_corrupt:
+    raise CorruptImageError(f"{len(errors)} of {len(paths)} files cannot be decoded:\n  "
+                            + "\n  ".join(errors[:10]) +
+                            "\nSet --config.data.skip_corrupt=True to skip them with a warning.")
+  if errors:
+    warnings.warn(f"Skipped {len(errors)} undecodable files (data.skip_corrupt=True).", stacklevel=2)
+  ok = [not d["error"] for d in decoded]
+  if not any(ok):
+    raise CorruptImageError(f"None of the {len(paths)} files could be decoded.")
+  return DecodedImages(np.stack([d["image"] for d in decoded if not d["error"]]), ok)
