@@ -173,17 +173,13 @@ class _Decode(grain.transforms.Map):
     return out
 
 
-def read_samples(name: str, categories: list[str], samples: list[Sample], image_size: int,
-                 with_masks: bool = True, skip_corrupt: bool = False,
-                 num_threads: int = 16) -> AnomalyDataset:
-  """Decodes every sample (grain, `num_threads` threads) into an in-memory AnomalyDataset."""
-  ds = grain.MapDataset.source(samples).map(_Decode(image_size, with_masks))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=64))
-  decoded = list(it)
+def _decode_all(samples: list[Sample], decode: _Decode, skip_corrupt: bool,
+                num_threads: int) -> list[dict]:
+  """Decodes all samples with grain threads; undecodable files are all listed, or skipped."""
+  ds = grain.MapDataset.source(samples).map(decode)
+  decoded = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                      prefetch_buffer_size=64)))
   errors = [d["error"] for d in decoded if d["error"]]
-  for d in decoded:
-    for w in d["warnings"]:
-      warnings.warn(w, stacklevel=2)
   if errors and not skip_corrupt:
     listed = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
     raise CorruptImageError(f"{len(errors)} of {len(samples)} files cannot be decoded:\n  {listed}\n"
@@ -191,7 +187,18 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
                             "them with a warning.")
   if errors:
     warnings.warn(f"Skipped {len(errors)} undecodable files (data.skip_corrupt=True): "
-                  + "; ".join(errors[:5]), stacklevel=2)
+                  + "; ".join(errors[:5]), stacklevel=3)
+  return decoded
+
+
+def read_samples(name: str, categories: list[str], samples: list[Sample], image_size: int,
+                 with_masks: bool = True, skip_corrupt: bool = False,
+                 num_threads: int = 16) -> AnomalyDataset:
+  """Decodes every sample (grain, `num_threads` threads) into an in-memory AnomalyDataset."""
+  decoded = _decode_all(samples, _Decode(image_size, with_masks), skip_corrupt, num_threads)
+  for d in decoded:
+    for w in d["warnings"]:
+      warnings.warn(w, stacklevel=2)
   keep = [(s, d) for s, d in zip(samples, decoded) if not d["error"]]
   class_of = {c: i for i, c in enumerate(categories)}
   train = [(s, d) for s, d in keep if s.split == "train"]
@@ -233,15 +240,7 @@ def read_images(paths: list[str], image_size: int, skip_corrupt: bool = False,
                 num_threads: int = 16) -> DecodedImages:
   """Decodes image files in parallel (grain threads); corrupt files raise or are skipped."""
   samples = [Sample(p, "", "score") for p in paths]
-  ds = grain.MapDataset.source(samples).map(_Decode(image_size, with_masks=False))
-  decoded = list(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads)))
-  errors = [d["error"] for d in decoded if d["error"]]
-  if errors and not skip_corrupt:
-    raise CorruptImageError(f"{len(errors)} of {len(paths)} files cannot be decoded:\n  "
-                            + "\n  ".join(errors[:10]) +
-                            "\nSet --config.data.skip_corrupt=True to skip them with a warning.")
-  if errors:
-    warnings.warn(f"Skipped {len(errors)} undecodable files (data.skip_corrupt=True).", stacklevel=2)
+  decoded = _decode_all(samples, _Decode(image_size, with_masks=False), skip_corrupt, num_threads)
   ok = [not d["error"] for d in decoded]
   if not any(ok):
     raise CorruptImageError(f"None of the {len(paths)} files could be decoded.")
