@@ -28,7 +28,7 @@ def _split_cpu_into_devices() -> None:
 
 _split_cpu_into_devices()
 
-from absl import app, flags  # noqa: E402  (after the XLA flags are set)
+from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set)
 from ml_collections import config_flags
 
 from fmjax import configlib, sharding  # noqa: E402
@@ -72,6 +72,8 @@ def run(config, workdir: str | None, mode: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # library INFO logs (Orbax, XLA) off unless asked: -v 0
+    logging.set_verbosity(logging.WARNING)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except USER_ERRORS as e:

@@ -86,7 +86,7 @@ class _Axes:
     widths = [self.draw.textlength(name, font=f) for name, _ in entries]
     w, h = max(widths, default=0) + 30, 16 * len(entries) + 6
     x0, y0, x1, y1 = self.box
-    left = x1 - w - 6 if corner[1] == "r" else x0 + 6
+    left = {"r": x1 - w - 6, "l": x0 + 6, "c": (x0 + x1 - w) / 2}[corner[1]]
     top = y1 - h - 6 if corner[0] == "b" else y0 + 6
     self.draw.rectangle((left, top, left + w, top + h), fill=_BG, outline=_GRID)
     for i, (name, color) in enumerate(entries):
@@ -157,7 +157,7 @@ def histogram_chart(groups: Sequence[tuple[str, Sequence[float]]], title: str, x
     (px, py0), (_, py1) = ax.px(threshold, top), ax.px(threshold, 0.0)
     ax.draw.line([(px, py0), (px, py1)], fill=_FG, width=2)
     entries.append(("F1-optimal threshold", _FG))
-  ax.legend(entries, "tr")
+  ax.legend(entries, "tc")
   return ax.image
 
 

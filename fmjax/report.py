@@ -190,14 +190,20 @@ def write_scores_csv(path: str, result: dict) -> None:
 
 
 def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict) -> Image.Image:
+  """Normal vs anomalous image scores per category (log10 axis when scores span > 1.5 decades)."""
   charts = []
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.test_classes == ci
     labels = dataset.test_labels[sel]
+    values = scores[sel].astype(np.float64)
+    threshold = result["per_category"][name]["image_f1_threshold"]
+    xlabel = "score (max + top-1% mean)"
+    if values.min() > 0 and values.max() / values.min() > 10 ** 1.5:
+      values, xlabel = np.log10(values), "log10 score (max + top-1% mean)"
+      threshold = np.log10(threshold) if np.isfinite(threshold) and threshold > 0 else None
     charts.append(plots.histogram_chart(
-        [("normal", scores[sel][labels == 0]), ("anomalous", scores[sel][labels == 1])],
-        f"{name}: image scores", "score (max + top-1% mean)",
-        threshold=result["per_category"][name]["image_f1_threshold"]))
+        [("normal", values[labels == 0]), ("anomalous", values[labels == 1])],
+        f"{name}: image scores", xlabel, threshold=threshold))
   cols = min(3, len(charts))
   rows = [plots.side_by_side(charts[i:i + cols]) for i in range(0, len(charts), cols)]
   return plots.stacked(rows)
