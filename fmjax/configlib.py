@@ -74,6 +74,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
   c.evaluate.grid_columns = 8  # test images per category grid picture
 
+  c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies.py)
+  c.study.name = "compute"  # compute | aggregators | checkpoints
+  c.study.compute = "paper"  # Table 6's 30 (K, T) settings, or "KxT,KxT,..."
+  c.study.aggregators = "min,mean,q0.1,q0.2,q0.3"  # Table 7
+  c.study.steps = ""  # checkpoints study: comma-separated steps; empty: every saved checkpoint
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices
   return c

@@ -1,8 +1,10 @@
 """fmjax entry point.
 
   python -m fmjax.main --config configs/<x>.py --workdir <dir> \
-      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe|score]
+      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe|score|study]
 
+  --mode=study runs the ablation named by --config.study.name (compute, aggregators,
+  checkpoints) on the workdir's trained model: <workdir>/studies/<name>/.
   --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
@@ -39,7 +41,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train_and_evaluate",
-                  ["train", "evaluate", "train_and_evaluate", "describe", "score"], "What to run.")
+                  ["train", "evaluate", "train_and_evaluate", "describe", "score", "study"],
+                  "What to run.")
 flags.mark_flags_as_required(["config"])
 
 # Errors that describe a user mistake: printed as one message, no traceback.
@@ -62,6 +65,9 @@ def run(config, workdir: str | None, mode: str):
   from fmjax.data import load_dataset
   dataset = load_dataset(config.data)
   result = None
+  if mode == "study":
+    from fmjax.studies import run_study
+    return run_study(config, workdir, dataset)
   if mode in ("train", "train_and_evaluate"):
     result = train.train(config, workdir, dataset)
   if mode in ("evaluate", "train_and_evaluate"):

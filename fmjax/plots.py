@@ -112,7 +112,8 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], t
     xlim = (xs_all.min(), xs_all.max()) if not xlog else (10 ** math.floor(math.log10(xs_all.min())),
                                                           10 ** math.ceil(math.log10(xs_all.max())))
   if ylim is None:
-    pad = 0.05 * max(ys_all.max() - ys_all.min(), 1e-6)
+    span, scale = ys_all.max() - ys_all.min(), max(np.abs(ys_all).max(), 1e-6)
+    pad = 0.05 * span if span > 0.01 * scale else 0.02 * scale  # flat data: a readable band
     ylim = (ys_all.min() - pad, ys_all.max() + pad)
   ax = _Axes(size, xlim, ylim, title, xlabel, ylabel, xlog)
   entries = []

@@ -248,15 +248,27 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   return state
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the checkpoints kept in `workdir`, ascending."""
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
 def load_params_for_eval(config, workdir: str, class_names: list[str] | None = None,
-                         use_ema: bool = True):
-  """(params, step, NormStats, class names) of the latest checkpoint in `workdir`.
+                         use_ema: bool = True, step: int | None = None):
+  """(params, step, NormStats, class names) of the checkpoint at `step` (default: latest).
 
   The checkpoint must match the config's model and, when given, `class_names`;
   without them the checkpoint's own class names are used (scoring new images).
   """
   manager = checkpoint.make_manager(workdir, read_only=True)
-  step = manager.latest_step()
+  if step is None:
+    step = manager.latest_step()
+  elif step not in manager.all_steps():
+    raise FileNotFoundError(f"No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; "
+                            f"saved steps: {sorted(manager.all_steps())}.")
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
                             "(--mode=train or train_and_evaluate).")

@@ -1,0 +1,21 @@
+"""The paper's ablations on a trained MVTec-layout run, one command each (fmjax/studies.py).
+
+  python -m fmjax.main --config configs/studies.py:compute --workdir runs/bottle --mode=study \
+      --config.data.categories=bottle
+  ... configs/studies.py:aggregators   (Table 7: min, mean, q0.1, q0.2, q0.3)
+  ... configs/studies.py:checkpoints   (Table 9: every kept checkpoint; train with a large
+                                        --config.train.keep_checkpoints to keep them)
+
+The model and data settings must be the ones the workdir was trained with (here the
+paper's, as in configs/mvtec.py). Results: <workdir>/studies/<name>/results.{md,json}, plot.png.
+"""
+
+from fmjax import configlib
+
+
+def get_config(study: str = "compute"):
+  config = configlib.base_config()
+  config.data.name = "mvtec"
+  config.data.root = "../shared/data/mvtec"
+  config.study.name = study
+  return config

@@ -1,0 +1,200 @@
+"""The paper's ablations as one-command studies on a trained workdir (`--mode=study`).
+
+  compute      K and T swept as in Table 6 (fix K=5 vary T; fix T=5 vary K; K=T): mean metrics
+               and images/s against K*T (Figure 2)
+  aggregators  min, mean and quantiles over the K paths (Table 7)
+  checkpoints  every saved checkpoint of the run, in training order (Table 9)
+
+Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are
+saved as they finish and skipped when the study is run again, so a long study resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import numpy as np
+
+from fmjax import plots, sharding
+from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
+from fmjax.report import TABLE_COLUMNS
+
+STUDIES = ("compute", "aggregators", "checkpoints")
+PAPER_VALUES = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+
+
+def compute_settings(spec: str) -> list[dict]:
+  """"paper" (Table 6's 30 settings) or "KxT,KxT,..." -> [{group, num_seeds, num_times}]."""
+  if spec == "paper":
+    rows = [{"group": "fix K=5", "num_seeds": 5, "num_times": t} for t in PAPER_VALUES]
+    rows += [{"group": "fix T=5", "num_seeds": k, "num_times": 5} for k in PAPER_VALUES]
+    rows += [{"group": "K=T", "num_seeds": v, "num_times": v} for v in PAPER_VALUES]
+    return rows
+  rows = []
+  for item in spec.split(","):
+    try:
+      k, t = (int(v) for v in item.strip().lower().split("x"))
+    except ValueError as e:
+      raise ValueError(f"study.compute: {item!r} is not KxT (e.g. 5x10); use 'paper' or a list.") from e
+    rows.append({"group": "K=T" if k == t else "grid", "num_seeds": k, "num_times": t})
+  return rows
+
+
+def aggregator_settings(spec: str) -> list[dict]:
+  """"min,mean,q0.1" -> [{aggregator, quantile}]."""
+  rows = []
+  for item in (s.strip() for s in spec.split(",") if s.strip()):
+    if item in ("min", "mean"):
+      rows.append({"aggregator": item, "quantile": None})
+    elif item.startswith("q"):
+      rows.append({"aggregator": "quantile", "quantile": float(item[1:])})
+    else:
+      raise ValueError(f"study.aggregators: {item!r} is not min, mean or q<fraction> (e.g. q0.1).")
+  return rows
+
+
+def _label(setting: dict) -> str:
+  if "step" in setting:
+    return f"step {setting['step']}"
+  if "aggregator" in setting and setting.get("quantile") is not None:
+    return f"q{setting['quantile']:g}"
+  if "aggregator" in setting:
+    return setting["aggregator"]
+  return f"K={setting['num_seeds']} T={setting['num_times']}"
+
+
+def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
+  """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
+  from fmjax import evaluate, train  # pylint: disable=g-import-not-at-top
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    for key in ("num_seeds", "num_times", "aggregator", "quantile"):
+      if key in setting:
+        cfg.evaluate[key] = setting[key]
+  step = setting.get("step")
+  if step not in loaded:
+    loaded.clear()  # one checkpoint in memory at a time
+    loaded[step] = train.load_params_for_eval(cfg, workdir, dataset.class_names,
+                                              cfg.evaluate.use_ema, step)
+  params, ckpt_step, norm, _ = loaded[step]
+  heatmaps, scores, images_per_s = evaluate.score_dataset(cfg, params, dataset, norm, mesh)
+  masks = dataset.test_masks
+  per_category = {
+      name: compute_metrics(scores[dataset.test_classes == ci], dataset.test_labels[dataset.test_classes == ci],
+                            heatmaps[dataset.test_classes == ci],
+                            None if masks is None else masks[dataset.test_classes == ci])
+      for ci, name in enumerate(dataset.class_names)}
+  mean = mean_over_categories(per_category)
+  return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),
+          "num_seeds": cfg.evaluate.num_seeds, "num_times": cfg.evaluate.num_times,
+          "aggregator": cfg.evaluate.aggregator, "quantile": cfg.evaluate.quantile,
+          "images_per_s": images_per_s, "mean": mean,
+          "per_category": {n: {k: m[k] for k in METRIC_KEYS if k in m} for n, m in per_category.items()}}
+
+
+def _same_setting(row: dict, setting: dict) -> bool:
+  return all(row.get(k) == v for k, v in setting.items())
+
+
+def run_study(config, workdir: str, dataset) -> dict:
+  """Runs `config.study.name` on the trained model in `workdir`; returns {"rows": [...]}."""
+  name = config.study.name
+  if name not in STUDIES:
+    raise ValueError(f"Unknown study {name!r}: use one of {STUDIES}.")
+  from fmjax import train  # pylint: disable=g-import-not-at-top
+  if name == "compute":
+    settings = compute_settings(config.study.compute)
+  elif name == "aggregators":
+    settings = aggregator_settings(config.study.aggregators)
+  else:
+    steps = saved_or_listed_steps(config, workdir, train.saved_steps(workdir))
+    settings = [{"step": s} for s in steps]
+  out_dir = os.path.join(workdir, "studies", name)
+  os.makedirs(out_dir, exist_ok=True)
+  results_path = os.path.join(out_dir, "results.json")
+  rows = []
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      rows = json.load(f)["rows"]
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  loaded: dict = {}
+  for i, setting in enumerate(settings):
+    if any(_same_setting(r, setting) for r in rows):
+      continue
+    print(f"study {name}: {i + 1}/{len(settings)} {_label(setting)}", flush=True)
+    row = _evaluate_setting(config, workdir, dataset, setting, loaded, mesh)
+    rows.append(row)
+    if jax.process_index() == 0:
+      with open(results_path, "w") as f:
+        json.dump({"study": name, "rows": rows}, f, indent=1, default=_nan_to_none)
+  rows = [next(r for r in rows if _same_setting(r, s)) for s in settings]  # in settings order
+  if jax.process_index() == 0:
+    with open(results_path, "w") as f:
+      json.dump({"study": name, "rows": rows}, f, indent=1, default=_nan_to_none)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+      f.write(results_table(name, rows))
+    study_plot(name, rows).save(os.path.join(out_dir, "plot.png"))
+    print(results_table(name, rows), flush=True)
+    print(f"Study written to {out_dir}/ (results.md, results.json, plot.png).", flush=True)
+  return {"study": name, "rows": rows}
+
+
+def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
+  listed = [int(s) for s in str(config.study.steps).split(",") if s.strip()]
+  if not saved:
+    raise FileNotFoundError(f"No checkpoints in {workdir}: train first.")
+  missing = [s for s in listed if s not in saved]
+  if missing:
+    raise ValueError(f"study.steps {missing} are not saved in {workdir}; saved: {saved}. Keep more "
+                     "with --config.train.keep_checkpoints while training.")
+  return listed or saved
+
+
+def _nan_to_none(v):
+  return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def results_table(name: str, rows: list[dict]) -> str:
+  """Markdown table of the mean metrics (percent) and images/s per setting."""
+  keys = [(k, n) for k, n in TABLE_COLUMNS if any(k in r["mean"] for r in rows)]
+  lines = [f"# Study: {name}", "",
+           "Mean over categories, percent; images/s on this machine "
+           f"({jax.devices()[0].device_kind}).", "",
+           "| Setting | K*T | " + " | ".join(n for _, n in keys) + " | images/s |",
+           "|---|---:|" + "---:|" * len(keys) + "---:|"]
+  for r in rows:
+    cells = ["-" if r["mean"].get(k) is None or not np.isfinite(r["mean"][k])
+             else f"{100 * r['mean'][k]:.1f}" for k, _ in keys]
+    group = f"{r['group']}: " if "group" in r else ""
+    lines.append(f"| {group}{r['label']} | {r['num_seeds'] * r['num_times']} | " + " | ".join(cells)
+                 + f" | {r['images_per_s']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def study_plot(name: str, rows: list[dict]):
+  """compute: metrics and images/s against K*T per group (log axis); others: metric per setting."""
+  metric_names = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "PRO")]
+  metric_names = [(k, n) for k, n in metric_names if any(k in r["mean"] for r in rows)]
+  if name == "compute":
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    charts = []
+    for key, title in metric_names + [("images_per_s", "images/s")]:
+      series = []
+      for g in groups:
+        mine = sorted((r for r in rows if r["group"] == g), key=lambda r: r["num_seeds"] * r["num_times"])
+        ys = [r["images_per_s"] if key == "images_per_s" else 100 * r["mean"][key] for r in mine]
+        series.append((g, [r["num_seeds"] * r["num_times"] for r in mine], ys))
+      charts.append(plots.line_chart(series, f"{title} vs test-time compute", "K*T (forward passes)",
+                                     title if key == "images_per_s" else f"{title} (%)", xlog=True,
+                                     markers=True, legend_corner="tr" if key == "images_per_s" else "br",
+                                     size=(380, 320)))
+    return plots.side_by_side(charts)
+  xs = [r["step"] for r in rows] if name == "checkpoints" else list(range(len(rows)))
+  series = [(n, xs, [100 * r["mean"][k] for r in rows]) for k, n in metric_names]
+  xlabel = "training step" if name == "checkpoints" else "setting: " + ", ".join(
+      f"{i}={r['label']}" for i, r in enumerate(rows))
+  return plots.line_chart(series, f"{name} study (mean over categories)", xlabel, "percent",
+                          markers=True, size=(max(440, 60 * len(rows)), 360))

@@ -1,0 +1,68 @@
+"""The ablation studies on one tiny trained run: rows agree with plain evaluations and resume."""
+
+import json
+
+import pytest
+
+from fmjax import main as fm_main
+from fmjax import studies
+
+from conftest import tiny_config
+
+
+def test_settings_parsing():
+  paper = studies.compute_settings("paper")
+  assert len(paper) == 30 and paper[0] == {"group": "fix K=5", "num_seeds": 5, "num_times": 2}
+  assert [s["num_seeds"] * s["num_times"] for s in paper if s["group"] == "K=T"][-1] == 400
+  assert studies.compute_settings("2x3, 4x4") == [{"group": "grid", "num_seeds": 2, "num_times": 3},
+                                                   {"group": "K=T", "num_seeds": 4, "num_times": 4}]
+  with pytest.raises(ValueError, match="is not KxT"):
+    studies.compute_settings("5by5")
+  assert studies.aggregator_settings("min,q0.2") == [{"aggregator": "min", "quantile": None},
+                                                      {"aggregator": "quantile", "quantile": 0.2}]
+  with pytest.raises(ValueError, match="median"):
+    studies.aggregator_settings("median")
+
+
+def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
+  run = str(tmp_path)
+  base = {"mesh.num_devices": 2, "train.keep_checkpoints": 5}
+  evaluated = fm_main.run(tiny_config(**base), run, "train_and_evaluate")  # K=T=2, min, step 4
+  compute = fm_main.run(tiny_config(**base, **{"study.name": "compute", "study.compute": "1x1,2x2"}),
+                        run, "study")
+  assert [r["label"] for r in compute["rows"]] == ["K=1 T=1", "K=2 T=2"]
+  assert compute["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  aggregators = fm_main.run(tiny_config(**base, **{"study.name": "aggregators",
+                                                   "study.aggregators": "min,q0.5"}), run, "study")
+  assert [r["label"] for r in aggregators["rows"]] == ["min", "q0.5"]
+  assert aggregators["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  checkpoints = fm_main.run(tiny_config(**base, **{"study.name": "checkpoints"}), run, "study")
+  assert [r["step"] for r in checkpoints["rows"]] == [2, 4]
+  assert checkpoints["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert checkpoints["rows"][0]["mean"]["pixel_auroc"] != checkpoints["rows"][1]["mean"]["pixel_auroc"]
+  for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2)):
+    table = (tmp_path / "studies" / name / "results.md").read_text()
+    assert sum(l.startswith("| ") for l in table.splitlines()) == n + 1  # header + rows
+    assert (tmp_path / "studies" / name / "plot.png").stat().st_size > 1000
+  # Running a finished study again recomputes nothing; a new setting adds one row.
+  capsys.readouterr()
+  again = fm_main.run(tiny_config(**base, **{"study.name": "compute", "study.compute": "2x2,1x1,2x1"}),
+                      run, "study")
+  progress = [l for l in capsys.readouterr().out.splitlines() if l.startswith("study compute:")]
+  assert progress == ["study compute: 3/3 K=2 T=1"]
+  assert [r["label"] for r in again["rows"]] == ["K=2 T=2", "K=1 T=1", "K=2 T=1"]
+  saved = json.loads((tmp_path / "studies" / "compute" / "results.json").read_text())
+  assert len(saved["rows"]) == 3
+  with pytest.raises(ValueError, match=r"study.steps \[3\] are not saved .* saved: \[2, 4\]"):
+    fm_main.run(tiny_config(**base, **{"study.name": "checkpoints", "study.steps": "3"}), run, "study")
+
+
+def test_study_configs_name_the_study():
+  import importlib.util
+  import os
+  spec = importlib.util.spec_from_file_location(
+      "studies_config", os.path.join(os.path.dirname(__file__), "..", "configs", "studies.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name in studies.STUDIES:
+    assert module.get_config(name).study.name == name
