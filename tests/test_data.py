@@ -315,3 +315,19 @@ def test_tfds_builder_on_a_fake_visa_tree(tmp_path):
   np.testing.assert_array_equal(via_tfds.test_masks, direct.test_masks)
   np.testing.assert_array_equal(via_tfds.train_classes, direct.train_classes)
   assert via_tfds.test_paths == direct.test_paths
+
+
+def test_folder_config_reads_every_category_of_a_tree(tmp_path):
+  import importlib.util
+  from fmjax.data import load_dataset
+  _mvtec_tree(tmp_path, "alpha")
+  _mvtec_tree(tmp_path, "beta", defects=("dent", "scratch"))
+  spec = importlib.util.spec_from_file_location("folder_config", os.path.join(
+      os.path.dirname(__file__), "..", "configs", "folder.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.root, config.data.image_size = str(tmp_path), 8
+  ds = load_dataset(config.data)
+  assert ds.class_names == ["alpha", "beta"] and ds.test_classes.tolist() == [0, 0, 1, 1, 1]
+  assert ds.test_defects == ["good", "scratch", "dent", "good", "scratch"]
