@@ -13,7 +13,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fmjax import mismatch, report, sharding
@@ -51,7 +50,7 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
 
 
 def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 norm: NormStats, mesh, what: str = "score"):
+                 norm: NormStats, mesh):
   """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M]."""
   ec = config.evaluate
   batch = ec.batch_size
@@ -62,7 +61,7 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   rows = sharding.host_slice(batch)
   m = len(images)
   heatmaps, scores = [], []
-  progress = Progress(m, f"{what} K={ec.num_seeds} T={ec.num_times}", "img")
+  progress = Progress(m, f"score K={ec.num_seeds} T={ec.num_times}", "img")
   t0 = None
   for start in range(0, m, batch):
     idx = np.arange(start, start + batch)
@@ -89,6 +88,16 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
   return score_arrays(config, params, dataset.test_images, labels, dataset.num_classes, norm, mesh)
 
 
+def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:
+  """{category: compute_metrics(...)} over each category's test images."""
+  out = {}
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.test_classes == ci
+    out[name] = compute_metrics(scores[sel], dataset.test_labels[sel], heatmaps[sel],
+                                None if dataset.test_masks is None else dataset.test_masks[sel])
+  return out
+
+
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
   """Scores the test split with the latest checkpoint; writes the report into <workdir>/eval/."""
   prepare_workdir(workdir)
@@ -100,14 +109,10 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   if jax.process_index() != 0:
     return {}
 
-  masks = dataset.test_masks
-  overall = compute_metrics(scores, dataset.test_labels, heatmaps, masks, with_curves=True)
+  overall = compute_metrics(scores, dataset.test_labels, heatmaps, dataset.test_masks,
+                            with_curves=True)
   curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
-  per_category = {}
-  for ci, name in enumerate(dataset.class_names):
-    sel = dataset.test_classes == ci
-    per_category[name] = compute_metrics(scores[sel], dataset.test_labels[sel], heatmaps[sel],
-                                         None if masks is None else masks[sel])
+  per_category = metrics_per_category(dataset, scores, heatmaps)
   ec = config.evaluate
   result = {
       **overall,

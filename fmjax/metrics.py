@@ -65,10 +65,15 @@ class _Sorted:
     return np.cumsum(w, dtype=dtype)[self.run_ends].astype(np.float64)
 
 
-def _check_scores(scores: np.ndarray, what: str) -> None:
-  bad = int(np.size(scores) - np.isfinite(scores).sum())
+def _finite_floats(values, what: str) -> np.ndarray:
+  """`values` as float32/float64 (other dtypes -> float64); NaN or inf is refused."""
+  values = np.asarray(values)
+  if values.dtype not in (np.float32, np.float64):
+    values = values.astype(np.float64)
+  bad = int(np.size(values) - np.isfinite(values).sum())
   if bad:
     raise ValueError(f"{what} contain {bad} non-finite values (NaN or inf); cannot rank them.")
+  return values
 
 
 def _undefined(what: str, n_pos: int, n_neg: int) -> None:
@@ -106,13 +111,10 @@ def binary_curves(scores, labels, with_curves: bool = False) -> dict:
   `with_curves`, also "curves": fpr/tpr (ROC, from (0, 0)) and precision/recall
   per distinct threshold, descending. One class only -> NaN and a warning.
   """
-  scores = np.asarray(scores).ravel()
-  if scores.dtype not in (np.float32, np.float64):
-    scores = scores.astype(np.float64)
+  scores = _finite_floats(scores, "Scores").ravel()
   labels = np.asarray(labels).ravel().astype(bool)
   if scores.size != labels.size:
     raise ValueError(f"{scores.size} scores for {labels.size} labels.")
-  _check_scores(scores, "Scores")
   return _curves_from_sorted(_Sorted.of(scores), labels, with_curves)
 
 
@@ -147,14 +149,10 @@ def _aupro_from_sorted(srt: _Sorted, masks: np.ndarray, fpr_limit: float) -> flo
 
 
 def _check_maps(anomaly_maps, masks) -> tuple[np.ndarray, np.ndarray]:
-  maps = np.asarray(anomaly_maps)
-  if maps.dtype not in (np.float32, np.float64):
-    maps = maps.astype(np.float64)
-  masks = np.asarray(masks)
+  maps, masks = np.asarray(anomaly_maps), np.asarray(masks)
   if maps.shape != masks.shape or maps.ndim != 3:
     raise ValueError(f"anomaly_maps {maps.shape} and masks {masks.shape} must both be [N,H,W].")
-  _check_scores(maps, "Anomaly maps")
-  return maps, masks.astype(bool)
+  return _finite_floats(maps, "Anomaly maps"), masks.astype(bool)
 
 
 def aupro(anomaly_maps, masks, fpr_limit: float = 0.3) -> float:

@@ -108,9 +108,11 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], t
   """One line per (name, xs, ys); long curves are thinned to 2,000 points for drawing."""
   xs_all = np.concatenate([np.asarray(s[1], np.float64) for s in series])
   ys_all = np.concatenate([np.asarray(s[2], np.float64) for s in series])
-  if xlim is None:
-    xlim = (xs_all.min(), xs_all.max()) if not xlog else (10 ** math.floor(math.log10(xs_all.min())),
-                                                          10 ** math.ceil(math.log10(xs_all.max())))
+  if xlim is None and xlog:  # whole decades, at least one
+    lo = 10 ** math.floor(math.log10(xs_all.min()))
+    xlim = (lo, max(10 ** math.ceil(math.log10(xs_all.max())), 10 * lo))
+  elif xlim is None:
+    xlim = (xs_all.min(), xs_all.max())
   if ylim is None:
     span, scale = ys_all.max() - ys_all.min(), max(np.abs(ys_all).max(), 1e-6)
     pad = 0.05 * span if span > 0.01 * scale else 0.02 * scale  # flat data: a readable band

@@ -146,7 +146,8 @@ def category_grid(dataset: AnomalyDataset, heatmaps: np.ndarray, scores: np.ndar
   return plots.stacked([title, grid], gap=2)
 
 
-def _fmt(v) -> str:
+def format_percent(v) -> str:
+  """A fraction as percent with one decimal; "-" when undefined (None or NaN)."""
   return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
@@ -158,7 +159,7 @@ def metrics_table(result: dict) -> str:
            "|---|" + "---:|" * len(keys)]
   rows = list(result["per_category"].items()) + [("Mean", result["mean"])]
   for name, m in rows:
-    cells = [_fmt(m.get(k)) for k, _ in keys]
+    cells = [format_percent(m.get(k)) for k, _ in keys]
     bold = "**" if name == "Mean" else ""
     lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -166,7 +167,7 @@ def metrics_table(result: dict) -> str:
 
 def metrics_markdown(result: dict) -> str:
   s = result["settings"]
-  overall = " ".join(f"{name} {_fmt(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
+  overall = " ".join(f"{name} {format_percent(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
   return "\n".join([
       f"# Flow Mismatching evaluation: {s['dataset']}", "",
       f"Checkpoint step {s['checkpoint_step']}; K = {s['num_seeds']} seeds, T = {s['num_times']} "
@@ -216,8 +217,8 @@ def roc_pr_figure(curves: dict, result: dict) -> Image.Image | None:
     c = curves.get(f"{level}_curves")
     if c is None:
       continue
-    roc.append((f"{level} AUROC {_fmt(result[f'{level}_auroc'])}", c["fpr"], c["tpr"]))
-    pr.append((f"{level} AP {_fmt(result[f'{level}_ap'])}", np.r_[0.0, c["recall"]],
+    roc.append((f"{level} AUROC {format_percent(result[f'{level}_auroc'])}", c["fpr"], c["tpr"]))
+    pr.append((f"{level} AP {format_percent(result[f'{level}_ap'])}", np.r_[0.0, c["recall"]],
                np.r_[c["precision"][0], c["precision"]]))
   if not roc:
     return None
@@ -240,7 +241,7 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
     return written[-1]
 
   with open(path("metrics.json"), "w") as f:
-    json.dump(_json_safe(result), f, indent=1)
+    json.dump(json_safe(result), f, indent=1)
   with open(path("metrics.md"), "w") as f:
     f.write(metrics_markdown(result))
   write_scores_csv(path("scores.csv"), result)
@@ -280,12 +281,12 @@ def _safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _json_safe(obj):
+def json_safe(obj):
   """NaN/inf -> None, so metrics.json is strict JSON."""
   if isinstance(obj, dict):
-    return {k: _json_safe(v) for k, v in obj.items()}
+    return {k: json_safe(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
+    return [json_safe(v) for v in obj]
   if isinstance(obj, float) and not math.isfinite(obj):
     return None
   return obj
@@ -296,7 +297,7 @@ def summary_lines(result: dict) -> list[str]:
   keys = [(k, n) for k, n in TABLE_COLUMNS if k in result or k in result["mean"]]
   lines = ["category        " + " ".join(f"{n:>8s}" for _, n in keys)]
   for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
-    lines.append(f"{name[:15]:15s} " + " ".join(f"{_fmt(m.get(k)):>8s}" for k, _ in keys))
+    lines.append(f"{name[:15]:15s} " + " ".join(f"{format_percent(m.get(k)):>8s}" for k, _ in keys))
   s = result["settings"]
   lines.append(f"K={s['num_seeds']} T={s['num_times']} aggregator={s['aggregator']} "
                f"step={s['checkpoint_step']} {s['images_per_s']:.2f} images/s")

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from fmjax import plots, sharding
-from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
-from fmjax.report import TABLE_COLUMNS
+from fmjax.metrics import METRIC_KEYS, mean_over_categories
+from fmjax.report import TABLE_COLUMNS, format_percent, json_safe
 
 STUDIES = ("compute", "aggregators", "checkpoints")
 PAPER_VALUES = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
@@ -81,12 +81,7 @@ def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mes
                                               cfg.evaluate.use_ema, step)
   params, ckpt_step, norm, _ = loaded[step]
   heatmaps, scores, images_per_s = evaluate.score_dataset(cfg, params, dataset, norm, mesh)
-  masks = dataset.test_masks
-  per_category = {
-      name: compute_metrics(scores[dataset.test_classes == ci], dataset.test_labels[dataset.test_classes == ci],
-                            heatmaps[dataset.test_classes == ci],
-                            None if masks is None else masks[dataset.test_classes == ci])
-      for ci, name in enumerate(dataset.class_names)}
+  per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   mean = mean_over_categories(per_category)
   return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),
           "num_seeds": cfg.evaluate.num_seeds, "num_times": cfg.evaluate.num_times,
@@ -128,12 +123,10 @@ def run_study(config, workdir: str, dataset) -> dict:
     row = _evaluate_setting(config, workdir, dataset, setting, loaded, mesh)
     rows.append(row)
     if jax.process_index() == 0:
-      with open(results_path, "w") as f:
-        json.dump({"study": name, "rows": rows}, f, indent=1, default=_nan_to_none)
+      _write_rows(results_path, name, rows)
   rows = [next(r for r in rows if _same_setting(r, s)) for s in settings]  # in settings order
   if jax.process_index() == 0:
-    with open(results_path, "w") as f:
-      json.dump({"study": name, "rows": rows}, f, indent=1, default=_nan_to_none)
+    _write_rows(results_path, name, rows)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
       f.write(results_table(name, rows))
     study_plot(name, rows).save(os.path.join(out_dir, "plot.png"))
@@ -153,8 +146,20 @@ def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
   return listed or saved
 
 
-def _nan_to_none(v):
-  return None if isinstance(v, float) and not np.isfinite(v) else v
+def _write_rows(path: str, name: str, rows: list[dict]) -> None:
+  """results.json as strict JSON (undefined metrics -> null)."""
+  with open(path, "w") as f:
+    json.dump(json_safe({"study": name, "rows": rows}), f, indent=1)
+
+
+def _number(value) -> float:
+  """None (an undefined value read back from results.json) -> NaN."""
+  return float("nan") if value is None else float(value)
+
+
+def _percent(value) -> float:
+  """A metric (fraction, None when undefined) in percent; NaN when undefined."""
+  return 100 * _number(value)
 
 
 def results_table(name: str, rows: list[dict]) -> str:
@@ -166,12 +171,19 @@ def results_table(name: str, rows: list[dict]) -> str:
            "| Setting | K*T | " + " | ".join(n for _, n in keys) + " | images/s |",
            "|---|---:|" + "---:|" * len(keys) + "---:|"]
   for r in rows:
-    cells = ["-" if r["mean"].get(k) is None or not np.isfinite(r["mean"][k])
-             else f"{100 * r['mean'][k]:.1f}" for k, _ in keys]
+    cells = [format_percent(r["mean"].get(k)) for k, _ in keys]
     group = f"{r['group']}: " if "group" in r else ""
+    rate = r["images_per_s"]
+    rate = "-" if rate is None or not np.isfinite(rate) else f"{rate:.2f}"
     lines.append(f"| {group}{r['label']} | {r['num_seeds'] * r['num_times']} | " + " | ".join(cells)
-                 + f" | {r['images_per_s']:.2f} |")
+                 + f" | {rate} |")
   return "\n".join(lines) + "\n"
+
+
+def _finite_points(points: list[tuple]) -> tuple[list, list]:
+  """(xs, ys) of the points whose y is defined: undefined metrics are not drawn."""
+  kept = [(x, y) for x, y in points if np.isfinite(y)]
+  return [x for x, _ in kept], [y for _, y in kept]
 
 
 def study_plot(name: str, rows: list[dict]):
@@ -185,15 +197,23 @@ def study_plot(name: str, rows: list[dict]):
       series = []
       for g in groups:
         mine = sorted((r for r in rows if r["group"] == g), key=lambda r: r["num_seeds"] * r["num_times"])
-        ys = [r["images_per_s"] if key == "images_per_s" else 100 * r["mean"][key] for r in mine]
-        series.append((g, [r["num_seeds"] * r["num_times"] for r in mine], ys))
+        points = [(r["num_seeds"] * r["num_times"],
+                   _number(r["images_per_s"]) if key == "images_per_s" else _percent(r["mean"].get(key)))
+                  for r in mine]
+        series.append((g, *_finite_points(points)))
+      if not any(xs for _, xs, _ in series):
+        continue  # this metric is undefined in every row
       charts.append(plots.line_chart(series, f"{title} vs test-time compute", "K*T (forward passes)",
                                      title if key == "images_per_s" else f"{title} (%)", xlog=True,
                                      markers=True, legend_corner="tr" if key == "images_per_s" else "br",
                                      size=(380, 320)))
     return plots.side_by_side(charts)
   xs = [r["step"] for r in rows] if name == "checkpoints" else list(range(len(rows)))
-  series = [(n, xs, [100 * r["mean"][k] for r in rows]) for k, n in metric_names]
+  series = []
+  for k, n in metric_names:
+    mxs, mys = _finite_points([(x, _percent(r["mean"].get(k))) for x, r in zip(xs, rows)])
+    if mxs:  # a metric undefined in every row is not drawn
+      series.append((n, mxs, mys))
   xlabel = "training step" if name == "checkpoints" else "setting: " + ", ".join(
       f"{i}={r['label']}" for i, r in enumerate(rows))
   return plots.line_chart(series, f"{name} study (mean over categories)", xlabel, "percent",

@@ -10,7 +10,6 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -180,8 +179,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   meta = model_meta(config, dataset.class_names)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   latest = manager.latest_step()
-  if latest is not None:
-    checkpoint.check_meta(checkpoint.read_meta(manager, latest)["model"], meta, workdir)
+  saved = checkpoint.read_meta(manager, latest) if latest is not None else None
+  if saved is not None:
+    checkpoint.check_meta(saved["model"], meta, workdir)
     state = checkpoint.restore(manager, latest, abstract)
     print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
   else:
@@ -195,12 +195,11 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh)
   check_loss = make_loss_fn(model, norm, mesh)
   labels = labels_for(config, dataset.train_classes, dataset.num_classes)
-  full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size}
   workers = config.data.loader_workers
-  full_meta["loader_workers"] = workers
+  full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size,
+               "loader_workers": workers}
   iterator_state = None  # fresh stream, started at `start`
-  if latest is not None:
-    saved = checkpoint.read_meta(manager, latest)
+  if saved is not None:
     if saved.get("loader_workers") == workers and "data_iterator" in saved:
       iterator_state = saved["data_iterator"]
     else:

@@ -66,3 +66,16 @@ def test_study_configs_name_the_study():
   spec.loader.exec_module(module)
   for name in studies.STUDIES:
     assert module.get_config(name).study.name == name
+
+
+def test_undefined_metrics_are_strict_json_and_dashes(tmp_path):
+  row = {"group": "K=T", "label": "K=1 T=1", "num_seeds": 1, "num_times": 1,
+         "images_per_s": float("nan"), "mean": {"image_auroc": 0.5, "pixel_aupro": float("nan")}}
+  path = tmp_path / "results.json"
+  studies._write_rows(str(path), "compute", [row])
+  saved = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+  assert saved["rows"][0]["mean"]["pixel_aupro"] is None and saved["rows"][0]["images_per_s"] is None
+  for rows in ([row], saved["rows"]):  # in memory (NaN) and read back (None)
+    table = studies.results_table("compute", rows)
+    assert "| K=T: K=1 T=1 | 1 | 50.0 | - | - |" in table
+    assert studies.study_plot("compute", rows).width > 100

@@ -46,22 +46,19 @@ def to_rgb8(im: Image.Image) -> Image.Image:
   return im.convert("RGB")
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """An image file -> uint8 RGB [size,size,3] (antialiased bilinear resize)."""
+def read_image_and_size(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """An image file -> (uint8 RGB [size,size,3] (antialiased bilinear resize), original (w, h))."""
   with _open(path) as im:
     rgb = to_rgb8(im)
-  if rgb.size != (size, size):
+  original = rgb.size
+  if original != (size, size):
     rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=None)
-  return np.asarray(rgb, np.uint8)
+  return np.asarray(rgb, np.uint8), original
 
 
-def image_size_of(path: str) -> tuple[int, int]:
-  """(width, height) from the file header, without decoding the pixels."""
-  try:
-    with Image.open(path) as im:
-      return im.size
-  except (OSError, SyntaxError, ValueError) as e:
-    raise CorruptImageError(f"Cannot decode {path}: {e}") from e
+def read_image(path: str, size: int) -> np.ndarray:
+  """An image file -> uint8 RGB [size,size,3] (antialiased bilinear resize)."""
+  return read_image_and_size(path, size)[0]
 
 
 def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,

@@ -27,6 +27,7 @@ import numpy as np
 from absl import flags
 
 from fmjax import sharding
+from fmjax.data.decode import read_image
 
 
 class ArraySource(grain.sources.RandomAccessDataSource):
@@ -56,7 +57,6 @@ class ImageFileSource(grain.sources.RandomAccessDataSource):
     return len(self._paths)
 
   def __getitem__(self, index: int) -> dict:
-    from fmjax.data.decode import read_image  # pylint: disable=g-import-not-at-top
     return {"image": read_image(self._paths[index], self._size), "label": self._labels[index]}
 
 

@@ -23,7 +23,7 @@ import grain
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
-from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, image_size_of, read_image, read_mask
+from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, read_image_and_size, read_mask
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
                     "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
@@ -161,13 +161,12 @@ class _Decode(grain.transforms.Map):
   def map(self, sample: Sample) -> dict:
     out = {"image": None, "mask": None, "error": None, "warnings": []}
     try:
-      out["image"] = read_image(sample.path, self.size)
+      out["image"], original_wh = read_image_and_size(sample.path, self.size)
       if self.with_masks and sample.split == "test":
         if sample.mask is None:
           out["mask"] = np.zeros((self.size, self.size), np.uint8)
         else:
-          out["mask"] = read_mask(sample.mask, self.size, image_size_of(sample.path),
-                                  notes=out["warnings"])
+          out["mask"] = read_mask(sample.mask, self.size, original_wh, notes=out["warnings"])
     except CorruptImageError as e:
       out["error"] = str(e)
     return out

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
-from fmjax.data.decode import image_size_of, read_image, read_mask
+from fmjax.data.decode import read_image_and_size, read_mask
 from fmjax.data.sources import DataLayoutError, Sample, mvtec_samples, visa_samples
 
 
@@ -86,9 +86,10 @@ def _make_builder_class(kind: str):
     def _generate_examples(self, samples: list[Sample]):
       size = self.builder_config.image_size
       for s in samples:
-        mask = (read_mask(s.mask, size, image_size_of(s.path)) if s.mask
+        image, original_wh = read_image_and_size(s.path, size)
+        mask = (read_mask(s.mask, size, original_wh) if s.mask
                 else np.zeros((size, size), np.uint8))
-        yield s.path, {"image": read_image(s.path, size), "mask": mask, "anomalous": s.label,
+        yield s.path, {"image": image, "mask": mask, "anomalous": s.label,
                        "category": s.category, "defect": s.defect, "path": s.path}
 
   Builder.__name__ = f"Fmjax{kind.capitalize()}"
