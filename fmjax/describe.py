@@ -1,4 +1,8 @@
-"""`--mode=describe`: parameter count and FLOPs of the configured model, without data."""
+"""`--mode=describe`: parameter count and FLOPs of the configured model, without data.
+
+FLOPs come from XLA's cost analysis of the program lowered for the CPU backend
+(see `cpu_flops`); the benchmarks compute achieved TFLOP/s from the same counts.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from jax.sharding import SingleDeviceSharding
 
 from fmjax.data import categories_of
 from fmjax.models.unet import build_unet, count_params
+from fmjax.optim import build_optimizer
 
 
 def _num_classes(config) -> int:
@@ -22,24 +27,57 @@ def _num_classes(config) -> int:
   return max(1, len(found))
 
 
-def forward_flops(model, image_size: int, batch: int = 1) -> float:
-  """FLOPs of one forward pass of `batch` images from XLA's cost analysis on the CPU backend.
-
-  The CPU backend is used on every machine: the GPU backend's analysis does not
-  count convolutions that run in cuDNN.
-  """
+def _on_cpu(tree):
+  """ShapeDtypeStructs of `tree` placed on the first CPU device."""
   cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-  x = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32, sharding=cpu)
-  t = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=cpu)
-  lab = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=cpu)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape),
-                                             jnp.zeros(lab.shape, jnp.int32)))["params"]
-  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=cpu), params)
-  apply = lambda p, x, t, lab: model.apply({"params": p}, x, t, lab)
-  cost = jax.jit(apply).lower(params, x, t, lab).compile().cost_analysis()
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree)
+
+
+def cpu_flops(fn, *abstract_args) -> float:
+  """FLOPs of `fn(*abstract_args)`: XLA's cost analysis of the program lowered for the CPU.
+
+  The unoptimised program is analysed (what the model asks for, before XLA fuses
+  or duplicates work), so the count is exactly linear in the batch and needs no
+  compilation. It is lowered for the CPU on every machine: on the GPU, cuDNN
+  calls are not counted. Loops (scan, while) would be counted once, so pass
+  loop-free functions.
+  """
+  cost = jax.jit(fn).lower(*_on_cpu(abstract_args)).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost["flops"])
+
+
+def _cpu_model(model):
+  """The same model with XLA attention (cuDNN attention cannot compile for the CPU)."""
+  return model.clone(attention_impl=None)
+
+
+def _abstract_inputs(batch: int, image_size: int):
+  return (jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32),
+          jax.ShapeDtypeStruct((batch,), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+
+def forward_flops(model, image_size: int, batch: int = 1) -> float:
+  """FLOPs of one forward pass of `batch` images (XLA cost analysis on the CPU backend)."""
+  model = _cpu_model(model)
+  x, t, lab = _abstract_inputs(batch, image_size)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape),
+                                             jnp.zeros(lab.shape, jnp.int32)))["params"]
+  return cpu_flops(lambda p, x, t, lab: model.apply({"params": p}, x, t, lab), params, x, t, lab)
+
+
+def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: float = 0.0) -> float:
+  """FLOPs of one training step on `batch` images (CFM loss, gradient, optimiser update, EMA)."""
+  from fmjax import train  # pylint: disable=g-import-not-at-top
+  from fmjax.data import NormStats  # pylint: disable=g-import-not-at-top
+  model = _cpu_model(model)
+  state = jax.eval_shape(lambda k: train.create_train_state(
+      model, optimizer, (image_size, image_size, 3), model.num_classes, k, ema_decay > 0),
+      jax.random.key(0))
+  step = train.train_step_fn(model, optimizer, NormStats((0.5,) * 3, (0.25,) * 3), 0, ema_decay)
+  return cpu_flops(step, state, jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8),
+                   jax.ShapeDtypeStruct((batch,), jnp.int32))
 
 
 def describe(config) -> dict:
@@ -52,12 +90,18 @@ def describe(config) -> dict:
   params = count_params(shapes["params"])
   flops = forward_flops(model, size)
   k, t = config.evaluate.num_seeds, config.evaluate.num_times
+  batch = config.train.batch_size
+  step_flops = train_step_flops(model, build_optimizer(config.train), batch, size,
+                                config.train.ema_decay)
   info = {"parameters": params, "num_classes": num_classes, "image_size": size,
           "flops_per_forward": flops, "num_seeds": k, "num_times": t,
-          "flops_per_scored_image": flops * k * t,
+          "flops_per_scored_image": flops * k * t, "train_batch_size": batch,
+          "flops_per_train_step": step_flops,
           "devices": [str(d) for d in jax.devices()]}
   print(f"parameters:             {params:,} ({num_classes} classes + null label)")
-  print(f"FLOPs per forward:      {flops / 1e9:.2f} GFLOP at {size}x{size} (XLA cost analysis, CPU backend)")
+  print(f"FLOPs per forward:      {flops / 1e9:.2f} GFLOP at {size}x{size} (XLA cost analysis)")
   print(f"FLOPs per scored image: {flops * k * t / 1e12:.3f} TFLOP at K={k}, T={t} ({k * t} forwards)")
+  print(f"FLOPs per train step:   {step_flops / 1e12:.3f} TFLOP at batch {batch} "
+        f"({step_flops / batch / 1e9:.1f} GFLOP per image: forward, backward, update)")
   print(json.dumps(info))
   return info

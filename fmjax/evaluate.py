@@ -60,16 +60,30 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   data = sharding.data_sharding(mesh)
   rows = sharding.host_slice(batch)
   m = len(images)
+  if m == 0:
+    raise ValueError("There are no images to score.")
   heatmaps, scores = [], []
   progress = Progress(m, f"score K={ec.num_seeds} T={ec.num_times}", "img")
-  t0 = None
-  for start in range(0, m, batch):
+
+  def dispatch(start):
+    """Sends one batch to the devices and starts scoring it (asynchronously)."""
     idx = np.arange(start, start + batch)
     valid = idx < m
     idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
-    h, s = score(params, sharding.to_global(images[idx][rows], data),
-                 sharding.to_global(labels[idx][rows], data),
-                 sharding.to_global(idx[rows].astype(np.int32), data))
+    out = score(params, sharding.to_global(images[idx][rows], data),
+                sharding.to_global(labels[idx][rows], data),
+                sharding.to_global(idx[rows].astype(np.int32), data))
+    return out, valid
+
+  # One batch in flight while the previous one is fetched: the next batch's transfer and
+  # launch overlap the current one's compute.
+  t0 = None
+  starts = list(range(0, m, batch))
+  in_flight = dispatch(starts[0])
+  for i in range(len(starts)):
+    (h, s), valid = in_flight
+    if i + 1 < len(starts):
+      in_flight = dispatch(starts[i + 1])
     h, s = jax.device_get((h, s))  # host 0 needs all rows: outputs are fully addressable on 1 host
     heatmaps.append(np.asarray(h)[valid])
     scores.append(np.asarray(s)[valid])

@@ -84,8 +84,8 @@ def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: b
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 
-def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
-  """The jitted, sharded, state-donating train step."""
+def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float):
+  """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, mean CFM loss)."""
   base_key = jax.random.key(seed)
 
   def step_fn(state: TrainState, images, labels):
@@ -106,10 +106,15 @@ def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: flo
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
 
+  return step_fn
+
+
+def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
+  """`train_step_fn` jitted over `mesh`: batch split on "data", state replicated and donated."""
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, data, data), out_shardings=(rep, rep),
-                 donate_argnums=(0,))
+  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay),
+                 in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 def make_loss_fn(model, norm: NormStats, mesh):

@@ -108,6 +108,9 @@ def test_cli_describe_paper_model():
   assert out.returncode == 0, out.stderr
   info = json.loads(out.stdout.strip().splitlines()[-1])
   assert info["parameters"] == 45_289_539
-  # XLA's CPU cost analysis of one 128x128 forward pass: about 50.5 GFLOP.
+  # XLA's cost analysis of one 128x128 forward pass: about 49.8 GFLOP.
   assert 45e9 < info["flops_per_forward"] < 56e9
   assert info["flops_per_scored_image"] == pytest.approx(100 * info["flops_per_forward"])
+  # A training image costs a forward and a backward pass (about twice the forward).
+  per_image = info["flops_per_train_step"] / info["train_batch_size"]
+  assert 2.5 * info["flops_per_forward"] < per_image < 3.5 * info["flops_per_forward"]

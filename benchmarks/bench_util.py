@@ -1,0 +1,98 @@
+"""Shared pieces of the speed benchmarks: timing, peak FLOP/s, memory, environment."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import time
+
+import jax
+
+# Dense bfloat16 peak TFLOP/s per device (vendor data sheets; no sparsity).
+PEAK_BF16_TFLOPS = (
+    ("H200", 989.4), ("H100", 989.4), ("A100", 312.0), ("L4", 121.0), ("A10", 125.0),
+    ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0),
+)
+
+
+def peak_tflops(device=None) -> float | None:
+  """The device's dense bf16 peak in TFLOP/s, or None when unknown (e.g. CPU)."""
+  kind = (device or jax.devices()[0]).device_kind
+  for name, peak in PEAK_BF16_TFLOPS:
+    if name.lower() in kind.lower():
+      return peak
+  return None
+
+
+def environment() -> dict:
+  """Versions and device facts printed with every result."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  return {"device": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count(),
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+          "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+
+
+def peak_bytes_in_use() -> int | None:
+  """Largest peak device memory of this process over local devices (None where unreported)."""
+  peaks = []
+  for d in jax.local_devices():
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def compiled_memory(compiled) -> dict:
+  """XLA's memory plan of one executable: argument, output and temporary bytes."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    return {}
+  if m is None:
+    return {}
+  return {"xla_argument_bytes": int(m.argument_size_in_bytes),
+          "xla_output_bytes": int(m.output_size_in_bytes),
+          "xla_temp_bytes": int(m.temp_size_in_bytes)}
+
+
+def time_calls(run_once, seconds: float, repeats: int) -> dict:
+  """Times `run_once()` (which must block until its work is done) back to back.
+
+  One untimed call first; then `repeats` rounds of n calls each, n chosen so a
+  round lasts about `seconds`. Returns seconds per call: median and best round.
+  """
+  run_once()
+  t0 = time.perf_counter()
+  run_once()
+  one = max(time.perf_counter() - t0, 1e-6)
+  n = max(1, math.ceil(seconds / one))
+  rounds = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(n):
+      run_once()
+    rounds.append((time.perf_counter() - t0) / n)
+  rounds.sort()
+  return {"calls_per_round": n, "rounds": repeats, "s_per_call_median": rounds[len(rounds) // 2],
+          "s_per_call_best": rounds[0]}
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def throughput_fields(items_per_call: int, timing: dict, flops_per_item: float,
+                      peak: float | None, unit: str) -> dict:
+  """images/s, ms per call, achieved TFLOP/s and fraction of peak from a `time_calls` result."""
+  s = timing["s_per_call_median"]
+  rate = items_per_call / s
+  tflops = flops_per_item * rate / 1e12
+  return {f"{unit}_per_s": round(rate, 3), f"{unit}_per_s_best": round(items_per_call /
+                                                                     timing["s_per_call_best"], 3),
+          "ms_per_call": round(1e3 * s, 3), "achieved_tflops": round(tflops, 3),
+          "peak_tflops": peak, "fraction_of_peak": None if peak is None else round(tflops / peak, 4),
+          "calls_per_round": timing["calls_per_round"], "rounds": timing["rounds"]}

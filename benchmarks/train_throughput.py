@@ -1,0 +1,98 @@
+"""Training speed of fmjax's own train step; one JSON line per batch size.
+
+  python benchmarks/train_throughput.py                     # paper model, batch 32,128,256
+  python benchmarks/train_throughput.py --batches=128 [--config=configs/mvtec.py] \
+      [--config.train.ema_decay=0.9999]
+
+Times `fmjax.train.make_train_step` -- the jitted, sharded, state-donating step
+`fmjax.main` trains with (CFM loss, StableAdamW + AMSGrad, bf16 compute per
+`model.dtype`, float32 parameters) -- on random uint8 batches already on the
+device (the input pipeline is measured by loader_throughput.py). Compilation is
+timed separately and excluded. FLOPs per step: XLA's cost analysis of the same
+step function lowered for the CPU backend at the same batch size
+(`fmjax.describe.train_step_flops`).
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import bench_util
+from fmjax import describe, sharding, train
+from fmjax.data import NormStats
+from fmjax.models.unet import build_unet
+from fmjax.optim import build_optimizer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/mvtec.py", "Model/train config.",
+                                lock_config=False)
+flags.DEFINE_string("batches", "32,128,256", "Comma-separated global batch sizes.")
+flags.DEFINE_float("seconds", 5.0, "Approximate length of one timed round.")
+flags.DEFINE_integer("repeats", 3, "Timed rounds per batch size (median reported).")
+flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config = FLAGS.config
+  size = config.data.image_size
+  num_classes = describe._num_classes(config)  # pylint: disable=protected-access
+  model = build_unet(config.model, num_classes)
+  optimizer = build_optimizer(config.train)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  data = sharding.data_sharding(mesh)
+  ema = config.train.ema_decay
+  common = {"benchmark": "train_throughput", "image_size": size, "num_classes": num_classes,
+            "dtype": config.model.dtype, "attention": model.attention_impl or "xla",
+            "ema": ema > 0, **bench_util.environment()}
+  norm = NormStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+  step = train.make_train_step(model, optimizer, norm, config.seed, ema, mesh)
+  init = jax.jit(lambda k: train.create_train_state(model, optimizer, (size, size, 3), num_classes,
+                                                    k, ema > 0),
+                 out_shardings=sharding.replicated(mesh))
+  peak = bench_util.peak_tflops()
+  rng = np.random.default_rng(0)
+  for batch in [int(b) for b in FLAGS.batches.split(",")]:
+    row = {**common, "batch": batch,
+           "flops_per_step": describe.train_step_flops(model, optimizer, batch, size, ema)}
+    if batch % mesh.devices.size:
+      print(json.dumps({**row, "error": f"batch not divisible by {mesh.devices.size} devices"}))
+      continue
+    images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data)
+    labels = jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data)
+    box = {"state": init(jax.random.key(0))}
+
+    def run_once():
+      box["state"], loss = compiled(box["state"], images, labels)
+      jax.block_until_ready(loss)
+
+    try:
+      t0 = time.perf_counter()
+      compiled = step.lower(box["state"], images, labels).compile()
+      row["compile_s"] = round(time.perf_counter() - t0, 2)
+      row.update(bench_util.compiled_memory(compiled))
+      timing = bench_util.time_calls(run_once, FLAGS.seconds, FLAGS.repeats)
+    except Exception as e:  # pylint: disable=broad-except
+      if not bench_util.is_out_of_memory(e):
+        raise
+      print(json.dumps({**row, "error": "out of memory"}))
+      continue
+    row.update(bench_util.throughput_fields(batch, timing, row["flops_per_step"] / batch, peak,
+                                            "images"))
+    row["steps_per_s"] = round(1.0 / timing["s_per_call_median"], 3)
+    row["peak_bytes_in_use"] = bench_util.peak_bytes_in_use()
+    del box["state"]
+    line = json.dumps(row)
+    print(line, flush=True)
+    if FLAGS.output:
+      with open(FLAGS.output, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,72 @@
+"""The speed benchmarks run (tiny model, CPU) and their FLOP accounting adds up.
+
+No timing is asserted here: speed targets are checked on the GPU by running the
+benchmarks themselves (benchmarks/README.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fmjax import describe
+from fmjax.models.unet import build_unet
+from fmjax.optim import build_optimizer
+
+from conftest import REPO, tiny_config
+
+TINY = ["--config=configs/quickstart.py", "--config.data.image_size=16", "--config.model.channels=8",
+        "--config.model.channel_mult=(1,2)", "--config.model.attention_rates=(2,)",
+        "--config.model.head_channels=8", "--config.model.norm_groups=4",
+        "--config.mesh.num_devices=1", "--seconds=0.05", "--repeats=1"]
+
+
+def _run(script, *args):
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, f"benchmarks/{script}", *TINY, *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_flop_counts_are_linear_in_the_batch():
+  config = tiny_config()
+  model = build_unet(config.model, 3)
+  one, two = describe.forward_flops(model, 16, 1), describe.forward_flops(model, 16, 2)
+  assert two == pytest.approx(2 * one, rel=1e-3)
+  optimizer = build_optimizer(config.train)
+  steps = [describe.train_step_flops(model, optimizer, b, 16) for b in (1, 2, 4)]
+  per_image, per_update = steps[1] - steps[0], 2 * steps[0] - steps[1]
+  assert steps[2] == pytest.approx(4 * per_image + per_update, rel=1e-3)
+  assert 2.5 * one < per_image < 3.5 * one  # backward ~ 2x forward
+  params = sum(p.size for p in jax.tree.leaves(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)),
+                         jnp.zeros((1,), jnp.int32)))))
+  assert 5 * params < per_update < 60 * params  # a few elementwise ops per parameter
+
+
+def test_score_benchmark_prints_one_line_per_setting():
+  rows = _run("score_throughput.py", "--kt=2x2,1x3", "--batches=2")
+  assert [(r["num_seeds"], r["num_times"], r["batch"]) for r in rows] == [(2, 2, 2), (1, 3, 2)]
+  for r in rows:
+    assert r["images_per_s"] > 0 and r["ms_per_call"] > 0 and r["compile_s"] > 0
+    assert r["flops_per_image"] == r["flops_per_forward"] * r["num_seeds"] * r["num_times"]
+    assert r["achieved_tflops"] == pytest.approx(r["flops_per_image"] * r["images_per_s"] / 1e12,
+                                                 rel=0.01, abs=1e-3)
+    assert r["device"] and r["jax"] == jax.__version__ and r["fraction_of_peak"] is None  # CPU
+    assert r["xla_temp_bytes"] > 0
+
+
+def test_train_benchmark_prints_one_line_per_batch():
+  rows = _run("train_throughput.py", "--batches=2")
+  assert [r["batch"] for r in rows] == [2]
+  for r in rows:
+    assert r["images_per_s"] > 0 and r["steps_per_s"] == pytest.approx(r["images_per_s"] / r["batch"],
+                                                                        rel=0.01)
+    assert r["flops_per_step"] > 0 and r["compile_s"] > 0
+    assert r["achieved_tflops"] == pytest.approx(r["flops_per_step"] * r["steps_per_s"] / 1e12,
+                                                 rel=0.01, abs=1e-3)
