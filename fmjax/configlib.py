@@ -7,6 +7,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from fmjax import mismatch
+from fmjax.baselines import METHODS
 from fmjax.data import DATASETS
 
 
@@ -63,8 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
 
   c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.num_seeds = 10  # K
-  c.evaluate.num_times = 10  # T
+  c.evaluate.method = "flow_mismatch"  # flow_mismatch | reconflow | dflow (fmjax/baselines.py)
+  c.evaluate.num_seeds = 10  # K (reconflow: K seeds too; dflow: 1)
+  c.evaluate.num_times = 10  # T (reconflow, dflow: Euler steps)
+  c.evaluate.reconflow_t_init = 0.5  # reconflow: the time the test image is noised to
+  c.evaluate.dflow_iterations = 20  # dflow: Adam steps on the initial noise
+  c.evaluate.dflow_learning_rate = 0.1
   c.evaluate.aggregator = "min"  # min | mean | quantile
   c.evaluate.quantile = config_dict.placeholder(float)  # for aggregator=quantile
   c.evaluate.batch_size = 8
@@ -75,10 +80,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.grid_columns = 8  # test images per category grid picture
 
   c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies.py)
-  c.study.name = "compute"  # compute | aggregators | checkpoints
+  c.study.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
   c.study.compute = "paper"  # Table 6's 30 (K, T) settings, or "KxT,KxT,..."
   c.study.aggregators = "min,mean,q0.1,q0.2,q0.3"  # Table 7
   c.study.steps = ""  # checkpoints study: comma-separated steps; empty: every saved checkpoint
+  c.study.seeds = "0,1,2"  # seeds study: scoring seeds (evaluate.seed values)
+  c.study.methods = "flow_mismatch,reconflow,dflow"  # methods study: scorers on the same model
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices
@@ -93,6 +100,12 @@ def validate(config) -> None:
     errors.append(f"evaluate.num_seeds (K) must be >= 1, got {ec.num_seeds}")
   if ec.num_times < 1:
     errors.append(f"evaluate.num_times (T) must be >= 1, got {ec.num_times}")
+  if ec.method not in METHODS:
+    errors.append(f"evaluate.method must be one of {METHODS}, got {ec.method!r}")
+  if not 0.0 <= ec.reconflow_t_init < 1.0:
+    errors.append(f"evaluate.reconflow_t_init must be in [0, 1), got {ec.reconflow_t_init}")
+  if ec.dflow_iterations < 0 or ec.dflow_learning_rate <= 0:
+    errors.append("evaluate.dflow_iterations must be >= 0 and evaluate.dflow_learning_rate > 0")
   try:
     mismatch.validate_aggregator(ec.aggregator, ec.quantile)
   except ValueError as e:

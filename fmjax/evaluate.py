@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from fmjax import mismatch, report, sharding
+from fmjax import baselines, mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.data.sources import folder_images, read_images
 from fmjax.metrics import compute_metrics, mean_over_categories
@@ -25,18 +25,34 @@ from fmjax.train import labels_for, load_params_for_eval, prepare_workdir
 
 
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
-  """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B])."""
+  """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]).
+
+  `eval_config.method` picks the scorer: Flow Mismatching (K seeds x T times), or the
+  inference-only baselines ReconFlow (K seeds, T Euler steps) and D-Flow (T Euler
+  steps, `dflow_iterations` Adam steps on the initial noise); see fmjax/baselines.py.
+  """
   key = jax.random.key(eval_config.seed)
   k, t = eval_config.num_seeds, eval_config.num_times
+  method = eval_config.method
+  if method not in baselines.METHODS:
+    raise ValueError(f"Unknown evaluate.method {method!r}: use one of {baselines.METHODS}.")
   mismatch.validate_aggregator(eval_config.aggregator, eval_config.quantile)
   times = mismatch.interior_times(t)
   per_device = max(1, eval_config.max_forward_batch)
 
   def score_local(params, images, labels, ids):
-    """This device's images: one flow_mismatch call, chunked to per_device forwards."""
+    """This device's images: one scorer call, chunked to per_device forwards."""
     y = norm.normalize(images)
-    x0 = mismatch.draw_seeds(key, ids, k, y.shape[1:])
     velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
+    if method == "dflow":
+      x0 = mismatch.draw_seeds(key, ids, 1, y.shape[1:])[:, 0]
+      return baselines.d_flow(velocity, y, x0, t, eval_config.dflow_iterations,
+                              eval_config.dflow_learning_rate, labels=labels,
+                              max_forward_batch=per_device)
+    x0 = mismatch.draw_seeds(key, ids, k, y.shape[1:])
+    if method == "reconflow":
+      return baselines.recon_flow(velocity, y, x0, eval_config.reconflow_t_init, t, labels=labels,
+                                  max_forward_batch=per_device)
     return mismatch.flow_mismatch(velocity, y, x0, times, eval_config.aggregator,
                                   eval_config.quantile, labels=labels,
                                   max_forward_batch=per_device)
@@ -134,7 +150,8 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
       "per_category": per_category,
       "settings": {"dataset": dataset.name, "categories": list(dataset.class_names),
                    "num_seeds": ec.num_seeds, "num_times": ec.num_times,
-                   "aggregator": ec.aggregator, "quantile": ec.quantile,
+                   "method": ec.method, "aggregator": ec.aggregator, "quantile": ec.quantile,
+                   "t_init": ec.reconflow_t_init, "iterations": ec.dflow_iterations,
                    "checkpoint_step": int(step), "use_ema": bool(ec.use_ema),
                    "images_per_s": images_per_s, "num_test_images": int(len(scores)),
                    "seed": ec.seed, "batch_size": ec.batch_size,

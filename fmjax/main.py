@@ -4,7 +4,7 @@
       [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe|score|study]
 
   --mode=study runs the ablation named by --config.study.name (compute, aggregators,
-  checkpoints) on the workdir's trained model: <workdir>/studies/<name>/.
+  checkpoints, seeds, pooling) on the workdir's trained model: <workdir>/studies/<name>/.
   --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """

@@ -1,4 +1,4 @@
-"""Small charts drawn with Pillow (line charts, histograms), so reports need no plotting library.
+"""Small charts drawn with Pillow (lines, histograms, bars), so reports need no plotting library.
 
 Every function returns a `PIL.Image.Image` (RGB); `side_by_side` / `stacked` tile them.
 """
@@ -42,7 +42,7 @@ def _tick_label(v: float) -> str:
 class _Axes:
   """Maps data coordinates into a plotting rectangle and draws the frame, grid and labels."""
 
-  def __init__(self, size, xlim, ylim, title, xlabel, ylabel, xlog=False):
+  def __init__(self, size, xlim, ylim, title, xlabel, ylabel, xlog=False, xticks=None):
     self.image = Image.new("RGB", size, _BG)
     self.draw = ImageDraw.Draw(self.image)
     w, h = size
@@ -56,15 +56,19 @@ class _Axes:
     ImageDraw.Draw(label).text((h / 2 - (top - bottom) / 2, 8), ylabel, fill=_FG, font=f, anchor="mm")
     self.image.paste(label.rotate(90, expand=True), (2, 0))
     x0, y0, x1, y1 = self.box
-    if xlog:
-      lo, hi = math.log10(xlim[0]), math.log10(xlim[1])
-      xticks = [10 ** e for e in range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1)]
+    if xticks is not None:  # (position, label) pairs: categories, no vertical grid
+      for v, text in xticks:
+        self.draw.text((self.px(v, ylim[0])[0], y1 + 4), text, fill=_FG, font=f, anchor="mt")
     else:
-      xticks = _nice_ticks(*xlim)
-    for v in xticks:
-      px = self.px(v, ylim[0])[0]
-      self.draw.line([(px, y0), (px, y1)], fill=_GRID)
-      self.draw.text((px, y1 + 4), _tick_label(v), fill=_FG, font=f, anchor="mt")
+      if xlog:
+        lo, hi = math.log10(xlim[0]), math.log10(xlim[1])
+        values = [10 ** e for e in range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1)]
+      else:
+        values = _nice_ticks(*xlim)
+      for v in values:
+        px = self.px(v, ylim[0])[0]
+        self.draw.line([(px, y0), (px, y1)], fill=_GRID)
+        self.draw.text((px, y1 + 4), _tick_label(v), fill=_FG, font=f, anchor="mt")
     for v in _nice_ticks(*ylim):
       py = self.px(xlim[0], v)[1]
       self.draw.line([(x0, py), (x1, py)], fill=_GRID)
@@ -161,6 +165,38 @@ def histogram_chart(groups: Sequence[tuple[str, Sequence[float]]], title: str, x
     ax.draw.line([(px, py0), (px, py1)], fill=_FG, width=2)
     entries.append(("F1-optimal threshold", _FG))
   ax.legend(entries, "tc")
+  return ax.image
+
+
+def bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], title: str,
+              ylabel: str, ylim=None, legend_corner: str = "tr", size=None) -> Image.Image:
+  """Grouped bars: one group per name in `groups`, one bar per (name, values) series.
+
+  NaN values (undefined metrics) leave their bar out.
+  """
+  values = np.asarray([np.asarray(v, np.float64) for _, v in series])  # [S, G]
+  finite = values[np.isfinite(values)]
+  if ylim is None:
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    pad = max(0.05 * (hi - lo), 0.01 * max(abs(hi), 1e-6))
+    bottom = lo - 4 * pad  # bars start below the smallest value, so differences show
+    ylim = (bottom, hi + (0.09 * len(series) + 0.03) * (hi - bottom))  # room for the legend
+  n = len(groups)
+  size = size or (max(360, 70 * n + 90), 340)
+  ax = _Axes(size, (0.0, float(n)), ylim, title, "", ylabel,
+             xticks=[(g + 0.5, name) for g, name in enumerate(groups)])
+  width = 0.8 / max(len(series), 1)
+  entries = []
+  for i, (name, _) in enumerate(series):
+    color = PALETTE[i % len(PALETTE)]
+    for g in range(n):
+      v = values[i, g]
+      if np.isfinite(v):
+        left = g + 0.1 + i * width
+        (x0, y0), (x1, y1) = ax.px(left, min(max(v, ylim[0]), ylim[1])), ax.px(left + width, ylim[0])
+        ax.draw.rectangle((x0, y0, x1 - 1, y1), fill=color)
+    entries.append((name, color))
+  ax.legend(entries, legend_corner)
   return ax.image
 
 

@@ -165,14 +165,27 @@ def metrics_table(result: dict) -> str:
   return "\n".join(lines)
 
 
+METHOD_NAMES = {"flow_mismatch": "Flow Mismatching", "reconflow": "ReconFlow", "dflow": "D-Flow"}
+
+
+def scorer_settings(s: dict) -> str:
+  """The scorer's settings in words, e.g. "K = 10 seeds, T = 10 times, aggregator min"."""
+  method = s.get("method", "flow_mismatch")
+  if method == "reconflow":
+    return f"K = {s['num_seeds']} seeds, {s['num_times']} Euler steps from t = {s.get('t_init', 0.5)}"
+  if method == "dflow":
+    return f"{s['num_times']} Euler steps, {s.get('iterations')} Adam steps on the noise"
+  return (f"K = {s['num_seeds']} seeds, T = {s['num_times']} times, aggregator {s['aggregator']}"
+          + (f" (q = {s['quantile']})" if s.get("quantile") else ""))
+
+
 def metrics_markdown(result: dict) -> str:
   s = result["settings"]
   overall = " ".join(f"{name} {format_percent(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
   return "\n".join([
-      f"# Flow Mismatching evaluation: {s['dataset']}", "",
-      f"Checkpoint step {s['checkpoint_step']}; K = {s['num_seeds']} seeds, T = {s['num_times']} "
-      f"times, aggregator {s['aggregator']}" + (f" (q = {s['quantile']})" if s.get("quantile") else "")
-      + f"; {s['num_test_images']} test images scored at {s['images_per_s']:.2f} images/s.", "",
+      f"# {METHOD_NAMES[s.get('method', 'flow_mismatch')]} evaluation: {s['dataset']}", "",
+      f"Checkpoint step {s['checkpoint_step']}; {scorer_settings(s)}; {s['num_test_images']} test "
+      f"images scored at {s['images_per_s']:.2f} images/s.", "",
       "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
       "Mean = average over categories (the papers' convention).", "",
       metrics_table(result), "",
@@ -299,7 +312,7 @@ def summary_lines(result: dict) -> list[str]:
   for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
     lines.append(f"{name[:15]:15s} " + " ".join(f"{format_percent(m.get(k)):>8s}" for k, _ in keys))
   s = result["settings"]
-  lines.append(f"K={s['num_seeds']} T={s['num_times']} aggregator={s['aggregator']} "
-               f"step={s['checkpoint_step']} {s['images_per_s']:.2f} images/s")
+  lines.append(f"{METHOD_NAMES[s.get('method', 'flow_mismatch')]}: {scorer_settings(s)}; "
+               f"step {s['checkpoint_step']}; {s['images_per_s']:.2f} images/s")
   return lines
 

@@ -4,6 +4,11 @@
                and images/s against K*T (Figure 2)
   aggregators  min, mean and quantiles over the K paths (Table 7)
   checkpoints  every saved checkpoint of the run, in training order (Table 9)
+  seeds        the same model scored with several scoring seeds: the spread of the metrics
+  pooling      class-conditional vs pooled (one unconditional model) training (Table 8):
+               trains the model the workdir lacks in <workdir>/studies/pooling/<kind>/
+  methods      Flow Mismatching and the inference-only baselines (ReconFlow, D-Flow) on the
+               same model (Tables 4/5)
 
 Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are
 saved as they finish and skipped when the study is run again, so a long study resumes.
@@ -22,7 +27,8 @@ from fmjax import plots, sharding
 from fmjax.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report import TABLE_COLUMNS, format_percent, json_safe
 
-STUDIES = ("compute", "aggregators", "checkpoints")
+STUDIES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
+POOLING_KINDS = ("conditional", "pooled")
 PAPER_VALUES = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
 
 
@@ -56,7 +62,34 @@ def aggregator_settings(spec: str) -> list[dict]:
   return rows
 
 
+def seed_settings(spec: str) -> list[dict]:
+  """"0,1,2" -> [{seed}]."""
+  try:
+    seeds = [int(v) for v in spec.split(",") if v.strip()]
+  except ValueError as e:
+    raise ValueError(f"study.seeds: {spec!r} is not a comma-separated list of integers.") from e
+  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+    raise ValueError(f"study.seeds: give at least two distinct seeds, got {spec!r}.")
+  return [{"seed": s} for s in seeds]
+
+
+def method_settings(spec: str) -> list[dict]:
+  """"flow_mismatch,reconflow" -> [{method}]."""
+  from fmjax.baselines import METHODS  # pylint: disable=g-import-not-at-top
+  methods = [m.strip() for m in spec.split(",") if m.strip()]
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise ValueError(f"study.methods: {unknown or spec!r} not among {METHODS}.")
+  return [{"method": m} for m in methods]
+
+
 def _label(setting: dict) -> str:
+  if "method" in setting:
+    return setting["method"]
+  if "model" in setting:
+    return setting["model"]
+  if "seed" in setting:
+    return f"seed {setting['seed']}"
   if "step" in setting:
     return f"step {setting['step']}"
   if "aggregator" in setting and setting.get("quantile") is not None:
@@ -66,28 +99,66 @@ def _label(setting: dict) -> str:
   return f"K={setting['num_seeds']} T={setting['num_times']}"
 
 
+def _own_kind(config) -> str:
+  return "conditional" if config.data.class_conditional else "pooled"
+
+
+def _run_dir(config, workdir: str, setting: dict) -> str:
+  """The workdir, or the pooling study's run of the kind the workdir was not trained as."""
+  kind = setting.get("model")
+  if kind is None or kind == _own_kind(config):
+    return workdir
+  return os.path.join(workdir, "studies", "pooling", kind)
+
+
+def _setting_config(config, setting: dict):
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    for key in ("num_seeds", "num_times", "aggregator", "quantile", "seed", "method"):
+      if key in setting:
+        cfg.evaluate[key] = setting[key]
+    if "model" in setting:
+      cfg.data.class_conditional = setting["model"] == "conditional"
+  return cfg
+
+
 def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
   """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
   from fmjax import evaluate, train  # pylint: disable=g-import-not-at-top
-  cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    for key in ("num_seeds", "num_times", "aggregator", "quantile"):
-      if key in setting:
-        cfg.evaluate[key] = setting[key]
-  step = setting.get("step")
-  if step not in loaded:
+  cfg = _setting_config(config, setting)
+  run_dir = _run_dir(config, workdir, setting)
+  step = setting.get("step", setting.get("checkpoint_step"))
+  if (run_dir, step) not in loaded:
     loaded.clear()  # one checkpoint in memory at a time
-    loaded[step] = train.load_params_for_eval(cfg, workdir, dataset.class_names,
-                                              cfg.evaluate.use_ema, step)
-  params, ckpt_step, norm, _ = loaded[step]
+    loaded[(run_dir, step)] = train.load_params_for_eval(cfg, run_dir, dataset.class_names,
+                                                         cfg.evaluate.use_ema, step)
+  params, ckpt_step, norm, _ = loaded[(run_dir, step)]
   heatmaps, scores, images_per_s = evaluate.score_dataset(cfg, params, dataset, norm, mesh)
   per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   mean = mean_over_categories(per_category)
   return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),
           "num_seeds": cfg.evaluate.num_seeds, "num_times": cfg.evaluate.num_times,
           "aggregator": cfg.evaluate.aggregator, "quantile": cfg.evaluate.quantile,
+          "method": cfg.evaluate.method, "seed": cfg.evaluate.seed,
           "images_per_s": images_per_s, "mean": mean,
           "per_category": {n: {k: m[k] for k in METRIC_KEYS if k in m} for n, m in per_category.items()}}
+
+
+def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
+  """Trains (or resumes, or finds finished) the conditional and the pooled model.
+
+  The workdir holds the kind its config says (data.class_conditional); the other
+  kind is trained with the same recipe in <workdir>/studies/pooling/<kind>/.
+  Returns the settings [{model, checkpoint_step}] to evaluate.
+  """
+  from fmjax import train  # pylint: disable=g-import-not-at-top
+  settings = []
+  for kind in POOLING_KINDS:
+    run_dir = _run_dir(config, workdir, {"model": kind})
+    print(f"study pooling: the {kind} model in {run_dir}", flush=True)
+    train.train(_setting_config(config, {"model": kind}), run_dir, dataset)
+    settings.append({"model": kind, "checkpoint_step": train.saved_steps(run_dir)[-1]})
+  return settings
 
 
 def _same_setting(row: dict, setting: dict) -> bool:
@@ -104,6 +175,12 @@ def run_study(config, workdir: str, dataset) -> dict:
     settings = compute_settings(config.study.compute)
   elif name == "aggregators":
     settings = aggregator_settings(config.study.aggregators)
+  elif name == "seeds":
+    settings = seed_settings(config.study.seeds)
+  elif name == "pooling":
+    settings = train_pooling_runs(config, workdir, dataset)
+  elif name == "methods":
+    settings = method_settings(config.study.methods)
   else:
     steps = saved_or_listed_steps(config, workdir, train.saved_steps(workdir))
     settings = [{"step": s} for s in steps]
@@ -125,14 +202,15 @@ def run_study(config, workdir: str, dataset) -> dict:
     if jax.process_index() == 0:
       _write_rows(results_path, name, rows)
   rows = [next(r for r in rows if _same_setting(r, s)) for s in settings]  # in settings order
+  extra = {"spread": seed_spread(rows)} if name == "seeds" else {}
   if jax.process_index() == 0:
-    _write_rows(results_path, name, rows)
+    _write_rows(results_path, name, rows, **extra)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
       f.write(results_table(name, rows))
     study_plot(name, rows).save(os.path.join(out_dir, "plot.png"))
     print(results_table(name, rows), flush=True)
     print(f"Study written to {out_dir}/ (results.md, results.json, plot.png).", flush=True)
-  return {"study": name, "rows": rows}
+  return {"study": name, "rows": rows, **extra}
 
 
 def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
@@ -146,10 +224,22 @@ def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
   return listed or saved
 
 
-def _write_rows(path: str, name: str, rows: list[dict]) -> None:
+def _write_rows(path: str, name: str, rows: list[dict], **extra) -> None:
   """results.json as strict JSON (undefined metrics -> null)."""
   with open(path, "w") as f:
-    json.dump(json_safe({"study": name, "rows": rows}), f, indent=1)
+    json.dump(json_safe({"study": name, "rows": rows, **extra}), f, indent=1)
+
+
+def seed_spread(rows: list[dict]) -> dict:
+  """{metric: {mean, std (sample, ddof=1), min, max}} of the mean metrics over the seed rows."""
+  spread = {}
+  for key in METRIC_KEYS:
+    values = np.array([_number(r["mean"].get(key)) for r in rows])
+    if values.size and np.all(np.isfinite(values)):
+      spread[key] = {"mean": float(values.mean()),
+                     "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                     "min": float(values.min()), "max": float(values.max())}
+  return spread
 
 
 def _number(value) -> float:
@@ -164,6 +254,8 @@ def _percent(value) -> float:
 
 def results_table(name: str, rows: list[dict]) -> str:
   """Markdown table of the mean metrics (percent) and images/s per setting."""
+  if name == "pooling":
+    return pooling_table(rows)
   keys = [(k, n) for k, n in TABLE_COLUMNS if any(k in r["mean"] for r in rows)]
   lines = [f"# Study: {name}", "",
            "Mean over categories, percent; images/s on this machine "
@@ -177,6 +269,33 @@ def results_table(name: str, rows: list[dict]) -> str:
     rate = "-" if rate is None or not np.isfinite(rate) else f"{rate:.2f}"
     lines.append(f"| {group}{r['label']} | {r['num_seeds'] * r['num_times']} | " + " | ".join(cells)
                  + f" | {rate} |")
+  if name == "seeds":
+    spread = seed_spread(rows)
+    for stat in ("mean", "std"):
+      cells = [f"{100 * spread[k][stat]:.2f}" if k in spread else "-" for k, _ in keys]
+      lines.append(f"| **{stat}** over {len(rows)} seeds | | " + " | ".join(cells) + " | |")
+  return "\n".join(lines) + "\n"
+
+
+def pooling_table(rows: list[dict]) -> str:
+  """Table 8's layout: per category (and Mean), the seven metrics of each kind of model."""
+  by_kind = {r["model"]: r for r in rows}
+  kinds = [k for k in ("pooled", "conditional") if k in by_kind]
+  keys = [(k, n) for k, n in TABLE_COLUMNS if any(k in r["mean"] for r in rows)]
+  categories = list(next(iter(by_kind.values()))["per_category"])
+  head = " | ".join(f"{kind[:4]}. {n}" for kind in kinds for _, n in keys)
+  lines = ["# Study: pooling (conditional vs pooled training, Table 8)", "",
+           "Percent. " + "; ".join(f"{k}: checkpoint step {by_kind[k]['checkpoint_step']}"
+                                   for k in kinds) + f"; K={rows[0]['num_seeds']}, "
+           f"T={rows[0]['num_times']}.", "",
+           f"| Class | {head} |", "|---|" + "---:|" * (len(keys) * len(kinds))]
+  for category in categories + ["Mean"]:
+    cells = []
+    for kind in kinds:
+      metrics = by_kind[kind]["mean"] if category == "Mean" else by_kind[kind]["per_category"][category]
+      cells += [format_percent(metrics.get(k)) for k, _ in keys]
+    name = "**Mean**" if category == "Mean" else category
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -207,6 +326,14 @@ def study_plot(name: str, rows: list[dict]):
                                      title if key == "images_per_s" else f"{title} (%)", xlog=True,
                                      markers=True, legend_corner="tr" if key == "images_per_s" else "br",
                                      size=(380, 320)))
+    return plots.side_by_side(charts)
+  if name == "pooling":
+    categories = list(rows[0]["per_category"]) + ["Mean"]
+    charts = []
+    for key, title in metric_names:
+      series = [(r["model"], [_percent((r["mean"] if c == "Mean" else r["per_category"][c]).get(key))
+                              for c in categories]) for r in rows]
+      charts.append(plots.bar_chart(categories, series, title, "percent"))
     return plots.side_by_side(charts)
   xs = [r["step"] for r in rows] if name == "checkpoints" else list(range(len(rows)))
   series = []

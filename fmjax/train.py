@@ -49,6 +49,7 @@ def model_meta(config, class_names: list[str]) -> dict:
       "head_channels": m.head_channels, "norm_groups": m.norm_groups,
       "image_size": config.data.image_size, "class_names": list(class_names),
       "ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
+      "class_conditional": bool(config.data.class_conditional),
   }
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fmjax import main as fm_main
@@ -40,7 +41,14 @@ def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
   assert [r["step"] for r in checkpoints["rows"]] == [2, 4]
   assert checkpoints["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
   assert checkpoints["rows"][0]["mean"]["pixel_auroc"] != checkpoints["rows"][1]["mean"]["pixel_auroc"]
-  for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2)):
+  methods = fm_main.run(tiny_config(**base, **{"study.name": "methods", "evaluate.dflow_iterations": 3}),
+                        run, "study")
+  assert [r["label"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
+  assert methods["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert all(0 <= r["mean"]["pixel_auroc"] <= 1 for r in methods["rows"])
+  assert [r["method"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
+  assert methods["rows"][2]["mean"]["pixel_auroc"] != methods["rows"][0]["mean"]["pixel_auroc"]
+  for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2), ("methods", 3)):
     table = (tmp_path / "studies" / name / "results.md").read_text()
     assert sum(l.startswith("| ") for l in table.splitlines()) == n + 1  # header + rows
     assert (tmp_path / "studies" / name / "plot.png").stat().st_size > 1000
@@ -79,3 +87,52 @@ def test_undefined_metrics_are_strict_json_and_dashes(tmp_path):
     table = studies.results_table("compute", rows)
     assert "| K=T: K=1 T=1 | 1 | 50.0 | - | - |" in table
     assert studies.study_plot("compute", rows).width > 100
+
+
+def test_seeds_study_reports_the_spread(tmp_path):
+  run = str(tmp_path)
+  evaluated = fm_main.run(tiny_config(), run, "train_and_evaluate")  # evaluate.seed = 0
+  result = fm_main.run(tiny_config(**{"study.name": "seeds", "study.seeds": "0,5,9"}), run, "study")
+  assert [r["label"] for r in result["rows"]] == ["seed 0", "seed 5", "seed 9"]
+  assert result["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  pixel = np.array([r["mean"]["pixel_auroc"] for r in result["rows"]])
+  assert len(set(pixel)) == 3  # the seeds really change the scores
+  spread = result["spread"]["pixel_auroc"]
+  assert spread["mean"] == pytest.approx(pixel.mean()) and spread["std"] == pytest.approx(pixel.std(ddof=1))
+  assert (spread["min"], spread["max"]) == (pixel.min(), pixel.max())
+  table = (tmp_path / "studies" / "seeds" / "results.md").read_text()
+  assert f"| **std** over 3 seeds | | " in table and f"{100 * spread['std']:.2f}" in table
+  saved = json.loads((tmp_path / "studies" / "seeds" / "results.json").read_text())
+  assert saved["spread"]["pixel_auroc"]["std"] == pytest.approx(spread["std"])
+  with pytest.raises(ValueError, match="at least two distinct seeds"):
+    fm_main.run(tiny_config(**{"study.name": "seeds", "study.seeds": "3"}), run, "study")
+
+
+def test_pooling_study_trains_the_other_kind_and_compares(tmp_path, capsys):
+  run = str(tmp_path / "run")
+  conditional = fm_main.run(tiny_config(), run, "train_and_evaluate")
+  config = tiny_config(**{"study.name": "pooling"})
+  result = fm_main.run(config, run, "study")
+  assert [r["model"] for r in result["rows"]] == ["conditional", "pooled"]
+  assert result["rows"][0]["mean"] == pytest.approx(conditional["mean"], abs=1e-6)
+  # The pooled model equals one trained and evaluated on its own with the same recipe.
+  pooled = fm_main.run(tiny_config(**{"data.class_conditional": False}), str(tmp_path / "pooled"),
+                       "train_and_evaluate")
+  assert result["rows"][1]["mean"] == pytest.approx(pooled["mean"], abs=1e-6)
+  assert result["rows"][1]["mean"] != result["rows"][0]["mean"]
+  assert result["rows"][1]["checkpoint_step"] == 4
+  out = tmp_path / "run" / "studies" / "pooling"
+  assert (out / "pooled" / "checkpoints").is_dir()
+  table = (out / "results.md").read_text()
+  body = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| Class")]
+  assert [l.split(" | ")[0][2:] for l in body] == ["weave", "brushed", "tiles", "**Mean**"]
+  assert len(body[-1].split(" | ")) == 1 + 2 * 7
+  assert (out / "plot.png").stat().st_size > 1000
+  # A second run trains and scores nothing again.
+  capsys.readouterr()
+  fm_main.run(config, run, "study")
+  assert not [l for l in capsys.readouterr().out.splitlines() if l.startswith("study pooling: 1/")]
+  # A conditional checkpoint is not evaluated as a pooled model.
+  from fmjax.checkpoint import CheckpointMismatchError
+  with pytest.raises(CheckpointMismatchError, match="class_conditional: checkpoint has True"):
+    fm_main.run(tiny_config(**{"data.class_conditional": False}), run, "evaluate")
