@@ -7,7 +7,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from fmjax import mismatch
-from fmjax.baselines import METHODS
+from fmjax.baselines import METHOD_OBJECTIVE, METHODS, OBJECTIVES
 from fmjax.data import DATASETS
 
 
@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"  # auto (cuDNN on GPU with bf16) | xla | cudnn
 
   c.train = ml_collections.ConfigDict()
+  c.train.objective = "cfm"  # cfm (flow matching) | reflect | tccm | wtflow (fmjax/baselines.py)
+  c.train.reflect_max_regions = 3  # reflect: random-walk regions per corrupted image
+  c.train.reflect_max_steps = 0  # reflect: longest walk in steps; 0: image_size^2 / 16
   c.train.batch_size = 32
   c.train.num_epochs = 2000.0
   c.train.num_steps = -1  # > 0 overrides num_epochs
@@ -64,7 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
 
   c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.method = "flow_mismatch"  # flow_mismatch | reconflow | dflow (fmjax/baselines.py)
+  # flow_mismatch | reconflow | dflow (CFM models), or reflect | tccm | wtflow (the model of
+  # that train.objective); see fmjax/baselines.py.
+  c.evaluate.method = "flow_mismatch"
   c.evaluate.num_seeds = 10  # K (reconflow: K seeds too; dflow: 1)
   c.evaluate.num_times = 10  # T (reconflow, dflow: Euler steps)
   c.evaluate.reconflow_t_init = 0.5  # reconflow: the time the test image is noised to
@@ -100,8 +105,17 @@ def validate(config) -> None:
     errors.append(f"evaluate.num_seeds (K) must be >= 1, got {ec.num_seeds}")
   if ec.num_times < 1:
     errors.append(f"evaluate.num_times (T) must be >= 1, got {ec.num_times}")
+  if tc.objective not in OBJECTIVES:
+    errors.append(f"train.objective must be one of {OBJECTIVES}, got {tc.objective!r}")
   if ec.method not in METHODS:
     errors.append(f"evaluate.method must be one of {METHODS}, got {ec.method!r}")
+  elif tc.objective in OBJECTIVES and METHOD_OBJECTIVE[ec.method] != tc.objective:
+    fits = [m for m, o in METHOD_OBJECTIVE.items() if o == tc.objective]
+    errors.append(f"evaluate.method={ec.method} needs a model trained with train.objective="
+                  f"{METHOD_OBJECTIVE[ec.method]}, but train.objective={tc.objective}: "
+                  f"use evaluate.method in {fits}")
+  if tc.reflect_max_regions < 1 or tc.reflect_max_steps < 0:
+    errors.append("train.reflect_max_regions must be >= 1 and train.reflect_max_steps >= 0")
   if not 0.0 <= ec.reconflow_t_init < 1.0:
     errors.append(f"evaluate.reconflow_t_init must be in [0, 1), got {ec.reconflow_t_init}")
   if ec.dflow_iterations < 0 or ec.dflow_learning_rate <= 0:

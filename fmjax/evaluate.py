@@ -27,9 +27,10 @@ from fmjax.train import labels_for, load_params_for_eval, prepare_workdir
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
   """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]).
 
-  `eval_config.method` picks the scorer: Flow Mismatching (K seeds x T times), or the
+  `eval_config.method` picks the scorer: Flow Mismatching (K seeds x T times), the
   inference-only baselines ReconFlow (K seeds, T Euler steps) and D-Flow (T Euler
-  steps, `dflow_iterations` Adam steps on the initial noise); see fmjax/baselines.py.
+  steps, `dflow_iterations` Adam steps on the initial noise), or the training-modified
+  ones (reflect, tccm: one forward; wtflow: T Euler steps); see fmjax/baselines.py.
   """
   key = jax.random.key(eval_config.seed)
   k, t = eval_config.num_seeds, eval_config.num_times
@@ -44,6 +45,13 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
     """This device's images: one scorer call, chunked to per_device forwards."""
     y = norm.normalize(images)
     velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
+    field = lambda x, tt: velocity(x, tt, labels)  # one forward per image
+    if method == "reflect":
+      return baselines.reflect_heatmaps(field, y)
+    if method == "tccm":
+      return baselines.tccm_heatmaps(field, y)
+    if method == "wtflow":
+      return baselines.wtflow_heatmaps(field, y, t)
     if method == "dflow":
       x0 = mismatch.draw_seeds(key, ids, 1, y.shape[1:])[:, 0]
       return baselines.d_flow(velocity, y, x0, t, eval_config.dflow_iterations,

@@ -165,7 +165,8 @@ def metrics_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-METHOD_NAMES = {"flow_mismatch": "Flow Mismatching", "reconflow": "ReconFlow", "dflow": "D-Flow"}
+METHOD_NAMES = {"flow_mismatch": "Flow Mismatching", "reconflow": "ReconFlow", "dflow": "D-Flow",
+                "reflect": "Reflect", "tccm": "TCCM", "wtflow": "WT-Flow"}
 
 
 def scorer_settings(s: dict) -> str:
@@ -175,6 +176,10 @@ def scorer_settings(s: dict) -> str:
     return f"K = {s['num_seeds']} seeds, {s['num_times']} Euler steps from t = {s.get('t_init', 0.5)}"
   if method == "dflow":
     return f"{s['num_times']} Euler steps, {s.get('iterations')} Adam steps on the noise"
+  if method == "wtflow":
+    return f"{s['num_times']} Euler steps to t = 1"
+  if method in ("reflect", "tccm"):
+    return "one forward pass"
   return (f"K = {s['num_seeds']} seeds, T = {s['num_times']} times, aggregator {s['aggregator']}"
           + (f" (q = {s['quantile']})" if s.get("quantile") else ""))
 

@@ -73,13 +73,17 @@ def seed_settings(spec: str) -> list[dict]:
   return [{"seed": s} for s in seeds]
 
 
-def method_settings(spec: str) -> list[dict]:
-  """"flow_mismatch,reconflow" -> [{method}]."""
-  from fmjax.baselines import METHODS  # pylint: disable=g-import-not-at-top
+def method_settings(spec: str, objective: str = "cfm") -> list[dict]:
+  """"flow_mismatch,reconflow" -> [{method}]; every method must score `objective`'s models."""
+  from fmjax.baselines import METHOD_OBJECTIVE  # pylint: disable=g-import-not-at-top
   methods = [m.strip() for m in spec.split(",") if m.strip()]
-  unknown = [m for m in methods if m not in METHODS]
+  unknown = [m for m in methods if m not in METHOD_OBJECTIVE]
   if unknown or not methods:
-    raise ValueError(f"study.methods: {unknown or spec!r} not among {METHODS}.")
+    raise ValueError(f"study.methods: {unknown or spec!r} not among {tuple(METHOD_OBJECTIVE)}.")
+  wrong = [m for m in methods if METHOD_OBJECTIVE[m] != objective]
+  if wrong:
+    raise ValueError(f"study.methods: {wrong} do not score a model trained with "
+                     f"train.objective={objective}.")
   return [{"method": m} for m in methods]
 
 
@@ -180,7 +184,7 @@ def run_study(config, workdir: str, dataset) -> dict:
   elif name == "pooling":
     settings = train_pooling_runs(config, workdir, dataset)
   elif name == "methods":
-    settings = method_settings(config.study.methods)
+    settings = method_settings(config.study.methods, config.train.objective)
   else:
     steps = saved_or_listed_steps(config, workdir, train.saved_steps(workdir))
     settings = [{"step": s} for s in steps]

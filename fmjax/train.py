@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmjax import checkpoint, flow, sharding
+from fmjax import baselines, checkpoint, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.models.unet import build_unet, count_params
@@ -50,7 +50,15 @@ def model_meta(config, class_names: list[str]) -> dict:
       "image_size": config.data.image_size, "class_names": list(class_names),
       "ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
       "class_conditional": bool(config.data.class_conditional),
+      "objective": config.train.objective,
   }
+
+
+def objective_settings(config) -> dict:
+  """The training objective and its options, as keyword arguments of the step builders."""
+  return {"objective": config.train.objective,
+          "reflect_max_regions": config.train.reflect_max_regions,
+          "reflect_max_steps": config.train.reflect_max_steps}
 
 
 def labels_for(config, classes: np.ndarray, num_classes: int) -> np.ndarray:
@@ -85,8 +93,13 @@ def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: b
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 
-def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float):
-  """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, mean CFM loss)."""
+def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float,
+                  objective: str = "cfm", **objective_options):
+  """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, mean loss).
+
+  `objective` is "cfm" (flow matching, the default) or a training-modified baseline's
+  (reflect, tccm, wtflow; fmjax/baselines.py).
+  """
   base_key = jax.random.key(seed)
 
   def step_fn(state: TrainState, images, labels):
@@ -97,7 +110,7 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
     def loss_fn(params):
       velocity = lambda x, t: model.apply({"params": params}, x, t, labels, train=True,
                                           rngs={"dropout": dropout_key})
-      return flow.cfm_loss(velocity, x1, loss_key)
+      return baselines.objective_loss(objective, velocity, x1, loss_key, **objective_options)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -110,21 +123,22 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
   return step_fn
 
 
-def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh):
+def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh,
+                    objective: str = "cfm", **objective_options):
   """`train_step_fn` jitted over `mesh`: batch split on "data", state replicated and donated."""
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
-  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay),
+  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, **objective_options),
                  in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def make_loss_fn(model, norm: NormStats, mesh):
-  """jitted (params, images uint8, labels) -> CFM loss without dropout (a fixed key)."""
+def make_loss_fn(model, norm: NormStats, mesh, objective: str = "cfm", **objective_options):
+  """jitted (params, images uint8, labels) -> the training loss without dropout (a fixed key)."""
 
   def loss_fn(params, images, labels):
     x1 = norm.normalize(images)
     velocity = lambda x, t: model.apply({"params": params}, x, t, labels)
-    return flow.cfm_loss(velocity, x1, jax.random.key(0))
+    return baselines.objective_loss(objective, velocity, x1, jax.random.key(0), **objective_options)
 
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
@@ -198,8 +212,10 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
 
   total = num_train_steps(config, len(dataset.train_images))
   start = int(jax.device_get(state.step))
-  train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh)
-  check_loss = make_loss_fn(model, norm, mesh)
+  objective = objective_settings(config)
+  train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
+                               **objective)
+  check_loss = make_loss_fn(model, norm, mesh, **objective)
   labels = labels_for(config, dataset.train_classes, dataset.num_classes)
   workers = config.data.loader_workers
   full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size,

@@ -82,3 +82,74 @@ def test_bad_arguments_are_refused():
     baselines.recon_flow(_velocity, y, jnp.zeros((1, 2, 4, 4, 3)), t_init=1.0)
   with pytest.raises(ValueError, match="integration steps must be >= 1"):
     baselines.recon_flow(_velocity, y, jnp.zeros((1, 2, 4, 4, 3)), num_steps=0)
+
+
+# ---- training-modified baselines -----------------------------------------------------
+
+
+def test_random_walk_masks_are_few_connected_regions():
+  from scipy import ndimage
+  masks = np.asarray(baselines.random_walk_masks(jax.random.key(0), 16, 20, 24, max_regions=3,
+                                                 max_steps=30))
+  assert masks.shape == (16, 20, 24) and set(np.unique(masks)) <= {0.0, 1.0}
+  for m in masks:
+    regions = ndimage.label(m, structure=np.ones((3, 3)))[1]
+    assert 1 <= regions <= 3 and 1 <= m.sum() <= 3 * 31
+  assert len({int(m.sum()) for m in masks}) > 4  # sizes vary
+  again = baselines.random_walk_masks(jax.random.key(0), 16, 20, 24, max_regions=3, max_steps=30)
+  np.testing.assert_array_equal(masks, again)
+
+
+def test_reflect_corruption_only_inside_the_mask_and_its_loss():
+  y1 = jax.random.normal(jax.random.key(1), (4, 12, 12, 3))
+  key = jax.random.key(2)
+  y0, m = baselines.reflect_corrupt(key, y1, max_steps=20)
+  outside = np.asarray(m)[..., None] == 0
+  np.testing.assert_array_equal(np.where(outside, y0, 0), np.where(outside, y1, 0))
+  assert np.all(np.abs(np.asarray(y0 - y1))[np.broadcast_to(~outside, y1.shape)] > 0)
+  k_corrupt, _ = jax.random.split(key)
+  y0_same, _ = baselines.reflect_corrupt(k_corrupt, y1, 3, 20)
+  exact = lambda x, t: y1 - y0_same  # the rectified-flow velocity of every pair
+  assert float(baselines.reflect_loss(exact, y1, key, 3, 20)) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_tccm_loss_and_heatmap():
+  x = jax.random.normal(jax.random.key(3), (3, 5, 5, 3))
+  contract = lambda x, t: -x
+  zero = lambda x, t: jnp.zeros_like(x)
+  assert float(baselines.tccm_loss(contract, x, jax.random.key(0))) < 1e-5
+  norms = np.sqrt((np.asarray(x) ** 2).sum(axis=(1, 2, 3)))
+  assert float(baselines.tccm_loss(zero, x, jax.random.key(0))) == pytest.approx(norms.mean(), rel=1e-5)
+  heat, _ = baselines.tccm_heatmaps(zero, x)
+  np.testing.assert_allclose(heat, np.sqrt((np.asarray(x) ** 2).sum(-1)), rtol=1e-6)
+  assert float(jnp.max(baselines.tccm_heatmaps(contract, x)[0])) == 0.0
+
+
+def test_wtflow_standardisation_loss_and_energy():
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(4), (3, 6, 6, 3))
+  wt = np.asarray(baselines.wt_standardize(x))
+  np.testing.assert_allclose(wt.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(wt.var(axis=(1, 2, 3)), 1.0, rtol=1e-4)
+  key = jax.random.key(5)
+  noise = jax.random.normal(jax.random.split(key)[0], x.shape)
+  exact = lambda xt, t: noise - baselines.wt_standardize(x)
+  assert float(baselines.wtflow_loss(exact, x, key)) == pytest.approx(0.0, abs=1e-10)
+  heat, _ = baselines.wtflow_heatmaps(lambda xt, t: jnp.zeros_like(xt), x, num_steps=3)
+  np.testing.assert_allclose(heat, 0.5 * (wt ** 2).sum(-1), rtol=1e-5)
+  heat_reflect, _ = baselines.reflect_heatmaps(lambda xt, t: 2 * xt, x)
+  np.testing.assert_allclose(heat_reflect, 2 * np.sqrt((np.asarray(x) ** 2).sum(-1)), rtol=1e-5)
+
+
+def test_reflect_trains_and_evaluates_end_to_end(tmp_path):
+  from fmjax import main as fm_main
+  from conftest import tiny_config
+  config = tiny_config(**{"train.objective": "reflect", "evaluate.method": "reflect",
+                          "train.num_steps": 2})
+  result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
+  assert result["settings"]["method"] == "reflect" and 0 <= result["pixel_auroc"] <= 1
+  assert (tmp_path / "eval" / "metrics.md").read_text().startswith("# Reflect evaluation")
+  with pytest.raises(ValueError, match="needs a model trained with train.objective=cfm"):
+    fm_main.run(tiny_config(**{"train.objective": "reflect"}), str(tmp_path), "evaluate")
+  from fmjax.checkpoint import CheckpointMismatchError
+  with pytest.raises(CheckpointMismatchError, match="objective: checkpoint has 'reflect'"):
+    fm_main.run(tiny_config(**{"train.num_steps": 2}), str(tmp_path), "evaluate")

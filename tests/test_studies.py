@@ -101,7 +101,7 @@ def test_seeds_study_reports_the_spread(tmp_path):
   assert spread["mean"] == pytest.approx(pixel.mean()) and spread["std"] == pytest.approx(pixel.std(ddof=1))
   assert (spread["min"], spread["max"]) == (pixel.min(), pixel.max())
   table = (tmp_path / "studies" / "seeds" / "results.md").read_text()
-  assert f"| **std** over 3 seeds | | " in table and f"{100 * spread['std']:.2f}" in table
+  assert "| **std** over 3 seeds | | " in table and f"{100 * spread['std']:.2f}" in table
   saved = json.loads((tmp_path / "studies" / "seeds" / "results.json").read_text())
   assert saved["spread"]["pixel_auroc"]["std"] == pytest.approx(spread["std"])
   with pytest.raises(ValueError, match="at least two distinct seeds"):
