@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import platform
 import time
@@ -96,3 +97,23 @@ def throughput_fields(items_per_call: int, timing: dict, flops_per_item: float,
           "ms_per_call": round(1e3 * s, 3), "achieved_tflops": round(tflops, 3),
           "peak_tflops": peak, "fraction_of_peak": None if peak is None else round(tflops / peak, 4),
           "calls_per_round": timing["calls_per_round"], "rounds": timing["rounds"]}
+
+
+def emit(row: dict, output: str = "") -> None:
+  """Prints `row` as one JSON line and appends it to `output` when given."""
+  line = json.dumps(row)
+  print(line, flush=True)
+  if output:
+    with open(output, "a") as f:
+      f.write(line + "\n")
+
+
+def model_and_mesh(config):
+  """(U-Net, number of classes, mesh) for a benchmark config; library logs quietened."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from fmjax import describe, sharding  # pylint: disable=g-import-not-at-top
+  from fmjax.models.unet import build_unet  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  num_classes = describe.num_classes_of(config)
+  return (build_unet(config.model, num_classes), num_classes,
+          sharding.make_mesh(config.mesh.num_devices))

@@ -14,19 +14,17 @@ the forward lowered for the CPU backend (`fmjax.describe.forward_flops`; the GPU
 backend does not count cuDNN convolutions).
 """
 
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
 from fmjax import describe, evaluate, sharding
 from fmjax.data import NormStats
-from fmjax.models.unet import build_unet
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/mvtec.py", "Model/evaluate config.",
@@ -44,12 +42,9 @@ def parse_kt(spec: str) -> list[tuple[int, int]]:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   size = config.data.image_size
-  num_classes = describe._num_classes(config)  # pylint: disable=protected-access
-  model = build_unet(config.model, num_classes)
-  mesh = sharding.make_mesh(config.mesh.num_devices)
+  model, num_classes, mesh = bench_util.model_and_mesh(config)
   rep, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   t0 = time.perf_counter()
   params = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), jnp.zeros((1,)),
@@ -69,7 +64,8 @@ def main(argv):
     for batch in [int(b) for b in FLAGS.batches.split(",")]:
       row = {**common, "num_seeds": k, "num_times": t, "batch": batch}
       if batch % mesh.devices.size:
-        print(json.dumps({**row, "error": f"batch not divisible by {mesh.devices.size} devices"}))
+        bench_util.emit({**row, "error": f"batch not divisible by {mesh.devices.size} devices"},
+                      FLAGS.output)
         continue
       ec = config.evaluate
       ec.num_seeds, ec.num_times, ec.batch_size = k, t, batch
@@ -88,16 +84,13 @@ def main(argv):
       except Exception as e:  # pylint: disable=broad-except
         if not bench_util.is_out_of_memory(e):
           raise
-        print(json.dumps({**row, "error": "out of memory: lower evaluate.max_forward_batch"}))
+        bench_util.emit({**row, "error": "out of memory: lower evaluate.max_forward_batch"},
+                        FLAGS.output)
         continue
       row.update(bench_util.throughput_fields(batch, timing, fwd_flops * k * t, peak, "images"))
       row["flops_per_image"] = fwd_flops * k * t
       row["peak_bytes_in_use"] = bench_util.peak_bytes_in_use()
-      line = json.dumps(row)
-      print(line, flush=True)
-      if FLAGS.output:
-        with open(FLAGS.output, "a") as f:
-          f.write(line + "\n")
+      bench_util.emit(row, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ step function lowered for the CPU backend at the same batch size
 (`fmjax.describe.train_step_flops`).
 """
 
-import json
 import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
 from fmjax import describe, sharding, train
 from fmjax.data import NormStats
-from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer
 
 FLAGS = flags.FLAGS
@@ -38,13 +36,10 @@ flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config = FLAGS.config
   size = config.data.image_size
-  num_classes = describe._num_classes(config)  # pylint: disable=protected-access
-  model = build_unet(config.model, num_classes)
+  model, num_classes, mesh = bench_util.model_and_mesh(config)
   optimizer = build_optimizer(config.train)
-  mesh = sharding.make_mesh(config.mesh.num_devices)
   data = sharding.data_sharding(mesh)
   ema = config.train.ema_decay
   common = {"benchmark": "train_throughput", "image_size": size, "num_classes": num_classes,
@@ -61,7 +56,8 @@ def main(argv):
     row = {**common, "batch": batch,
            "flops_per_step": describe.train_step_flops(model, optimizer, batch, size, ema)}
     if batch % mesh.devices.size:
-      print(json.dumps({**row, "error": f"batch not divisible by {mesh.devices.size} devices"}))
+      bench_util.emit({**row, "error": f"batch not divisible by {mesh.devices.size} devices"},
+                      FLAGS.output)
       continue
     images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data)
     labels = jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data)
@@ -80,18 +76,14 @@ def main(argv):
     except Exception as e:  # pylint: disable=broad-except
       if not bench_util.is_out_of_memory(e):
         raise
-      print(json.dumps({**row, "error": "out of memory"}))
+      bench_util.emit({**row, "error": "out of memory"}, FLAGS.output)
       continue
     row.update(bench_util.throughput_fields(batch, timing, row["flops_per_step"] / batch, peak,
                                             "images"))
     row["steps_per_s"] = round(1.0 / timing["s_per_call_median"], 3)
     row["peak_bytes_in_use"] = bench_util.peak_bytes_in_use()
     del box["state"]
-    line = json.dumps(row)
-    print(line, flush=True)
-    if FLAGS.output:
-      with open(FLAGS.output, "a") as f:
-        f.write(line + "\n")
+    bench_util.emit(row, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
 
 
-def _num_classes(config) -> int:
+def num_classes_of(config) -> int:
+  """The configured dataset's number of categories, without reading any image."""
   cats = categories_of(config.data)
   if cats:
     return len(cats)
@@ -82,7 +83,7 @@ def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: f
 
 def describe(config) -> dict:
   """Prints and returns parameters, FLOPs per forward and per scored image at K x T."""
-  num_classes = _num_classes(config)
+  num_classes = num_classes_of(config)
   model = build_unet(config.model, num_classes)
   size = config.data.image_size
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
