@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from fmjax import flow
-from fmjax.mismatch import VelocityFn, image_score
+from fmjax.mismatch import VelocityFn, image_score, map_image_chunks
 
 # Scoring method -> the training objective its model needs.
 METHOD_OBJECTIVE = {"flow_mismatch": "cfm", "reconflow": "cfm", "dflow": "cfm",
@@ -62,15 +62,13 @@ def _residual(y: jax.Array, y_hat: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(y - y_hat), axis=-1))
 
 
-def _per_image_chunks(fn, y: jax.Array, *per_image, chunk: int):
-  """Applies fn(y_chunk, *chunks) -> heatmaps over images in chunks of `chunk` (padded)."""
-  b = y.shape[0]
-  chunk = max(1, min(b, chunk))
-  n = -(-b // chunk)
-  pad = lambda a: jnp.pad(a, [(0, n * chunk - b)] + [(0, 0)] * (a.ndim - 1))
-  split = lambda a: pad(a).reshape((n, chunk) + a.shape[1:])
-  heat = jax.lax.map(lambda args: fn(*args), (split(y),) + tuple(split(a) for a in per_image))
-  return heat.reshape((n * chunk,) + heat.shape[2:])[:b]
+def _with_labels(velocity_fn, labels_given: bool, labels: jax.Array):
+  """v(x, t): `velocity_fn` with per-sample `labels` bound when the caller gave labels."""
+  return (lambda x, t: velocity_fn(x, t, labels)) if labels_given else velocity_fn
+
+
+def _image_labels(labels: jax.Array | None, batch: int) -> jax.Array:
+  return jnp.zeros((batch,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
 
 
 def recon_flow(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, t_init: float = 0.5,
@@ -80,18 +78,16 @@ def recon_flow(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, t_init: flo
   if not 0.0 <= t_init < 1.0:
     raise ValueError(f"ReconFlow needs t_init in [0, 1), got {t_init}.")
   b, k = x0.shape[:2]
-  lab = jnp.zeros((b,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
 
   def chunk_heatmaps(yc, x0c, lc):
     start = (1.0 - t_init) * x0c + t_init * yc[:, None]  # [bc,K,H,W,C]
     flat = start.reshape((-1,) + start.shape[2:])
-    lab_k = jnp.repeat(lc, k)
-    field = velocity_fn if labels is None else (lambda x, t: velocity_fn(x, t, lab_k))
+    field = _with_labels(velocity_fn, labels is not None, jnp.repeat(lc, k))
     y_hat = euler_integrate(field, flat, t_init, num_steps).reshape(start.shape)
     return jnp.min(_residual(yc[:, None], y_hat), axis=1)
 
-  heat = _per_image_chunks(chunk_heatmaps, y.astype(jnp.float32), x0.astype(jnp.float32), lab,
-                           chunk=max_forward_batch // k)
+  heat = map_image_chunks(chunk_heatmaps, y.astype(jnp.float32), x0.astype(jnp.float32),
+                          _image_labels(labels, b), chunk=max_forward_batch // k)
   return heat, image_score(heat, top_fraction)
 
 
@@ -104,12 +100,10 @@ def d_flow(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, num_steps: int 
   """
   if iterations < 0:
     raise ValueError(f"D-Flow needs iterations >= 0, got {iterations}.")
-  b = y.shape[0]
-  lab = jnp.zeros((b,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
   optimizer = optax.adam(learning_rate)
 
   def chunk_heatmaps(yc, x0c, lc):
-    field = velocity_fn if labels is None else (lambda x, t: velocity_fn(x, t, lc))
+    field = _with_labels(velocity_fn, labels is not None, lc)
     endpoint = lambda x: euler_integrate(field, x, 0.0, num_steps, remat=True)
 
     def loss(x):  # sum over images of each image's MSE: per-image gradients
@@ -124,8 +118,8 @@ def d_flow(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, num_steps: int 
     (x_opt, _), _ = jax.lax.scan(opt_step, (x0c, optimizer.init(x0c)), None, length=iterations)
     return _residual(yc, endpoint(x_opt))
 
-  heat = _per_image_chunks(chunk_heatmaps, y.astype(jnp.float32), x0.astype(jnp.float32), lab,
-                           chunk=max_forward_batch)
+  heat = map_image_chunks(chunk_heatmaps, y.astype(jnp.float32), x0.astype(jnp.float32),
+                          _image_labels(labels, y.shape[0]), chunk=max_forward_batch)
   return heat, image_score(heat, top_fraction)
 
 
@@ -233,24 +227,43 @@ def objective_loss(objective: str, velocity_fn, x1: jax.Array, key: jax.Array, *
   raise ValueError(f"Unknown training objective {objective!r}: use one of {OBJECTIVES}.")
 
 
-def reflect_heatmaps(velocity_fn: VelocityFn, y: jax.Array, top_fraction: float = 0.01):
-  """Reflect: ||v(y, 0)||_2 per pixel (the size of the one-step correction)."""
-  v = velocity_fn(y, jnp.zeros((y.shape[0],), jnp.float32)).astype(jnp.float32)
-  heat = jnp.sqrt(jnp.sum(jnp.square(v), axis=-1))
+def _one_pass_heatmaps(heat_fn, velocity_fn: VelocityFn, y: jax.Array, labels, max_forward_batch,
+                       top_fraction):
+  """heat_fn(field, y_chunk) -> [c,H,W] over chunks of at most max_forward_batch images."""
+  def chunk_heatmaps(yc, lc):
+    return heat_fn(_with_labels(velocity_fn, labels is not None, lc), yc)
+
+  heat = map_image_chunks(chunk_heatmaps, y.astype(jnp.float32), _image_labels(labels, y.shape[0]),
+                          chunk=max_forward_batch)
   return heat, image_score(heat, top_fraction)
 
 
-def tccm_heatmaps(velocity_fn: VelocityFn, y: jax.Array, t_fixed: float = 1.0,
+def reflect_heatmaps(velocity_fn: VelocityFn, y: jax.Array, *, labels: jax.Array | None = None,
+                     max_forward_batch: int = 1024, top_fraction: float = 0.01):
+  """Reflect: ||v(y, 0)||_2 per pixel (the size of the one-step correction)."""
+  def heat(field, yc):
+    return _residual(field(yc, jnp.zeros((yc.shape[0],), jnp.float32)).astype(jnp.float32), 0.0)
+
+  return _one_pass_heatmaps(heat, velocity_fn, y, labels, max_forward_batch, top_fraction)
+
+
+def tccm_heatmaps(velocity_fn: VelocityFn, y: jax.Array, t_fixed: float = 1.0, *,
+                  labels: jax.Array | None = None, max_forward_batch: int = 1024,
                   top_fraction: float = 0.01):
   """TCCM: ||v(y, t_fixed) + y||_2 per pixel (the contraction residual, Eq. 20)."""
-  v = velocity_fn(y, jnp.full((y.shape[0],), t_fixed, jnp.float32)).astype(jnp.float32)
-  heat = _residual(-y, v)
-  return heat, image_score(heat, top_fraction)
+  def heat(field, yc):
+    v = field(yc, jnp.full((yc.shape[0],), t_fixed, jnp.float32)).astype(jnp.float32)
+    return _residual(-yc, v)
+
+  return _one_pass_heatmaps(heat, velocity_fn, y, labels, max_forward_batch, top_fraction)
 
 
-def wtflow_heatmaps(velocity_fn: VelocityFn, y: jax.Array, num_steps: int = 10,
+def wtflow_heatmaps(velocity_fn: VelocityFn, y: jax.Array, num_steps: int = 10, *,
+                    labels: jax.Array | None = None, max_forward_batch: int = 1024,
                     top_fraction: float = 0.01):
   """WT-Flow: Gaussian energy 0.5 sum_c x_hat^2 of WT(y) transported to t = 1 (Eqs. 24-25)."""
-  x_hat = euler_integrate(velocity_fn, wt_standardize(y.astype(jnp.float32)), 0.0, num_steps)
-  heat = 0.5 * jnp.sum(jnp.square(x_hat), axis=-1)
-  return heat, image_score(heat, top_fraction)
+  def heat(field, yc):
+    x_hat = euler_integrate(field, wt_standardize(yc), 0.0, num_steps)
+    return 0.5 * jnp.sum(jnp.square(x_hat), axis=-1)
+
+  return _one_pass_heatmaps(heat, velocity_fn, y, labels, max_forward_batch, top_fraction)

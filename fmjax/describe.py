@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
-from fmjax.data import categories_of
+from fmjax.data import NormStats, categories_of
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
 
@@ -71,7 +71,6 @@ def forward_flops(model, image_size: int, batch: int = 1) -> float:
 def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: float = 0.0) -> float:
   """FLOPs of one training step on `batch` images (CFM loss, gradient, optimiser update, EMA)."""
   from fmjax import train  # pylint: disable=g-import-not-at-top
-  from fmjax.data import NormStats  # pylint: disable=g-import-not-at-top
   model = _cpu_model(model)
   state = jax.eval_shape(lambda k: train.create_train_state(
       model, optimizer, (image_size, image_size, 3), model.num_classes, k, ema_decay > 0),

@@ -45,13 +45,12 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
     """This device's images: one scorer call, chunked to per_device forwards."""
     y = norm.normalize(images)
     velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
-    field = lambda x, tt: velocity(x, tt, labels)  # one forward per image
     if method == "reflect":
-      return baselines.reflect_heatmaps(field, y)
+      return baselines.reflect_heatmaps(velocity, y, labels=labels, max_forward_batch=per_device)
     if method == "tccm":
-      return baselines.tccm_heatmaps(field, y)
+      return baselines.tccm_heatmaps(velocity, y, labels=labels, max_forward_batch=per_device)
     if method == "wtflow":
-      return baselines.wtflow_heatmaps(field, y, t)
+      return baselines.wtflow_heatmaps(velocity, y, t, labels=labels, max_forward_batch=per_device)
     if method == "dflow":
       x0 = mismatch.draw_seeds(key, ids, 1, y.shape[1:])[:, 0]
       return baselines.d_flow(velocity, y, x0, t, eval_config.dflow_iterations,

@@ -63,6 +63,21 @@ def _chunks(total: int, chunk: int) -> tuple[int, int]:
   return n, n * chunk
 
 
+def map_image_chunks(fn, *per_image: jax.Array, chunk: int) -> jax.Array:
+  """fn(*chunks) -> [c,...] over the images in chunks of `chunk`, one after another.
+
+  `per_image` arrays share their leading (image) axis B; the last chunk is padded
+  with zeros and the padding dropped from the result. Returns [B,...].
+  """
+  b = per_image[0].shape[0]
+  chunk = max(1, min(b, chunk))
+  n, b_pad = _chunks(b, chunk)
+  split = lambda a: jnp.pad(a, [(0, b_pad - b)] + [(0, 0)] * (a.ndim - 1)).reshape(
+      (n, chunk) + a.shape[1:])
+  out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in per_image))
+  return out.reshape((b_pad,) + out.shape[2:])[:b]
+
+
 def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: jax.Array,
                   aggregator: str = "min", quantile: float | None = None, *,
                   labels: jax.Array | None = None, max_forward_batch: int = 1024,
@@ -97,18 +112,12 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
   # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
   img_chunk = max(1, min(b, max_forward_batch // k))
   t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
-  n_img, b_pad = _chunks(b, img_chunk)
   n_t, t_pad = _chunks(num_t, t_chunk)
-
-  y32 = jnp.pad(y.astype(jnp.float32), [(0, b_pad - b)] + [(0, 0)] * 3)
-  x032 = jnp.pad(x0.astype(jnp.float32), [(0, b_pad - b)] + [(0, 0)] * 4)
   t_all = jnp.pad(times, (0, t_pad - num_t))
   t_weight = jnp.pad(jnp.square(times), (0, t_pad - num_t))  # padded times weigh 0
-  lab = jnp.zeros((b_pad,), jnp.int32) if labels is None else jnp.pad(
-      jnp.asarray(labels, jnp.int32), (0, b_pad - b))
+  lab = jnp.zeros((b,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
 
-  def heatmap_chunk(args):
-    yc, x0c, lc = args  # [bc,H,W,C], [bc,K,H,W,C], [bc]
+  def heatmap_chunk(yc, x0c, lc):  # [bc,H,W,C], [bc,K,H,W,C], [bc]
     target = yc[:, None] - x0c  # geometric velocity y - x0
 
     def time_chunk(acc, ts_ws):
@@ -131,10 +140,8 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
     acc, _ = jax.lax.scan(time_chunk, acc0, ts_ws)
     return acc / num_t
 
-  ys = y32.reshape((n_img, img_chunk) + y32.shape[1:])
-  x0s = x032.reshape((n_img, img_chunk) + x032.shape[1:])
-  ls = lab.reshape(n_img, img_chunk)
-  heatmaps = jax.lax.map(heatmap_chunk, (ys, x0s, ls)).reshape((b_pad,) + y.shape[1:3])[:b]
+  heatmaps = map_image_chunks(heatmap_chunk, y.astype(jnp.float32), x0.astype(jnp.float32), lab,
+                              chunk=img_chunk)
   return heatmaps, image_score(heatmaps, top_fraction)
 
 

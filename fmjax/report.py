@@ -151,10 +151,15 @@ def format_percent(v) -> str:
   return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
+def present_columns(metric_dicts) -> list[tuple[str, str]]:
+  """The (key, column name) pairs of TABLE_COLUMNS found in any of the metric dicts."""
+  metric_dicts = list(metric_dicts)
+  return [(k, name) for k, name in TABLE_COLUMNS if any(k in m for m in metric_dicts)]
+
+
 def metrics_table(result: dict) -> str:
   """Markdown: one row per category and a Mean row (percent, one decimal), as in Tables 4/5."""
-  keys = [(k, name) for k, name in TABLE_COLUMNS
-          if any(k in m for m in result["per_category"].values())]
+  keys = present_columns(result["per_category"].values())
   lines = ["| Category | " + " | ".join(name for _, name in keys) + " |",
            "|---|" + "---:|" * len(keys)]
   rows = list(result["per_category"].items()) + [("Mean", result["mean"])]
@@ -312,7 +317,7 @@ def json_safe(obj):
 
 def summary_lines(result: dict) -> list[str]:
   """The table printed at the end of an evaluation."""
-  keys = [(k, n) for k, n in TABLE_COLUMNS if k in result or k in result["mean"]]
+  keys = present_columns([result, result["mean"]])
   lines = ["category        " + " ".join(f"{n:>8s}" for _, n in keys)]
   for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
     lines.append(f"{name[:15]:15s} " + " ".join(f"{format_percent(m.get(k)):>8s}" for k, _ in keys))

@@ -25,7 +25,7 @@ import numpy as np
 
 from fmjax import plots, sharding
 from fmjax.metrics import METRIC_KEYS, mean_over_categories
-from fmjax.report import TABLE_COLUMNS, format_percent, json_safe
+from fmjax.report import format_percent, json_safe, present_columns
 
 STUDIES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
 POOLING_KINDS = ("conditional", "pooled")
@@ -160,8 +160,8 @@ def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
   for kind in POOLING_KINDS:
     run_dir = _run_dir(config, workdir, {"model": kind})
     print(f"study pooling: the {kind} model in {run_dir}", flush=True)
-    train.train(_setting_config(config, {"model": kind}), run_dir, dataset)
-    settings.append({"model": kind, "checkpoint_step": train.saved_steps(run_dir)[-1]})
+    state = train.train(_setting_config(config, {"model": kind}), run_dir, dataset)
+    settings.append({"model": kind, "checkpoint_step": int(jax.device_get(state.step))})
   return settings
 
 
@@ -260,7 +260,7 @@ def results_table(name: str, rows: list[dict]) -> str:
   """Markdown table of the mean metrics (percent) and images/s per setting."""
   if name == "pooling":
     return pooling_table(rows)
-  keys = [(k, n) for k, n in TABLE_COLUMNS if any(k in r["mean"] for r in rows)]
+  keys = present_columns(r["mean"] for r in rows)
   lines = [f"# Study: {name}", "",
            "Mean over categories, percent; images/s on this machine "
            f"({jax.devices()[0].device_kind}).", "",
@@ -285,7 +285,7 @@ def pooling_table(rows: list[dict]) -> str:
   """Table 8's layout: per category (and Mean), the seven metrics of each kind of model."""
   by_kind = {r["model"]: r for r in rows}
   kinds = [k for k in ("pooled", "conditional") if k in by_kind]
-  keys = [(k, n) for k, n in TABLE_COLUMNS if any(k in r["mean"] for r in rows)]
+  keys = present_columns(r["mean"] for r in rows)
   categories = list(next(iter(by_kind.values()))["per_category"])
   head = " | ".join(f"{kind[:4]}. {n}" for kind in kinds for _, n in keys)
   lines = ["# Study: pooling (conditional vs pooled training, Table 8)", "",

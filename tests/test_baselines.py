@@ -153,3 +153,17 @@ def test_reflect_trains_and_evaluates_end_to_end(tmp_path):
   from fmjax.checkpoint import CheckpointMismatchError
   with pytest.raises(CheckpointMismatchError, match="objective: checkpoint has 'reflect'"):
     fm_main.run(tiny_config(**{"train.num_steps": 2}), str(tmp_path), "evaluate")
+
+
+def test_one_pass_scorers_chunk_with_labels():
+  y = jax.random.normal(jax.random.key(8), (5, 4, 4, 3))
+  labels = jnp.array([0, 1, 2, 0, 1])
+  whole = np.asarray(baselines.tccm_heatmaps(_labelled, y, labels=labels)[0])
+  chunked = np.asarray(baselines.tccm_heatmaps(_labelled, y, labels=labels, max_forward_batch=2)[0])
+  for i in range(5):
+    v = np.asarray(_labelled(y[i:i + 1], jnp.ones((1,)), labels[i:i + 1]))[0]
+    np.testing.assert_allclose(chunked[i], np.sqrt(((v + np.asarray(y[i])) ** 2).sum(-1)), rtol=1e-5)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  for scorer in (baselines.reflect_heatmaps, baselines.wtflow_heatmaps):
+    np.testing.assert_allclose(scorer(_labelled, y, labels=labels, max_forward_batch=2)[0],
+                               scorer(_labelled, y, labels=labels)[0], rtol=1e-5)
