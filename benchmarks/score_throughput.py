@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import describe, evaluate, sharding
+from fmjax import describe, evaluate, methods, sharding
 from fmjax.data import NormStats
 
 FLAGS = flags.FLAGS
@@ -53,7 +53,8 @@ def main(argv):
   fwd_flops = describe.forward_flops(model, size)
   common = {"benchmark": "score_throughput", "image_size": size, "num_classes": num_classes,
             "dtype": config.model.dtype, "attention": model.attention_impl or "xla",
-            "aggregator": config.evaluate.aggregator,
+            "method": config.evaluate.method,
+            "method_options": methods.scorer_options(config.evaluate),
             "max_forward_batch_per_device": config.evaluate.max_forward_batch,
             "flops_per_forward": fwd_flops, "setup_s": round(time.perf_counter() - t0, 1),
             **bench_util.environment()}

@@ -3,7 +3,8 @@
 Saved per step: `state` (params, optimiser state, EMA params) and `meta` (the
 model config it was built with, class names, normalisation statistics). A
 restore checks `meta` against the current config first and stops with a clear
-message on a mismatch instead of failing deep inside Orbax.
+message on a mismatch instead of failing deep inside Orbax. Evaluation restores
+the parameters (and EMA parameters) only, never the optimiser state.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint in the workdir was written for a different model or dataset."""
+from fmjax.errors import CheckpointMismatchError
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -59,3 +58,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   """The state at `step`, laid out like `abstract_state` (shapes, dtypes, shardings)."""
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
   return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+
+def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params, with_ema: bool):
+  """(params, ema_params or None) at `step`, laid out like `abstract_params`; nothing else is read."""
+  target = {"params": abstract_params}
+  if with_ema:
+    target["ema_params"] = abstract_params
+  restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
+                              target)
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=target, restore_args=restore_args, partial_restore=True)))["state"]
+  return out["params"], out.get("ema_params")

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
-from fmjax import mismatch
-from fmjax.baselines import METHOD_OBJECTIVE, METHODS, OBJECTIVES
+from fmjax import methods
 from fmjax.data import DATASETS
+from fmjax.errors import ConfigError
+
+# Keys that moved into a method's own subtree: old flat key -> new key.
+RENAMED_KEYS = {
+    "evaluate.aggregator": "evaluate.flow_mismatch.aggregator",
+    "evaluate.quantile": "evaluate.flow_mismatch.quantile",
+    "evaluate.reconflow_t_init": "evaluate.reconflow.t_init",
+    "evaluate.dflow_iterations": "evaluate.dflow.iterations",
+    "evaluate.dflow_learning_rate": "evaluate.dflow.learning_rate",
+    "train.reflect_max_regions": "train.reflect.max_regions",
+    "train.reflect_max_steps": "train.reflect.max_steps",
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,9 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"  # auto (cuDNN on GPU with bf16) | xla | cudnn
 
   c.train = ml_collections.ConfigDict()
-  c.train.objective = "cfm"  # cfm (flow matching) | reflect | tccm | wtflow (fmjax/baselines.py)
-  c.train.reflect_max_regions = 3  # reflect: random-walk regions per corrupted image
-  c.train.reflect_max_steps = 0  # reflect: longest walk in steps; 0: image_size^2 / 16
+  c.train.objective = "cfm"  # a name in fmjax.methods.OBJECTIVES; its options: train.<name>.*
   c.train.batch_size = 32
   c.train.num_epochs = 2000.0
   c.train.num_steps = -1  # > 0 overrides num_epochs
@@ -67,16 +75,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
 
   c.evaluate = ml_collections.ConfigDict()
-  # flow_mismatch | reconflow | dflow (CFM models), or reflect | tccm | wtflow (the model of
-  # that train.objective); see fmjax/baselines.py.
+  # A name in fmjax.methods.SCORERS whose model is train.objective's; its options are
+  # evaluate.<name>.* (e.g. evaluate.flow_mismatch.aggregator, evaluate.reconflow.t_init).
   c.evaluate.method = "flow_mismatch"
-  c.evaluate.num_seeds = 10  # K (reconflow: K seeds too; dflow: 1)
-  c.evaluate.num_times = 10  # T (reconflow, dflow: Euler steps)
-  c.evaluate.reconflow_t_init = 0.5  # reconflow: the time the test image is noised to
-  c.evaluate.dflow_iterations = 20  # dflow: Adam steps on the initial noise
-  c.evaluate.dflow_learning_rate = 0.1
-  c.evaluate.aggregator = "min"  # min | mean | quantile
-  c.evaluate.quantile = config_dict.placeholder(float)  # for aggregator=quantile
+  c.evaluate.num_seeds = 10  # K, for the methods that draw K seeds
+  c.evaluate.num_times = 10  # T: times (flow_mismatch) or Euler steps (reconflow, dflow, wtflow)
   c.evaluate.batch_size = 8
   c.evaluate.max_forward_batch = 400  # samples per forward pass, per device
   c.evaluate.seed = 0
@@ -94,36 +97,52 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices
+
+  for s in methods.SCORERS.values():  # each method's options, defaults stated in its module
+    if s.options:
+      c.evaluate[s.name] = ml_collections.ConfigDict(s.default_options())
+  for o in methods.OBJECTIVES.values():
+    if o.options:
+      c.train[o.name] = ml_collections.ConfigDict(o.default_options())
   return c
 
 
+def renamed_key_errors(keys) -> list[str]:
+  """Messages for old flat keys (dotted) among `keys`, naming the key that replaced each."""
+  return [f"{k} is now {RENAMED_KEYS[k]}" for k in keys if k in RENAMED_KEYS]
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
 def validate(config) -> None:
-  """Raises ValueError with what to change for values the code cannot run with."""
-  errors = []
+  """Raises ConfigError with what to change for values the code cannot run with."""
+  errors = renamed_key_errors(k for k in RENAMED_KEYS if _has_key(config, k))
   ec, tc, mc, dc = config.evaluate, config.train, config.model, config.data
   if ec.num_seeds < 1:
     errors.append(f"evaluate.num_seeds (K) must be >= 1, got {ec.num_seeds}")
   if ec.num_times < 1:
     errors.append(f"evaluate.num_times (T) must be >= 1, got {ec.num_times}")
-  if tc.objective not in OBJECTIVES:
-    errors.append(f"train.objective must be one of {OBJECTIVES}, got {tc.objective!r}")
-  if ec.method not in METHODS:
-    errors.append(f"evaluate.method must be one of {METHODS}, got {ec.method!r}")
-  elif tc.objective in OBJECTIVES and METHOD_OBJECTIVE[ec.method] != tc.objective:
-    fits = [m for m, o in METHOD_OBJECTIVE.items() if o == tc.objective]
-    errors.append(f"evaluate.method={ec.method} needs a model trained with train.objective="
-                  f"{METHOD_OBJECTIVE[ec.method]}, but train.objective={tc.objective}: "
-                  f"use evaluate.method in {fits}")
-  if tc.reflect_max_regions < 1 or tc.reflect_max_steps < 0:
-    errors.append("train.reflect_max_regions must be >= 1 and train.reflect_max_steps >= 0")
-  if not 0.0 <= ec.reconflow_t_init < 1.0:
-    errors.append(f"evaluate.reconflow_t_init must be in [0, 1), got {ec.reconflow_t_init}")
-  if ec.dflow_iterations < 0 or ec.dflow_learning_rate <= 0:
-    errors.append("evaluate.dflow_iterations must be >= 0 and evaluate.dflow_learning_rate > 0")
-  try:
-    mismatch.validate_aggregator(ec.aggregator, ec.quantile)
-  except ValueError as e:
-    errors.append(f"evaluate.aggregator: {e}")
+  for o in methods.OBJECTIVES.values():  # every method's options, used now or not
+    errors += o.check(tc[o.name].to_dict() if o.options else {})
+  for name in methods.SCORERS:
+    errors += methods.scorer(name).check(methods.scorer_options(ec, name))
+  if tc.objective not in methods.OBJECTIVES:
+    errors.append(f"train.objective must be one of {tuple(methods.OBJECTIVES)}, got {tc.objective!r}")
+  if ec.method not in methods.SCORERS:
+    errors.append(f"evaluate.method must be one of {tuple(methods.SCORERS)}, got {ec.method!r}")
+  else:
+    scorer = methods.scorer(ec.method)
+    if tc.objective in methods.OBJECTIVES and scorer.objective != tc.objective:
+      errors.append(f"evaluate.method={ec.method} needs a model trained with train.objective="
+                    f"{scorer.objective}, but train.objective={tc.objective}: use evaluate.method "
+                    f"in {methods.scorers_for(tc.objective)}")
   for name, value in [("train.batch_size", tc.batch_size), ("evaluate.batch_size", ec.batch_size),
                       ("evaluate.max_forward_batch", ec.max_forward_batch),
                       ("data.image_size", dc.image_size), ("model.channels", mc.channels),
@@ -131,6 +150,20 @@ def validate(config) -> None:
                       ("train.checkpoint_every_steps", tc.checkpoint_every_steps)]:
     if value < 1:
       errors.append(f"{name} must be >= 1, got {value}")
+  for name, value, ok, rule in [
+      ("train.learning_rate", tc.learning_rate, tc.learning_rate > 0, "> 0"),
+      ("train.weight_decay", tc.weight_decay, tc.weight_decay >= 0, ">= 0"),
+      ("train.b1", tc.b1, 0 <= tc.b1 < 1, "in [0, 1)"),
+      ("train.b2", tc.b2, 0 <= tc.b2 < 1, "in [0, 1)"),
+      ("train.eps", tc.eps, tc.eps > 0, "> 0"),
+      ("train.update_rms_clip", tc.update_rms_clip, tc.update_rms_clip >= 0, ">= 0 (0: off)"),
+      ("train.grad_clip_norm", tc.grad_clip_norm, tc.grad_clip_norm >= 0, ">= 0 (0: off)"),
+      ("train.keep_checkpoints", tc.keep_checkpoints, tc.keep_checkpoints >= 1, ">= 1"),
+      ("train.log_every_seconds", tc.log_every_seconds, tc.log_every_seconds >= 0, ">= 0"),
+      ("model.num_res_blocks", mc.num_res_blocks, mc.num_res_blocks >= 1, ">= 1"),
+      ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)")]:
+    if not ok:
+      errors.append(f"{name} must be {rule}, got {value}")
   if tc.num_steps <= 0 and tc.num_epochs <= 0:
     errors.append("set train.num_epochs > 0 or train.num_steps > 0")
   if dc.name not in DATASETS:
@@ -153,4 +186,4 @@ def validate(config) -> None:
   if not 0.0 <= tc.ema_decay < 1.0:
     errors.append(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
   if errors:
-    raise ValueError("Invalid config:\n  " + "\n  ".join(errors))
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
+from fmjax import methods
 from fmjax.data import NormStats, categories_of
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
@@ -68,20 +69,24 @@ def forward_flops(model, image_size: int, batch: int = 1) -> float:
   return cpu_flops(lambda p, x, t, lab: model.apply({"params": p}, x, t, lab), params, x, t, lab)
 
 
-def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: float = 0.0) -> float:
-  """FLOPs of one training step on `batch` images (CFM loss, gradient, optimiser update, EMA)."""
+def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: float = 0.0,
+                     objective: str = "cfm", objective_options: dict | None = None) -> float:
+  """FLOPs of one training step on `batch` images (the objective's loss, gradient, optimiser
+  update, EMA)."""
   from fmjax import train  # pylint: disable=g-import-not-at-top
   model = _cpu_model(model)
   state = jax.eval_shape(lambda k: train.create_train_state(
       model, optimizer, (image_size, image_size, 3), model.num_classes, k, ema_decay > 0),
       jax.random.key(0))
-  step = train.train_step_fn(model, optimizer, NormStats((0.5,) * 3, (0.25,) * 3), 0, ema_decay)
+  step = train.train_step_fn(model, optimizer, NormStats((0.5,) * 3, (0.25,) * 3), 0, ema_decay,
+                             objective, objective_options)
   return cpu_flops(step, state, jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8),
                    jax.ShapeDtypeStruct((batch,), jnp.int32))
 
 
 def describe(config) -> dict:
-  """Prints and returns parameters, FLOPs per forward and per scored image at K x T."""
+  """Prints and returns parameters, FLOPs per forward, per scored image (the configured
+  method's forward passes) and per train step (the configured objective)."""
   num_classes = num_classes_of(config)
   model = build_unet(config.model, num_classes)
   size = config.data.image_size
@@ -89,19 +94,25 @@ def describe(config) -> dict:
                                              jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)))
   params = count_params(shapes["params"])
   flops = forward_flops(model, size)
-  k, t = config.evaluate.num_seeds, config.evaluate.num_times
+  scorer = methods.scorer(config.evaluate.method)
+  settings = methods.scorer_options(config.evaluate)
+  forwards = scorer.forwards(settings)
   batch = config.train.batch_size
   step_flops = train_step_flops(model, build_optimizer(config.train), batch, size,
-                                config.train.ema_decay)
+                                config.train.ema_decay, config.train.objective,
+                                methods.objective_options(config.train))
   info = {"parameters": params, "num_classes": num_classes, "image_size": size,
-          "flops_per_forward": flops, "num_seeds": k, "num_times": t,
-          "flops_per_scored_image": flops * k * t, "train_batch_size": batch,
+          "flops_per_forward": flops, "method": scorer.name, "method_options": settings,
+          "forwards_per_scored_image": forwards, "flops_per_scored_image": flops * forwards,
+          "objective": config.train.objective, "train_batch_size": batch,
           "flops_per_train_step": step_flops,
           "devices": [str(d) for d in jax.devices()]}
   print(f"parameters:             {params:,} ({num_classes} classes + null label)")
   print(f"FLOPs per forward:      {flops / 1e9:.2f} GFLOP at {size}x{size} (XLA cost analysis)")
-  print(f"FLOPs per scored image: {flops * k * t / 1e12:.3f} TFLOP at K={k}, T={t} ({k * t} forwards)")
-  print(f"FLOPs per train step:   {step_flops / 1e12:.3f} TFLOP at batch {batch} "
+  print(f"FLOPs per scored image: {flops * forwards / 1e12:.3f} TFLOP with {scorer.title} "
+        f"({scorer.summary(settings)}: {forwards:g} forwards)")
+  print(f"FLOPs per train step:   {step_flops / 1e12:.3f} TFLOP at batch {batch}, "
+        f"{methods.objective(config.train.objective).title} "
         f"({step_flops / batch / 1e9:.1f} GFLOP per image: forward, backward, update)")
   print(json.dumps(info))
   return info

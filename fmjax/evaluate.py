@@ -1,9 +1,10 @@
-"""Scores a test split with Flow Mismatching and writes metrics, scores and heatmaps.
+"""Scores a test split with the configured method and writes metrics, scores and heatmaps.
 
-Test images are scored in fixed-size batches (the last one padded, so nothing
-recompiles) by one jitted function sharded over the "data" mesh axis. Seeds
-depend only on (config.evaluate.seed, image index), so scores do not depend on
-the batch size or the number of devices.
+The method (`evaluate.method`, Flow Mismatching by default) comes from the
+`fmjax.methods` registry. Test images are scored in fixed-size batches (the last
+one padded, so nothing recompiles) by one jitted function sharded over the "data"
+mesh axis. Seeds depend only on (config.evaluate.seed, image index), so scores do
+not depend on the batch size or the number of devices.
 """
 
 from __future__ import annotations
@@ -15,54 +16,40 @@ import time
 import jax
 import numpy as np
 
-from fmjax import baselines, mismatch, report, sharding
+from fmjax import methods, mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.data.sources import folder_images, read_images
+from fmjax.errors import ConfigError, DataLayoutError
 from fmjax.metrics import compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
-from fmjax.train import labels_for, load_params_for_eval, prepare_workdir
+from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir
+
+# Seeds of normal training images scored to fit image scores start here (test images from 0).
+TRAIN_ID_OFFSET = 1 << 30
 
 
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
   """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]).
 
-  `eval_config.method` picks the scorer: Flow Mismatching (K seeds x T times), the
-  inference-only baselines ReconFlow (K seeds, T Euler steps) and D-Flow (T Euler
-  steps, `dflow_iterations` Adam steps on the initial noise), or the training-modified
-  ones (reflect, tccm: one forward; wtflow: T Euler steps); see fmjax/baselines.py.
+  `eval_config.method` names the scorer in `fmjax.methods`; its options are
+  `eval_config.<method>.*`. Scores are max + mean of the top 1% of each heatmap.
   """
-  key = jax.random.key(eval_config.seed)
-  k, t = eval_config.num_seeds, eval_config.num_times
-  method = eval_config.method
-  if method not in baselines.METHODS:
-    raise ValueError(f"Unknown evaluate.method {method!r}: use one of {baselines.METHODS}.")
-  mismatch.validate_aggregator(eval_config.aggregator, eval_config.quantile)
-  times = mismatch.interior_times(t)
-  per_device = max(1, eval_config.max_forward_batch)
+  scorer = methods.scorer(eval_config.method)
+  problems = scorer.check(methods.scorer_options(eval_config))
+  if problems:
+    raise ConfigError("; ".join(problems))
+  ctx = methods.ScoreContext(
+      key=jax.random.key(eval_config.seed), num_seeds=eval_config.num_seeds,
+      num_times=eval_config.num_times, max_forward_batch=max(1, eval_config.max_forward_batch),
+      options=eval_config[scorer.name].to_dict() if scorer.options else {})
 
   def score_local(params, images, labels, ids):
-    """This device's images: one scorer call, chunked to per_device forwards."""
+    """This device's images: one scorer call, chunked to max_forward_batch forwards."""
     y = norm.normalize(images)
-    velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
-    if method == "reflect":
-      return baselines.reflect_heatmaps(velocity, y, labels=labels, max_forward_batch=per_device)
-    if method == "tccm":
-      return baselines.tccm_heatmaps(velocity, y, labels=labels, max_forward_batch=per_device)
-    if method == "wtflow":
-      return baselines.wtflow_heatmaps(velocity, y, t, labels=labels, max_forward_batch=per_device)
-    if method == "dflow":
-      x0 = mismatch.draw_seeds(key, ids, 1, y.shape[1:])[:, 0]
-      return baselines.d_flow(velocity, y, x0, t, eval_config.dflow_iterations,
-                              eval_config.dflow_learning_rate, labels=labels,
-                              max_forward_batch=per_device)
-    x0 = mismatch.draw_seeds(key, ids, k, y.shape[1:])
-    if method == "reconflow":
-      return baselines.recon_flow(velocity, y, x0, eval_config.reconflow_t_init, t, labels=labels,
-                                  max_forward_batch=per_device)
-    return mismatch.flow_mismatch(velocity, y, x0, times, eval_config.aggregator,
-                                  eval_config.quantile, labels=labels,
-                                  max_forward_batch=per_device)
+    velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
+    heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
+    return heat, mismatch.image_score(heat)
 
   spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   score = jax.shard_map(score_local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
@@ -73,8 +60,11 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
 
 
 def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 norm: NormStats, mesh):
-  """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M]."""
+                 norm: NormStats, mesh, id_offset: int = 0, what: str = "score"):
+  """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M].
+
+  Image i is scored with the seeds of id `id_offset + i`.
+  """
   ec = config.evaluate
   batch = ec.batch_size
   sharding.check_batch_size(batch, mesh, "evaluate.batch_size")
@@ -84,9 +74,11 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   rows = sharding.host_slice(batch)
   m = len(images)
   if m == 0:
-    raise ValueError("There are no images to score.")
+    raise DataLayoutError("There are no images to score.")
   heatmaps, scores = [], []
-  progress = Progress(m, f"score K={ec.num_seeds} T={ec.num_times}", "img")
+  settings = methods.scorer_options(ec)
+  progress = Progress(m, f"{what} {ec.method} " + " ".join(
+      f"{methods.base.SHARED_KEYS[k]}={settings[k]}" for k in methods.scorer(ec.method).uses), "img")
 
   def dispatch(start):
     """Sends one batch to the devices and starts scoring it (asynchronously)."""
@@ -95,7 +87,7 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
     idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
     out = score(params, sharding.to_global(images[idx][rows], data),
                 sharding.to_global(labels[idx][rows], data),
-                sharding.to_global(idx[rows].astype(np.int32), data))
+                sharding.to_global((idx[rows] + id_offset).astype(np.int32), data))
     return out, valid
 
   # One batch in flight while the previous one is fetched: the next batch's transfer and
@@ -121,8 +113,30 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
 
 def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
   """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
-  labels = labels_for(config, dataset.test_classes, dataset.num_classes)
-  return score_arrays(config, params, dataset.test_images, labels, dataset.num_classes, norm, mesh)
+  labels = class_labels(config, dataset.test_classes, dataset.num_classes)
+  heatmaps, scores, rate = score_arrays(config, params, dataset.test_images, labels,
+                                        dataset.num_classes, norm, mesh)
+  fitted = fit_image_scores(config, params, dataset, norm, mesh)
+  if fitted is not None:
+    scores = np.zeros(len(heatmaps), np.float64)
+    for ci, score_fn in fitted.items():
+      sel = dataset.test_classes == ci
+      scores[sel] = score_fn(heatmaps[sel])
+  return heatmaps, scores, rate
+
+
+def fit_image_scores(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
+  """{class index: heatmaps -> scores} fitted on each category's normal training images when
+  the scorer's options ask for it (e.g. an Isolation Forest); None otherwise."""
+  ec = config.evaluate
+  fitter = methods.scorer(ec.method).image_score_fitter(methods.scorer_options(ec))
+  if fitter is None:
+    return None
+  labels = class_labels(config, dataset.train_classes, dataset.num_classes)
+  normal, _, _ = score_arrays(config, params, dataset.train_images, labels, dataset.num_classes,
+                              norm, mesh, id_offset=TRAIN_ID_OFFSET, what="fit on normals:")
+  return {ci: fitter(normal[dataset.train_classes == ci], ec.seed)
+          for ci in range(dataset.num_classes) if np.any(dataset.train_classes == ci)}
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:
@@ -156,9 +170,7 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
       "mean": mean_over_categories(per_category),
       "per_category": per_category,
       "settings": {"dataset": dataset.name, "categories": list(dataset.class_names),
-                   "num_seeds": ec.num_seeds, "num_times": ec.num_times,
-                   "method": ec.method, "aggregator": ec.aggregator, "quantile": ec.quantile,
-                   "t_init": ec.reconflow_t_init, "iterations": ec.dflow_iterations,
+                   "method": ec.method, "method_options": methods.scorer_options(ec),
                    "checkpoint_step": int(step), "use_ema": bool(ec.use_ema),
                    "images_per_s": images_per_s, "num_test_images": int(len(scores)),
                    "seed": ec.seed, "batch_size": ec.batch_size,
@@ -185,20 +197,26 @@ def score_folder(config, workdir: str) -> dict:
   """
   folder = config.data.score_dir
   if not folder:
-    raise ValueError("--mode=score needs --config.data.score_dir=<folder of images>.")
+    raise ConfigError("--mode=score needs --config.data.score_dir=<folder of images>.")
   paths = folder_images(folder)
   params, step, norm, class_names = load_params_for_eval(config, workdir, None, config.evaluate.use_ema)
   category = config.data.score_category or (class_names[0] if len(class_names) == 1 else "")
   if config.data.class_conditional and category not in class_names:
-    raise ValueError(f"Set --config.data.score_category to the category of the images: one of "
+    raise ConfigError(f"Set --config.data.score_category to the category of the images: one of "
                      f"{class_names} (the model is class-conditional).")
   images = read_images(paths, config.data.image_size, config.data.skip_corrupt)
   paths = [p for p, ok in zip(paths, images.ok) if ok]
   index = class_names.index(category) if category in class_names else 0
-  labels = labels_for(config, np.full(len(paths), index), len(class_names))
+  labels = class_labels(config, np.full(len(paths), index), len(class_names))
   mesh = sharding.make_mesh(config.mesh.num_devices)
   heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
                                                 len(class_names), norm, mesh)
+  if methods.scorer(config.evaluate.method).image_score_fitter(
+      methods.scorer_options(config.evaluate)) is not None:
+    dataset = load_dataset(config.data)  # the image-score fit needs the normal training images
+    fitted = fit_image_scores(config, params, dataset, norm, mesh)
+    scores = fitted[dataset.class_names.index(category) if category in dataset.class_names
+                    else 0](heatmaps)
   threshold = float("nan")
   metrics_path = os.path.join(workdir, "eval", "metrics.json")
   if os.path.exists(metrics_path):

@@ -34,8 +34,7 @@ from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set
 from ml_collections import config_flags
 
 from fmjax import configlib, sharding  # noqa: E402
-from fmjax.checkpoint import CheckpointMismatchError  # noqa: E402
-from fmjax.train import NonFiniteLossError  # noqa: E402
+from fmjax.errors import ConfigError, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -45,11 +44,6 @@ flags.DEFINE_enum("mode", "train_and_evaluate",
                   "What to run.")
 flags.mark_flags_as_required(["config"])
 
-# Errors that describe a user mistake: printed as one message, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
-               NonFiniteLossError)
-
-
 def run(config, workdir: str | None, mode: str):
   """Runs `mode` for `config` in `workdir`; returns what the last phase returned."""
   configlib.validate(config)
@@ -57,7 +51,7 @@ def run(config, workdir: str | None, mode: str):
     from fmjax.describe import describe
     return describe(config)
   if not workdir:
-    raise ValueError("--workdir is required for modes train, evaluate, train_and_evaluate, score.")
+    raise ConfigError("--workdir is required for modes train, evaluate, train_and_evaluate, score.")
   sharding.initialize_distributed()
   from fmjax import evaluate, train
   if mode == "score":
@@ -82,10 +76,24 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-  except USER_ERRORS as e:
+  except UserError as e:  # a user's mistake: one message; anything else keeps its traceback
+    print(f"fmjax: error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, after refusing config keys that moved (naming their new key)."""
+  moved = configlib.renamed_key_errors(
+      a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config."))
+  if moved:
+    print("fmjax: error: " + "; ".join(moved), file=sys.stderr)
+    sys.exit(1)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
     print(f"fmjax: error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from fmjax.errors import NonFiniteError
+
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
@@ -72,7 +74,7 @@ def _finite_floats(values, what: str) -> np.ndarray:
     values = values.astype(np.float64)
   bad = int(np.size(values) - np.isfinite(values).sum())
   if bad:
-    raise ValueError(f"{what} contain {bad} non-finite values (NaN or inf); cannot rank them.")
+    raise NonFiniteError(f"{what} contain {bad} non-finite values (NaN or inf); cannot rank them.")
   return values
 
 

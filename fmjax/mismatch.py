@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 AGGREGATORS = ("min", "mean", "quantile")
-VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
+VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x [N,H,W,C], t [N], labels [N])
 
 
 def interior_times(num_times: int) -> jax.Array:
@@ -79,20 +79,18 @@ def map_image_chunks(fn, *per_image: jax.Array, chunk: int) -> jax.Array:
 
 
 def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: jax.Array,
-                  aggregator: str = "min", quantile: float | None = None, *,
-                  labels: jax.Array | None = None, max_forward_batch: int = 1024,
-                  top_fraction: float = 0.01):
+                  labels: jax.Array, aggregator: str = "min", quantile: float | None = None, *,
+                  max_forward_batch: int = 1024, top_fraction: float = 0.01):
   """Flow Mismatching heatmaps and image scores.
 
   Args:
-    velocity_fn: v(x [N,H,W,C], t [N]) -> [N,H,W,C].
+    velocity_fn: v(x [N,H,W,C], t [N], labels [N]) -> [N,H,W,C].
     y: test images [B,H,W,C].
     x0: Gaussian seeds [B,K,H,W,C].
     times: interior times [T].
+    labels: the images' class labels [B] (the null label for pooled models).
     aggregator: "min" (paper default), "mean" or "quantile".
     quantile: q in (0, 1] for "quantile" (the ceil(q K)-th order statistic).
-    labels: optional per-image class labels [B]; then velocity_fn is called as
-      velocity_fn(x, t, labels_per_sample [N]).
     max_forward_batch: the largest number of samples in one call of velocity_fn.
 
   Returns:
@@ -115,7 +113,7 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
   n_t, t_pad = _chunks(num_t, t_chunk)
   t_all = jnp.pad(times, (0, t_pad - num_t))
   t_weight = jnp.pad(jnp.square(times), (0, t_pad - num_t))  # padded times weigh 0
-  lab = jnp.zeros((b,), jnp.int32) if labels is None else jnp.asarray(labels, jnp.int32)
+  lab = jnp.asarray(labels, jnp.int32)
 
   def heatmap_chunk(yc, x0c, lc):  # [bc,H,W,C], [bc,K,H,W,C], [bc]
     target = yc[:, None] - x0c  # geometric velocity y - x0
@@ -126,10 +124,7 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
       xt = (1.0 - tb) * x0c[None] + tb * yc[None, :, None]  # [tc,bc,K,H,W,C]
       flat = xt.reshape((-1,) + xt.shape[3:])
       tt = jnp.broadcast_to(ts[:, None, None], xt.shape[:3]).reshape(-1)
-      if labels is None:
-        v = velocity_fn(flat, tt)
-      else:
-        v = velocity_fn(flat, tt, jnp.broadcast_to(lc[None, :, None], xt.shape[:3]).reshape(-1))
+      v = velocity_fn(flat, tt, jnp.broadcast_to(lc[None, :, None], xt.shape[:3]).reshape(-1))
       v = v.astype(jnp.float32).reshape(xt.shape)
       z = jnp.sum(jnp.square(v - target[None]), axis=-1)  # [tc,bc,K,H,W]
       delta = aggregate_seeds(z, aggregator, quantile, axis=2)  # [tc,bc,H,W]
@@ -153,11 +148,12 @@ def draw_seeds(key: jax.Array, image_ids: jax.Array, num_seeds: int, image_shape
   return jax.vmap(draw)(image_ids)
 
 
-def score_images(velocity_fn: VelocityFn, y: jax.Array, key: jax.Array, num_seeds: int = 10,
-                 num_times: int = 10, aggregator: str = "min", quantile: float | None = None,
-                 image_ids: jax.Array | None = None, **kwargs):
+def score_images(velocity_fn: VelocityFn, y: jax.Array, labels: jax.Array, key: jax.Array,
+                 num_seeds: int = 10, num_times: int = 10, aggregator: str = "min",
+                 quantile: float | None = None, image_ids: jax.Array | None = None, **kwargs):
   """flow_mismatch with seeds drawn from `key` and t_j = j / (T + 1): -> (heatmaps, scores)."""
   if image_ids is None:
     image_ids = jnp.arange(y.shape[0])
   x0 = draw_seeds(key, image_ids, num_seeds, y.shape[1:])
-  return flow_mismatch(velocity_fn, y, x0, interior_times(num_times), aggregator, quantile, **kwargs)
+  return flow_mismatch(velocity_fn, y, x0, interior_times(num_times), labels, aggregator, quantile,
+                       **kwargs)

@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fmjax import plots
+from fmjax import methods, plots
 from fmjax.data import AnomalyDataset
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black-purple-orange-yellow).
@@ -170,30 +170,18 @@ def metrics_table(result: dict) -> str:
   return "\n".join(lines)
 
 
-METHOD_NAMES = {"flow_mismatch": "Flow Mismatching", "reconflow": "ReconFlow", "dflow": "D-Flow",
-                "reflect": "Reflect", "tccm": "TCCM", "wtflow": "WT-Flow"}
-
-
 def scorer_settings(s: dict) -> str:
-  """The scorer's settings in words, e.g. "K = 10 seeds, T = 10 times, aggregator min"."""
-  method = s.get("method", "flow_mismatch")
-  if method == "reconflow":
-    return f"K = {s['num_seeds']} seeds, {s['num_times']} Euler steps from t = {s.get('t_init', 0.5)}"
-  if method == "dflow":
-    return f"{s['num_times']} Euler steps, {s.get('iterations')} Adam steps on the noise"
-  if method == "wtflow":
-    return f"{s['num_times']} Euler steps to t = 1"
-  if method in ("reflect", "tccm"):
-    return "one forward pass"
-  return (f"K = {s['num_seeds']} seeds, T = {s['num_times']} times, aggregator {s['aggregator']}"
-          + (f" (q = {s['quantile']})" if s.get("quantile") else ""))
+  """The scorer's settings in words, from metrics.json's settings (method, method_options)."""
+  return methods.scorer(s["method"]).summary(s["method_options"])
 
 
 def metrics_markdown(result: dict) -> str:
   s = result["settings"]
+  scorer = methods.scorer(s["method"])
   overall = " ".join(f"{name} {format_percent(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
   return "\n".join([
-      f"# {METHOD_NAMES[s.get('method', 'flow_mismatch')]} evaluation: {s['dataset']}", "",
+      f"# {scorer.title} evaluation: {s['dataset']}", "",
+      f"{scorer.title}: {scorer.description}.", "",
       f"Checkpoint step {s['checkpoint_step']}; {scorer_settings(s)}; {s['num_test_images']} test "
       f"images scored at {s['images_per_s']:.2f} images/s.", "",
       "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
@@ -322,7 +310,7 @@ def summary_lines(result: dict) -> list[str]:
   for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
     lines.append(f"{name[:15]:15s} " + " ".join(f"{format_percent(m.get(k)):>8s}" for k, _ in keys))
   s = result["settings"]
-  lines.append(f"{METHOD_NAMES[s.get('method', 'flow_mismatch')]}: {scorer_settings(s)}; "
+  lines.append(f"{methods.scorer(s['method']).title}: {scorer_settings(s)}; "
                f"step {s['checkpoint_step']}; {s['images_per_s']:.2f} images/s")
   return lines
 

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fmjax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -38,7 +40,7 @@ def make_mesh(num_devices: int = -1) -> Mesh:
   devices = jax.devices()
   n = len(devices) if num_devices in (-1, None) else num_devices
   if not 1 <= n <= len(devices):
-    raise ValueError(f"Asked for {n} devices but {len(devices)} are available.")
+    raise ConfigError(f"Asked for {n} devices but {len(devices)} are available.")
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:n])
 
@@ -55,7 +57,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch size") -> None:
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"The {what} {global_batch} must be divisible by the {n} devices of the "
+    raise ConfigError(f"The {what} {global_batch} must be divisible by the {n} devices of the "
                      f"mesh (and by the {jax.process_count()} hosts).")
 
 

@@ -7,8 +7,8 @@
   seeds        the same model scored with several scoring seeds: the spread of the metrics
   pooling      class-conditional vs pooled (one unconditional model) training (Table 8):
                trains the model the workdir lacks in <workdir>/studies/pooling/<kind>/
-  methods      Flow Mismatching and the inference-only baselines (ReconFlow, D-Flow) on the
-               same model (Tables 4/5)
+  methods      the scorers of the same model (fmjax.methods): Flow Mismatching, ReconFlow,
+               D-Flow on a CFM model (Tables 4/5)
 
 Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are
 saved as they finish and skipped when the study is run again, so a long study resumes.
@@ -23,13 +23,20 @@ import os
 import jax
 import numpy as np
 
-from fmjax import plots, sharding
+from fmjax import methods, plots, sharding
+from fmjax.errors import ConfigError, MissingCheckpointError
 from fmjax.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report import format_percent, json_safe, present_columns
+from fmjax.workdir import load_params_for_eval, saved_steps
 
 STUDIES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
 POOLING_KINDS = ("conditional", "pooled")
 PAPER_VALUES = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+# What a study setting changes: setting key -> config key.
+SETTING_KEYS = {"num_seeds": "evaluate.num_seeds", "num_times": "evaluate.num_times",
+                "aggregator": "evaluate.flow_mismatch.aggregator",
+                "quantile": "evaluate.flow_mismatch.quantile", "seed": "evaluate.seed",
+                "method": "evaluate.method"}
 
 
 def compute_settings(spec: str) -> list[dict]:
@@ -44,7 +51,7 @@ def compute_settings(spec: str) -> list[dict]:
     try:
       k, t = (int(v) for v in item.strip().lower().split("x"))
     except ValueError as e:
-      raise ValueError(f"study.compute: {item!r} is not KxT (e.g. 5x10); use 'paper' or a list.") from e
+      raise ConfigError(f"study.compute: {item!r} is not KxT (e.g. 5x10); use 'paper' or a list.") from e
     rows.append({"group": "K=T" if k == t else "grid", "num_seeds": k, "num_times": t})
   return rows
 
@@ -58,7 +65,7 @@ def aggregator_settings(spec: str) -> list[dict]:
     elif item.startswith("q"):
       rows.append({"aggregator": "quantile", "quantile": float(item[1:])})
     else:
-      raise ValueError(f"study.aggregators: {item!r} is not min, mean or q<fraction> (e.g. q0.1).")
+      raise ConfigError(f"study.aggregators: {item!r} is not min, mean or q<fraction> (e.g. q0.1).")
   return rows
 
 
@@ -67,24 +74,23 @@ def seed_settings(spec: str) -> list[dict]:
   try:
     seeds = [int(v) for v in spec.split(",") if v.strip()]
   except ValueError as e:
-    raise ValueError(f"study.seeds: {spec!r} is not a comma-separated list of integers.") from e
+    raise ConfigError(f"study.seeds: {spec!r} is not a comma-separated list of integers.") from e
   if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-    raise ValueError(f"study.seeds: give at least two distinct seeds, got {spec!r}.")
+    raise ConfigError(f"study.seeds: give at least two distinct seeds, got {spec!r}.")
   return [{"seed": s} for s in seeds]
 
 
 def method_settings(spec: str, objective: str = "cfm") -> list[dict]:
   """"flow_mismatch,reconflow" -> [{method}]; every method must score `objective`'s models."""
-  from fmjax.baselines import METHOD_OBJECTIVE  # pylint: disable=g-import-not-at-top
-  methods = [m.strip() for m in spec.split(",") if m.strip()]
-  unknown = [m for m in methods if m not in METHOD_OBJECTIVE]
-  if unknown or not methods:
-    raise ValueError(f"study.methods: {unknown or spec!r} not among {tuple(METHOD_OBJECTIVE)}.")
-  wrong = [m for m in methods if METHOD_OBJECTIVE[m] != objective]
+  names = [m.strip() for m in spec.split(",") if m.strip()]
+  unknown = [m for m in names if m not in methods.SCORERS]
+  if unknown or not names:
+    raise ConfigError(f"study.methods: {unknown or spec!r} not among {tuple(methods.SCORERS)}.")
+  wrong = [m for m in names if methods.scorer(m).objective != objective]
   if wrong:
-    raise ValueError(f"study.methods: {wrong} do not score a model trained with "
-                     f"train.objective={objective}.")
-  return [{"method": m} for m in methods]
+    raise ConfigError(f"study.methods: {wrong} do not score a model trained with "
+                      f"train.objective={objective}; these do: {methods.scorers_for(objective)}.")
+  return [{"method": m} for m in names]
 
 
 def _label(setting: dict) -> str:
@@ -118,9 +124,13 @@ def _run_dir(config, workdir: str, setting: dict) -> str:
 def _setting_config(config, setting: dict):
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
-    for key in ("num_seeds", "num_times", "aggregator", "quantile", "seed", "method"):
+    for key, path in SETTING_KEYS.items():
       if key in setting:
-        cfg.evaluate[key] = setting[key]
+        *parents, last = path.split(".")
+        node = cfg
+        for part in parents:
+          node = node[part]
+        node[last] = setting[key]
     if "model" in setting:
       cfg.data.class_conditional = setting["model"] == "conditional"
   return cfg
@@ -128,23 +138,21 @@ def _setting_config(config, setting: dict):
 
 def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
   """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
-  from fmjax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from fmjax import evaluate  # pylint: disable=g-import-not-at-top
   cfg = _setting_config(config, setting)
   run_dir = _run_dir(config, workdir, setting)
   step = setting.get("step", setting.get("checkpoint_step"))
   if (run_dir, step) not in loaded:
     loaded.clear()  # one checkpoint in memory at a time
-    loaded[(run_dir, step)] = train.load_params_for_eval(cfg, run_dir, dataset.class_names,
-                                                         cfg.evaluate.use_ema, step)
+    loaded[(run_dir, step)] = load_params_for_eval(cfg, run_dir, dataset.class_names,
+                                                   cfg.evaluate.use_ema, step)
   params, ckpt_step, norm, _ = loaded[(run_dir, step)]
   heatmaps, scores, images_per_s = evaluate.score_dataset(cfg, params, dataset, norm, mesh)
   per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   mean = mean_over_categories(per_category)
   return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),
-          "num_seeds": cfg.evaluate.num_seeds, "num_times": cfg.evaluate.num_times,
-          "aggregator": cfg.evaluate.aggregator, "quantile": cfg.evaluate.quantile,
-          "method": cfg.evaluate.method, "seed": cfg.evaluate.seed,
-          "images_per_s": images_per_s, "mean": mean,
+          "method": cfg.evaluate.method, "method_options": methods.scorer_options(cfg.evaluate),
+          "seed": cfg.evaluate.seed, "images_per_s": images_per_s, "mean": mean,
           "per_category": {n: {k: m[k] for k in METRIC_KEYS if k in m} for n, m in per_category.items()}}
 
 
@@ -174,7 +182,6 @@ def run_study(config, workdir: str, dataset) -> dict:
   name = config.study.name
   if name not in STUDIES:
     raise ValueError(f"Unknown study {name!r}: use one of {STUDIES}.")
-  from fmjax import train  # pylint: disable=g-import-not-at-top
   if name == "compute":
     settings = compute_settings(config.study.compute)
   elif name == "aggregators":
@@ -186,7 +193,7 @@ def run_study(config, workdir: str, dataset) -> dict:
   elif name == "methods":
     settings = method_settings(config.study.methods, config.train.objective)
   else:
-    steps = saved_or_listed_steps(config, workdir, train.saved_steps(workdir))
+    steps = saved_or_listed_steps(config, workdir, saved_steps(workdir))
     settings = [{"step": s} for s in steps]
   out_dir = os.path.join(workdir, "studies", name)
   os.makedirs(out_dir, exist_ok=True)
@@ -220,10 +227,10 @@ def run_study(config, workdir: str, dataset) -> dict:
 def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
   listed = [int(s) for s in str(config.study.steps).split(",") if s.strip()]
   if not saved:
-    raise FileNotFoundError(f"No checkpoints in {workdir}: train first.")
+    raise MissingCheckpointError(f"No checkpoints in {workdir}: train first.")
   missing = [s for s in listed if s not in saved]
   if missing:
-    raise ValueError(f"study.steps {missing} are not saved in {workdir}; saved: {saved}. Keep more "
+    raise ConfigError(f"study.steps {missing} are not saved in {workdir}; saved: {saved}. Keep more "
                      "with --config.train.keep_checkpoints while training.")
   return listed or saved
 
@@ -271,14 +278,21 @@ def results_table(name: str, rows: list[dict]) -> str:
     group = f"{r['group']}: " if "group" in r else ""
     rate = r["images_per_s"]
     rate = "-" if rate is None or not np.isfinite(rate) else f"{rate:.2f}"
-    lines.append(f"| {group}{r['label']} | {r['num_seeds'] * r['num_times']} | " + " | ".join(cells)
-                 + f" | {rate} |")
+    lines.append(f"| {group}{r['label']} | {_kt(r)} | " + " | ".join(cells) + f" | {rate} |")
   if name == "seeds":
     spread = seed_spread(rows)
     for stat in ("mean", "std"):
       cells = [f"{100 * spread[k][stat]:.2f}" if k in spread else "-" for k, _ in keys]
       lines.append(f"| **{stat}** over {len(rows)} seeds | | " + " | ".join(cells) + " | |")
   return "\n".join(lines) + "\n"
+
+
+def _kt(row: dict) -> str:
+  """K*T of a row's scorer ("-" for a method without K and T, e.g. one forward pass)."""
+  o = {**row.get("method_options", {}), **row}
+  if "num_seeds" in o and "num_times" in o:
+    return str(o["num_seeds"] * o["num_times"])
+  return str(o["num_times"]) if "num_times" in o else "-"
 
 
 def pooling_table(rows: list[dict]) -> str:
@@ -290,8 +304,8 @@ def pooling_table(rows: list[dict]) -> str:
   head = " | ".join(f"{kind[:4]}. {n}" for kind in kinds for _, n in keys)
   lines = ["# Study: pooling (conditional vs pooled training, Table 8)", "",
            "Percent. " + "; ".join(f"{k}: checkpoint step {by_kind[k]['checkpoint_step']}"
-                                   for k in kinds) + f"; K={rows[0]['num_seeds']}, "
-           f"T={rows[0]['num_times']}.", "",
+                                   for k in kinds) + f"; K={rows[0]['method_options'].get('num_seeds')}, "
+           f"T={rows[0]['method_options'].get('num_times')}.", "",
            f"| Class | {head} |", "|---|" + "---:|" * (len(keys) * len(kinds))]
   for category in categories + ["Mean"]:
     cells = []

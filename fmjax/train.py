@@ -20,16 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmjax import baselines, checkpoint, sharding
+from fmjax import checkpoint, methods, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
+from fmjax.errors import NonFiniteError
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
 from fmjax.progress import JsonlWriter, Progress
+from fmjax.workdir import class_labels, model_meta, prepare_workdir, state_meta
 
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss."""
+NonFiniteLossError = NonFiniteError  # the name callers catch
 
 
 @flax.struct.dataclass
@@ -38,34 +38,6 @@ class TrainState:
   params: dict
   opt_state: optax.OptState
   ema_params: dict  # {} when EMA is off
-
-
-def model_meta(config, class_names: list[str]) -> dict:
-  """What a checkpoint must agree with to be restored into this config."""
-  m = config.model
-  return {
-      "channels": m.channels, "num_res_blocks": m.num_res_blocks,
-      "channel_mult": list(m.channel_mult), "attention_rates": list(m.attention_rates),
-      "head_channels": m.head_channels, "norm_groups": m.norm_groups,
-      "image_size": config.data.image_size, "class_names": list(class_names),
-      "ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
-      "class_conditional": bool(config.data.class_conditional),
-      "objective": config.train.objective,
-  }
-
-
-def objective_settings(config) -> dict:
-  """The training objective and its options, as keyword arguments of the step builders."""
-  return {"objective": config.train.objective,
-          "reflect_max_regions": config.train.reflect_max_regions,
-          "reflect_max_steps": config.train.reflect_max_steps}
-
-
-def labels_for(config, classes: np.ndarray, num_classes: int) -> np.ndarray:
-  """Class labels for a conditional model, the null label (= num_classes) when pooled."""
-  if config.data.class_conditional:
-    return classes.astype(np.int32)
-  return np.full(classes.shape, num_classes, np.int32)
 
 
 def num_train_steps(config, num_images: int) -> int:
@@ -94,13 +66,15 @@ def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: b
 
 
 def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float,
-                  objective: str = "cfm", **objective_options):
+                  objective: str = "cfm", objective_options: dict | None = None):
   """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, mean loss).
 
-  `objective` is "cfm" (flow matching, the default) or a training-modified baseline's
-  (reflect, tccm, wtflow; fmjax/baselines.py).
+  `objective` names a training objective of `fmjax.methods` (default: flow matching)
+  and `objective_options` its options (default: the objective's defaults).
   """
   base_key = jax.random.key(seed)
+  loss_of = methods.objective(objective)
+  options = loss_of.default_options() if objective_options is None else objective_options
 
   def step_fn(state: TrainState, images, labels):
     x1 = norm.normalize(images)
@@ -108,9 +82,9 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
     loss_key, dropout_key = jax.random.split(key)
 
     def loss_fn(params):
-      velocity = lambda x, t: model.apply({"params": params}, x, t, labels, train=True,
-                                          rngs={"dropout": dropout_key})
-      return baselines.objective_loss(objective, velocity, x1, loss_key, **objective_options)
+      velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab, train=True,
+                                               rngs={"dropout": dropout_key})
+      return loss_of.loss(velocity, x1, labels, loss_key, **options)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -124,21 +98,24 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
 
 
 def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh,
-                    objective: str = "cfm", **objective_options):
+                    objective: str = "cfm", objective_options: dict | None = None):
   """`train_step_fn` jitted over `mesh`: batch split on "data", state replicated and donated."""
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
-  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, **objective_options),
+  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, objective_options),
                  in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def make_loss_fn(model, norm: NormStats, mesh, objective: str = "cfm", **objective_options):
+def make_loss_fn(model, norm: NormStats, mesh, objective: str = "cfm",
+                 objective_options: dict | None = None):
   """jitted (params, images uint8, labels) -> the training loss without dropout (a fixed key)."""
+  loss_of = methods.objective(objective)
+  options = loss_of.default_options() if objective_options is None else objective_options
 
   def loss_fn(params, images, labels):
     x1 = norm.normalize(images)
-    velocity = lambda x, t: model.apply({"params": params}, x, t, labels)
-    return baselines.objective_loss(objective, velocity, x1, jax.random.key(0), **objective_options)
+    velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
+    return loss_of.loss(velocity, x1, labels, jax.random.key(0), **options)
 
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
@@ -159,12 +136,6 @@ def _check_finite(pending: list, step: int):
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def prepare_workdir(workdir: str) -> None:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
-  os.makedirs(workdir, exist_ok=True)
 
 
 def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
@@ -197,11 +168,13 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
                                   mesh)
 
   meta = model_meta(config, dataset.class_names)
+  train_meta = state_meta(config)
   manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
   latest = manager.latest_step()
   saved = checkpoint.read_meta(manager, latest) if latest is not None else None
   if saved is not None:
-    checkpoint.check_meta(saved["model"], meta, workdir)
+    checkpoint.check_meta({**saved["model"], **saved.get("state", {})}, {**meta, **train_meta},
+                          workdir)
     state = checkpoint.restore(manager, latest, abstract)
     print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
   else:
@@ -212,14 +185,14 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
 
   total = num_train_steps(config, len(dataset.train_images))
   start = int(jax.device_get(state.step))
-  objective = objective_settings(config)
+  objective = (config.train.objective, methods.objective_options(config.train))
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
-                               **objective)
-  check_loss = make_loss_fn(model, norm, mesh, **objective)
-  labels = labels_for(config, dataset.train_classes, dataset.num_classes)
+                               *objective)
+  check_loss = make_loss_fn(model, norm, mesh, *objective)
+  labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   workers = config.data.loader_workers
-  full_meta = {"model": meta, "norm": norm.to_dict(), "batch_size": batch_size,
-               "loader_workers": workers}
+  full_meta = {"model": meta, "state": train_meta, "norm": norm.to_dict(),
+               "batch_size": batch_size, "loader_workers": workers}
   iterator_state = None  # fresh stream, started at `start`
   if saved is not None:
     if saved.get("loader_workers") == workers and "data_iterator" in saved:
@@ -267,43 +240,3 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
     batches.close()
     manager.close()
   return state
-
-
-def saved_steps(workdir: str) -> list[int]:
-  """The steps of the checkpoints kept in `workdir`, ascending."""
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  steps = sorted(manager.all_steps())
-  manager.close()
-  return steps
-
-
-def load_params_for_eval(config, workdir: str, class_names: list[str] | None = None,
-                         use_ema: bool = True, step: int | None = None):
-  """(params, step, NormStats, class names) of the checkpoint at `step` (default: latest).
-
-  The checkpoint must match the config's model and, when given, `class_names`;
-  without them the checkpoint's own class names are used (scoring new images).
-  """
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  if step is None:
-    step = manager.latest_step()
-  elif step not in manager.all_steps():
-    raise FileNotFoundError(f"No checkpoint for step {step} in {checkpoint.checkpoint_dir(workdir)}; "
-                            f"saved steps: {sorted(manager.all_steps())}.")
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first "
-                            "(--mode=train or train_and_evaluate).")
-  meta = checkpoint.read_meta(manager, step)
-  saved_names = list(meta["model"]["class_names"])
-  names = list(class_names) if class_names is not None else saved_names
-  checkpoint.check_meta(meta["model"], model_meta(config, names), workdir)
-  model = build_unet(config.model, len(names))
-  optimizer = build_optimizer(config.train)
-  mesh = sharding.make_mesh(config.mesh.num_devices)
-  size = config.data.image_size
-  abstract = abstract_train_state(model, optimizer, (size, size, 3), len(names),
-                                  config.train.ema_decay > 0, mesh)
-  state = checkpoint.restore(manager, step, abstract)
-  manager.close()
-  params = state.ema_params if (use_ema and state.ema_params) else state.params
-  return params, step, NormStats.from_dict(meta["norm"]), names

@@ -70,10 +70,10 @@ def test_scores_do_not_depend_on_batch_size_or_devices(tmp_path):
 @pytest.mark.parametrize("override,match", [
     ({"evaluate.num_seeds": 0}, "num_seeds \\(K\\) must be >= 1"),
     ({"evaluate.num_times": 0}, "num_times \\(T\\) must be >= 1"),
-    ({"evaluate.aggregator": "median"}, "Unknown aggregator 'median'"),
+    ({"evaluate.flow_mismatch.aggregator": "median"}, "Unknown aggregator 'median'"),
     ({"model.norm_groups": 3}, "not divisible by model.norm_groups"),
     ({"evaluate.method": "dflw"}, "evaluate.method must be one of .*got 'dflw'"),
-    ({"evaluate.reconflow_t_init": 1.0}, "reconflow_t_init must be in \\[0, 1\\)"),
+    ({"evaluate.reconflow.t_init": 1.0}, "reconflow.t_init must be in \\[0, 1\\)"),
 ])
 def test_bad_config_values_are_refused(override, match, tmp_path):
   with pytest.raises(ValueError, match=match):

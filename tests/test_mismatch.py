@@ -10,8 +10,8 @@ import pytest
 from fmjax import mismatch
 
 
-def _velocity(x, t):
-  """A nonlinear, time-dependent toy field with per-pixel structure."""
+def _velocity(x, t, labels=None):
+  """A nonlinear, time-dependent toy field with per-pixel structure (labels ignored)."""
   return jnp.tanh(1.3 * x[..., ::-1]) * (1.0 + t[:, None, None, None]) - 0.5 * x + 0.1
 
 
@@ -49,8 +49,8 @@ def test_flow_mismatch_equals_naive_loop(aggregator, q, max_forward_batch):
   y = jax.random.normal(key_y, (b, h, w, 3))
   x0 = jax.random.normal(key_x, (b, k, h, w, 3))
   times = mismatch.interior_times(t_count)
-  heat, score = mismatch.flow_mismatch(_velocity, y, x0, times, aggregator, q,
-                                       max_forward_batch=max_forward_batch)
+  heat, score = mismatch.flow_mismatch(_velocity, y, x0, times, jnp.zeros((b,), jnp.int32),
+                                       aggregator, q, max_forward_batch=max_forward_batch)
   ref_heat, ref_score = _naive(y, x0, times, aggregator, q)
   assert heat.shape == (b, h, w) and score.shape == (b,)
   np.testing.assert_allclose(heat, ref_heat, rtol=2e-5, atol=1e-6)
@@ -60,10 +60,11 @@ def test_flow_mismatch_equals_naive_loop(aggregator, q, max_forward_batch):
 def test_flow_mismatch_is_one_jittable_function():
   y = jnp.ones((2, 8, 8, 3))
   x0 = jax.random.normal(jax.random.key(1), (2, 3, 8, 8, 3))
-  f = jax.jit(lambda y, x0: mismatch.flow_mismatch(_velocity, y, x0, mismatch.interior_times(3),
+  lab = jnp.zeros((2,), jnp.int32)
+  f = jax.jit(lambda y, x0: mismatch.flow_mismatch(_velocity, y, x0, mismatch.interior_times(3), lab,
                                                    max_forward_batch=4))
   heat, score = f(y, x0)
-  ref, _ = mismatch.flow_mismatch(_velocity, y, x0, mismatch.interior_times(3))
+  ref, _ = mismatch.flow_mismatch(_velocity, y, x0, mismatch.interior_times(3), lab)
   np.testing.assert_allclose(heat, ref, rtol=1e-5)
 
 
@@ -79,8 +80,9 @@ def test_perfect_field_gives_zero_mismatch():
   x0 = jax.random.normal(jax.random.key(3), (2, 4, 6, 6, 3))
   # v(x_t, t) = (y - x_t) / (1 - t) equals y - x0 exactly on the path towards y.
   yk = jnp.repeat(y, 4, axis=0)
-  oracle = lambda x, t: (jnp.tile(yk, (x.shape[0] // yk.shape[0], 1, 1, 1)) - x) / (1 - t[:, None, None, None])
-  heat, score = mismatch.flow_mismatch(oracle, y, x0, mismatch.interior_times(3), max_forward_batch=8)
+  oracle = lambda x, t, lab: (jnp.tile(yk, (x.shape[0] // yk.shape[0], 1, 1, 1)) - x) / (1 - t[:, None, None, None])
+  heat, score = mismatch.flow_mismatch(oracle, y, x0, mismatch.interior_times(3),
+                                       jnp.zeros((2,), jnp.int32), max_forward_batch=8)
   assert float(jnp.max(heat)) < 1e-8 and float(jnp.max(score)) < 1e-8
 
 
@@ -92,14 +94,16 @@ def test_perfect_field_gives_zero_mismatch():
 def test_bad_aggregator_is_refused(kwargs, match):
   y = jnp.zeros((1, 4, 4, 3))
   with pytest.raises(ValueError, match=match):
-    mismatch.flow_mismatch(_velocity, y, jnp.zeros((1, 2, 4, 4, 3)), mismatch.interior_times(2), **kwargs)
+    mismatch.flow_mismatch(_velocity, y, jnp.zeros((1, 2, 4, 4, 3)), mismatch.interior_times(2),
+                           jnp.zeros((1,), jnp.int32), **kwargs)
 
 
 def test_k_or_t_below_one_is_refused():
   with pytest.raises(ValueError, match="T must be >= 1"):
     mismatch.interior_times(0)
   with pytest.raises(ValueError, match="K must be >= 1"):
-    mismatch.score_images(_velocity, jnp.zeros((1, 4, 4, 3)), jax.random.key(0), num_seeds=0)
+    mismatch.score_images(_velocity, jnp.zeros((1, 4, 4, 3)), jnp.zeros((1,), jnp.int32),
+                          jax.random.key(0), num_seeds=0)
 
 
 def test_seeds_depend_only_on_image_id():

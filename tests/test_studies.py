@@ -41,7 +41,7 @@ def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
   assert [r["step"] for r in checkpoints["rows"]] == [2, 4]
   assert checkpoints["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
   assert checkpoints["rows"][0]["mean"]["pixel_auroc"] != checkpoints["rows"][1]["mean"]["pixel_auroc"]
-  methods = fm_main.run(tiny_config(**base, **{"study.name": "methods", "evaluate.dflow_iterations": 3}),
+  methods = fm_main.run(tiny_config(**base, **{"study.name": "methods", "evaluate.dflow.iterations": 3}),
                         run, "study")
   assert [r["label"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
   assert methods["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)

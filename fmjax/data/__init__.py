@@ -2,9 +2,9 @@
 
 from fmjax.data.dataset import AnomalyDataset, NormStats
 from fmjax.data.decode import CorruptImageError
-from fmjax.data.sources import (MVTEC_CATEGORIES, VISA_CATEGORIES, DataLayoutError, mvtec_samples,
-                                read_samples, visa_samples)
+from fmjax.data.sources import MVTEC_CATEGORIES, VISA_CATEGORIES, mvtec_samples, read_samples, visa_samples
 from fmjax.data.synthetic import make_synthetic_dataset
+from fmjax.errors import ConfigError, DataLayoutError
 
 DATASETS = ("synthetic", "mvtec", "visa", "folder")
 
@@ -52,12 +52,12 @@ def load_dataset(data_config) -> AnomalyDataset:
         num_train=syn.num_train, num_test_normal=syn.num_test_normal,
         num_test_anomalous=syn.num_test_anomalous, seed=syn.seed)
   if name not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
+    raise ConfigError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
   if not data_config.root:
-    raise ValueError(f"Set --config.data.root to the {name} data folder.")
+    raise ConfigError(f"Set --config.data.root to the {name} data folder.")
   if data_config.tfds_dir:
     if name not in ("mvtec", "visa"):
-      raise ValueError(f"data.tfds_dir works with mvtec and visa, not {name!r}.")
+      raise ConfigError(f"data.tfds_dir works with mvtec and visa, not {name!r}.")
     from fmjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
     categories = categories_of(data_config)
     builder = tfds_builders.make_builder(

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from fmjax.errors import DataLayoutError
+
 
 @dataclasses.dataclass
 class AnomalyDataset:
@@ -31,9 +33,9 @@ class AnomalyDataset:
   def __post_init__(self):
     n, m = len(self.train_images), len(self.test_images)
     if n == 0:
-      raise ValueError(f"Dataset {self.name!r} has no training images.")
+      raise DataLayoutError(f"Dataset {self.name!r} has no training images.")
     if m == 0:
-      raise ValueError(f"Dataset {self.name!r} has no test images.")
+      raise DataLayoutError(f"Dataset {self.name!r} has no test images.")
     checks = [(self.train_classes, n, "train_classes"), (self.test_classes, m, "test_classes"),
               (self.test_labels, m, "test_labels"), (self.test_defects, m, "test_defects"),
               (self.test_paths, m, "test_paths")]

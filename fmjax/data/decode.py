@@ -16,11 +16,12 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from fmjax.errors import CorruptDataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class CorruptImageError(ValueError):
-  """An image or mask file that cannot be decoded."""
+CorruptImageError = CorruptDataError  # the name the data modules use
 
 
 def _open(path: str) -> Image.Image:

@@ -28,6 +28,7 @@ from absl import flags
 
 from fmjax import sharding
 from fmjax.data.decode import read_image
+from fmjax.errors import ConfigError
 
 
 class ArraySource(grain.sources.RandomAccessDataSource):
@@ -64,7 +65,7 @@ def train_dataset(source: grain.sources.RandomAccessDataSource, batch_size: int,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """This host's batches: element s = {"image" [B/P,H,W,3], "label" [B/P]} of global batch s."""
   if batch_size % process_count:
-    raise ValueError(f"train.batch_size {batch_size} is not divisible by {process_count} hosts.")
+    raise ConfigError(f"train.batch_size {batch_size} is not divisible by {process_count} hosts.")
   per_host = batch_size // process_count
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   ds = ds.batch(per_host, drop_remainder=True)

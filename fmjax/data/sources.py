@@ -23,6 +23,7 @@ import grain
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
+from fmjax.errors import DataLayoutError
 from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, read_image_and_size, read_mask
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
@@ -31,10 +32,6 @@ MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", 
 VISA_CATEGORIES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
                    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum")
 NORMAL_FOLDERS = ("good", "Normal")
-
-
-class DataLayoutError(FileNotFoundError):
-  """The data folder does not have the expected layout."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
+from fmjax.errors import ConfigError
 
 CATEGORIES = ("weave", "brushed", "tiles")
 DEFECTS = ("scratch", "spot", "crack", "patch")
@@ -46,7 +47,7 @@ def _texture(category: str, size: int, rng: np.random.Generator) -> np.ndarray:
     pattern = np.clip(grout * 9.0, 0, 1)
     base, accent = np.array([0.35, 0.3, 0.3]), np.array([0.8, 0.78, 0.72])
   else:
-    raise ValueError(f"Unknown synthetic category {category!r}; known: {CATEGORIES}.")
+    raise ConfigError(f"Unknown synthetic category {category!r}; known: {CATEGORIES}.")
   img = base + (accent - base) * pattern[..., None]
   return np.clip(img * light[..., None] * tint, 0, 1)
 

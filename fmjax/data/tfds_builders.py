@@ -22,7 +22,8 @@ import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
 from fmjax.data.decode import read_image_and_size, read_mask
-from fmjax.data.sources import DataLayoutError, Sample, mvtec_samples, visa_samples
+from fmjax.data.sources import Sample, mvtec_samples, visa_samples
+from fmjax.errors import ConfigError, DataLayoutError
 
 
 def _tfds():
@@ -104,7 +105,7 @@ def make_builder(kind: str, data_dir: str, image_size: int = 128,
                  split_csv: str = "split_csv/1cls.csv"):
   """A TFDS builder for "mvtec" or "visa" writing array_record files under `data_dir`."""
   if kind not in ("mvtec", "visa"):
-    raise ValueError(f"No TFDS builder for {kind!r}: use mvtec or visa.")
+    raise ConfigError(f"No TFDS builder for {kind!r}: use mvtec or visa.")
   if kind not in _CLASSES:
     _CLASSES[kind] = _make_builder_class(kind)
   builder_cls, config_cls = _CLASSES[kind]

@@ -1,0 +1,107 @@
+"""The methods registry, nested method options, errors as one line, and evaluation's restore."""
+
+import json
+
+import pytest
+
+from fmjax import configlib, methods, workdir
+from fmjax import main as fm_main
+from fmjax.errors import CheckpointMismatchError, ConfigError
+
+from conftest import tiny_config
+from test_main import _cli
+
+CFM_METHODS = ("flow_mismatch", "reconflow", "dflow")
+
+
+def test_registry_is_consistent_with_the_config():
+  assert set(methods.SCORERS) == {"flow_mismatch", "reconflow", "dflow", "reflect",
+                                  "tccm", "wtflow"}
+  assert set(methods.OBJECTIVES) == {"cfm", "reflect", "tccm", "wtflow"}
+  c = configlib.base_config()
+  for s in methods.SCORERS.values():
+    assert s.objective in methods.OBJECTIVES and s.title and s.description
+    assert set(s.uses) <= set(methods.base.SHARED_KEYS)
+    if s.options:
+      assert c.evaluate[s.name].to_dict() == {k: (None if k == "quantile" else v)
+                                              for k, v in s.options.items()}
+    assert s.check(methods.scorer_options(c.evaluate, s.name)) == []
+  assert methods.scorers_for("cfm") == list(CFM_METHODS)
+  with pytest.raises(ConfigError, match="use one of flow_mismatch, reconflow, dflow, reflect, "
+                                        "tccm, wtflow"):
+    methods.scorer("padim")
+  with pytest.raises(ConfigError, match="evaluate.method must be one of .*'dflow'.*got 'padim'"):
+    configlib.validate(tiny_config(**{"evaluate.method": "padim"}))
+
+
+@pytest.mark.parametrize("old,new", sorted(configlib.RENAMED_KEYS.items()))
+def test_old_flat_keys_name_the_new_key(old, new):
+  with pytest.raises(ConfigError, match=f"{old} is now {new}"):
+    configlib.validate(tiny_config(**{old: 1}))
+
+
+def test_cli_refuses_an_old_flat_key_in_one_line(tmp_path):
+  out = _cli("--config", "configs/quickstart.py", "--workdir", str(tmp_path),
+             "--config.evaluate.reconflow_t_init=0.3")
+  assert out.returncode == 1
+  assert "evaluate.reconflow_t_init is now evaluate.reconflow.t_init" in out.stderr
+  assert "Traceback" not in out.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+  def config_mistake(*args):
+    raise ConfigError("evaluate.num_seeds (K) must be >= 1")
+
+  monkeypatch.setattr(fm_main, "run", config_mistake)
+  with pytest.raises(SystemExit) as e:
+    fm_main.main(["fmjax"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == "fmjax: error: evaluate.num_seeds (K) must be >= 1\n"
+
+  def internal_bug(*args):
+    raise ValueError("shapes (3,) and (4,) do not broadcast")
+
+  monkeypatch.setattr(fm_main, "run", internal_bug)
+  with pytest.raises(ValueError, match="do not broadcast"):  # not swallowed into one line
+    fm_main.main(["fmjax"])
+
+
+@pytest.fixture(scope="module")
+def cfm_run(tmp_path_factory):
+  run = tmp_path_factory.mktemp("cfm")
+  fm_main.run(tiny_config(**{"train.amsgrad": True}), str(run), "train")
+  return run
+
+
+@pytest.mark.parametrize("method", CFM_METHODS)
+def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method):
+  overrides = {"evaluate.method": method, "evaluate.dflow.iterations": 2}
+  result = fm_main.run(tiny_config(**overrides), str(cfm_run), "evaluate")
+  saved = json.loads((cfm_run / "eval" / "metrics.json").read_text())
+  scorer = methods.scorer(method)
+  assert saved["settings"]["method"] == result["settings"]["method"] == method
+  assert set(saved["settings"]["method_options"]) == set(scorer.uses) | set(scorer.options)
+  assert (cfm_run / "eval" / "metrics.md").read_text().startswith(f"# {scorer.title} evaluation")
+  assert 0.0 <= saved["pixel_auroc"] <= 1.0
+
+
+def test_evaluation_restores_parameters_only(cfm_run):
+  # The optimiser's settings do not matter to evaluation (its state is not read), the compute
+  # dtype neither; any architecture field does, including one the code does not know yet.
+  config = tiny_config(**{"train.amsgrad": False, "train.ema_decay": 0.5, "model.dtype": "bfloat16"})
+  assert fm_main.run(config, str(cfm_run), "evaluate")["settings"]["checkpoint_step"] == 4
+  new_field = tiny_config()
+  new_field.model.skip_scale = 0.7
+  assert workdir.model_meta(new_field, ["a"])["skip_scale"] == 0.7
+  with pytest.raises(CheckpointMismatchError, match="skip_scale: checkpoint has None, config has 0.7"):
+    fm_main.run(new_field, str(cfm_run), "evaluate")
+
+
+def test_evaluate_does_not_import_train():
+  import ast
+  import pathlib
+  for module in ("evaluate", "workdir", "report", "metrics", "mismatch"):
+    tree = ast.parse(pathlib.Path(configlib.__file__).with_name(f"{module}.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "train" not in imported and "fmjax.train" not in imported, module
