@@ -9,7 +9,7 @@
   ... configs/studies.py:pooling       (Table 8: conditional vs pooled; trains the pooled model
                                         in <workdir>/studies/pooling/pooled/ with the same recipe)
   ... configs/studies.py:methods       (Tables 4/5: the scorers of the same model;
-                                        --config.study.methods=flow_mismatch,dflow)
+                                        --config.study.methods=flow_mismatch,reconflow,dflow,radar)
 
 The model and data settings must be the ones the workdir was trained with (here the
 paper's, as in configs/mvtec.py). Results: <workdir>/studies/<name>/results.{md,json}, plot.png.

@@ -127,7 +127,7 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
 
 def fit_image_scores(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
   """{class index: heatmaps -> scores} fitted on each category's normal training images when
-  the scorer's options ask for it (e.g. an Isolation Forest); None otherwise."""
+  the scorer's options ask for it (e.g. RADAR's Isolation Forest); None otherwise."""
   ec = config.evaluate
   fitter = methods.scorer(ec.method).image_score_fitter(methods.scorer_options(ec))
   if fitter is None:

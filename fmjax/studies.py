@@ -8,7 +8,7 @@
   pooling      class-conditional vs pooled (one unconditional model) training (Table 8):
                trains the model the workdir lacks in <workdir>/studies/pooling/<kind>/
   methods      the scorers of the same model (fmjax.methods): Flow Mismatching, ReconFlow,
-               D-Flow on a CFM model (Tables 4/5)
+               D-Flow, RADAR on a CFM model (Tables 4/5)
 
 Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are
 saved as they finish and skipped when the study is run again, so a long study resumes.

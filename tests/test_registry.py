@@ -11,11 +11,11 @@ from fmjax.errors import CheckpointMismatchError, ConfigError
 from conftest import tiny_config
 from test_main import _cli
 
-CFM_METHODS = ("flow_mismatch", "reconflow", "dflow")
+CFM_METHODS = ("flow_mismatch", "reconflow", "dflow", "radar")
 
 
 def test_registry_is_consistent_with_the_config():
-  assert set(methods.SCORERS) == {"flow_mismatch", "reconflow", "dflow", "reflect",
+  assert set(methods.SCORERS) == {"flow_mismatch", "reconflow", "dflow", "radar", "reflect",
                                   "tccm", "wtflow"}
   assert set(methods.OBJECTIVES) == {"cfm", "reflect", "tccm", "wtflow"}
   c = configlib.base_config()
@@ -27,10 +27,10 @@ def test_registry_is_consistent_with_the_config():
                                               for k, v in s.options.items()}
     assert s.check(methods.scorer_options(c.evaluate, s.name)) == []
   assert methods.scorers_for("cfm") == list(CFM_METHODS)
-  with pytest.raises(ConfigError, match="use one of flow_mismatch, reconflow, dflow, reflect, "
+  with pytest.raises(ConfigError, match="use one of flow_mismatch, reconflow, dflow, radar, reflect, "
                                         "tccm, wtflow"):
     methods.scorer("padim")
-  with pytest.raises(ConfigError, match="evaluate.method must be one of .*'dflow'.*got 'padim'"):
+  with pytest.raises(ConfigError, match="evaluate.method must be one of .*'radar'.*got 'padim'"):
     configlib.validate(tiny_config(**{"evaluate.method": "padim"}))
 
 
@@ -83,6 +83,33 @@ def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method)
   assert set(saved["settings"]["method_options"]) == set(scorer.uses) | set(scorer.options)
   assert (cfm_run / "eval" / "metrics.md").read_text().startswith(f"# {scorer.title} evaluation")
   assert 0.0 <= saved["pixel_auroc"] <= 1.0
+
+
+def test_radar_isolation_forest_scores_per_category(cfm_run):
+  from fmjax.data import load_dataset
+  from fmjax import evaluate, sharding
+  from fmjax.methods.radar import isolation_forest_scores
+  config = tiny_config(**{"evaluate.method": "radar", "evaluate.radar.image_score": "isolation_forest"})
+  result = fm_main.run(config, str(cfm_run), "evaluate")
+  assert result["settings"]["method_options"]["image_score"] == "isolation_forest"
+  # The same scores from the maps: one forest per category, fitted on its normal training maps.
+  dataset = load_dataset(config.data)
+  params, _, norm, _ = workdir.load_params_for_eval(config, str(cfm_run), dataset.class_names)
+  mesh = sharding.make_mesh(1)
+  labels = workdir.class_labels(config, dataset.train_classes, dataset.num_classes)
+  train_maps, _, _ = evaluate.score_arrays(config, params, dataset.train_images, labels,
+                                           dataset.num_classes, norm, mesh,
+                                           id_offset=evaluate.TRAIN_ID_OFFSET)
+  test_maps, _, _ = evaluate.score_arrays(
+      config, params, dataset.test_images,
+      workdir.class_labels(config, dataset.test_classes, dataset.num_classes),
+      dataset.num_classes, norm, mesh)
+  for ci in range(dataset.num_classes):
+    forest = isolation_forest_scores(train_maps[dataset.train_classes == ci], config.evaluate.seed)
+    sel = dataset.test_classes == ci
+    expected = forest(test_maps[sel])
+    got = [img["score"] for img, s in zip(result["images"], sel) if s]
+    assert got == pytest.approx(list(expected), rel=1e-6)
 
 
 def test_evaluation_restores_parameters_only(cfm_run):

@@ -48,7 +48,15 @@ def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
   assert all(0 <= r["mean"]["pixel_auroc"] <= 1 for r in methods["rows"])
   assert [r["method"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
   assert methods["rows"][2]["mean"]["pixel_auroc"] != methods["rows"][0]["mean"]["pixel_auroc"]
-  for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2), ("methods", 3)):
+  # RADAR joins the same study: the finished rows are kept, its row equals a plain evaluation.
+  with_radar = fm_main.run(tiny_config(**base, **{"study.name": "methods",
+                                                  "study.methods": "flow_mismatch,radar"}), run, "study")
+  assert [r["label"] for r in with_radar["rows"]] == ["flow_mismatch", "radar"]
+  radar_eval = fm_main.run(tiny_config(**base, **{"evaluate.method": "radar"}), run, "evaluate")
+  assert with_radar["rows"][1]["mean"] == pytest.approx(radar_eval["mean"], abs=1e-6)
+  assert with_radar["rows"][1]["method_options"] == {"t": 0.5, "edge_filter": False,
+                                                     "image_score": "top1"}
+  for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2), ("methods", 2)):
     table = (tmp_path / "studies" / name / "results.md").read_text()
     assert sum(l.startswith("| ") for l in table.splitlines()) == n + 1  # header + rows
     assert (tmp_path / "studies" / name / "plot.png").stat().st_size > 1000

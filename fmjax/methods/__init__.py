@@ -13,7 +13,7 @@ from fmjax.errors import ConfigError
 from fmjax.methods.base import Objective, ScoreContext, Scorer  # noqa: F401  (re-exported)
 
 # The registry line: each module defines SCORER, OBJECTIVE or both.
-MODULES = ("cfm", "flow_mismatch", "reconflow", "dflow", "reflect", "tccm", "wtflow")
+MODULES = ("cfm", "flow_mismatch", "reconflow", "dflow", "radar", "reflect", "tccm", "wtflow")
 
 _loaded = [importlib.import_module(f"fmjax.methods.{m}") for m in MODULES]
 SCORERS: dict[str, Scorer] = {m.SCORER.name: m.SCORER for m in _loaded if hasattr(m, "SCORER")}
