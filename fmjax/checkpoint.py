@@ -9,12 +9,24 @@ the parameters (and EMA parameters) only, never the optimiser state.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
 from fmjax.errors import CheckpointMismatchError
+
+
+class _QuietReadOnly(logging.Filter):
+  """Drops Orbax's "Given directory is read only" warning: fmjax opens checkpoints read-only on
+  purpose for every evaluation."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -185,5 +186,22 @@ def validate(config) -> None:
     errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
   if not 0.0 <= tc.ema_decay < 1.0:
     errors.append(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+  if errors:
+    raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
+
+
+def validate_devices(config) -> None:
+  """Batch sizes against the devices and hosts, before any work (ConfigError on a mismatch)."""
+  available = jax.device_count()
+  n = available if config.mesh.num_devices in (-1, None) else config.mesh.num_devices
+  errors = []
+  if not 1 <= n <= available:
+    errors.append(f"mesh.num_devices={n}, but {available} devices are available")
+  else:
+    for name, batch in (("train.batch_size", config.train.batch_size),
+                        ("evaluate.batch_size", config.evaluate.batch_size)):
+      if batch % n or batch % jax.process_count():
+        errors.append(f"{name}={batch} must be divisible by the {n} devices (and the "
+                      f"{jax.process_count()} hosts); e.g. {n * max(1, round(batch / n))}")
   if errors:
     raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))

@@ -4,13 +4,15 @@ The method (`evaluate.method`, Flow Mismatching by default) comes from the
 `fmjax.methods` registry. Test images are scored in fixed-size batches (the last
 one padded, so nothing recompiles) by one jitted function sharded over the "data"
 mesh axis. Seeds depend only on (config.evaluate.seed, image index), so scores do
-not depend on the batch size or the number of devices.
+not depend on the batch size, the number of devices or the order of the images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -23,10 +25,10 @@ from fmjax.errors import ConfigError, DataLayoutError
 from fmjax.metrics import compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
-from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir
+from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, warn
 
-# Seeds of normal training images scored to fit image scores start here (test images from 0).
-TRAIN_ID_OFFSET = 1 << 30
+# What a stored threshold depends on: it is used only when these match the current scorer.
+THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
 
 
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
@@ -59,11 +61,19 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
   return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
 
 
+def image_ids(images: np.ndarray) -> np.ndarray:
+  """int32 [M]: a 31-bit hash of each uint8 image [M,H,W,3]'s pixels, the id its seeds come from,
+  so an image's score depends on its content, not on its place in a folder or a batch."""
+  return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(im).tobytes(),
+                                                  digest_size=4).digest(), "little") & 0x7FFFFFFF
+                   for im in images], np.int32)
+
+
 def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 norm: NormStats, mesh, id_offset: int = 0, what: str = "score"):
+                 norm: NormStats, mesh, what: str = "score"):
   """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M].
 
-  Image i is scored with the seeds of id `id_offset + i`.
+  Each image is scored with the seeds of its `image_ids` (its content).
   """
   ec = config.evaluate
   batch = ec.batch_size
@@ -75,6 +85,7 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   m = len(images)
   if m == 0:
     raise DataLayoutError("There are no images to score.")
+  ids = image_ids(images)
   heatmaps, scores = [], []
   settings = methods.scorer_options(ec)
   progress = Progress(m, f"{what} {ec.method} " + " ".join(
@@ -87,12 +98,12 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
     idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
     out = score(params, sharding.to_global(images[idx][rows], data),
                 sharding.to_global(labels[idx][rows], data),
-                sharding.to_global((idx[rows] + id_offset).astype(np.int32), data))
+                sharding.to_global(ids[idx][rows], data))
     return out, valid
 
   # One batch in flight while the previous one is fetched: the next batch's transfer and
   # launch overlap the current one's compute.
-  t0 = None
+  t0, t_start = None, time.time()
   starts = list(range(0, m, batch))
   in_flight = dispatch(starts[0])
   for i in range(len(starts)):
@@ -107,7 +118,10 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
     progress.update(int(valid.sum()))
   elapsed = time.time() - t0
   timed = m - first
-  images_per_s = timed / elapsed if timed > 0 and elapsed > 0 else float("nan")
+  if timed > 0 and elapsed > 0:
+    images_per_s = timed / elapsed
+  else:  # one batch only: the rate includes compilation
+    images_per_s = m / max(time.time() - t_start, 1e-9)
   return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
 
 
@@ -134,7 +148,7 @@ def fit_image_scores(config, params, dataset: AnomalyDataset, norm: NormStats, m
     return None
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   normal, _, _ = score_arrays(config, params, dataset.train_images, labels, dataset.num_classes,
-                              norm, mesh, id_offset=TRAIN_ID_OFFSET, what="fit on normals:")
+                              norm, mesh, what="fit on normals:")
   return {ci: fitter(normal[dataset.train_classes == ci], ec.seed)
           for ci in range(dataset.num_classes) if np.any(dataset.train_classes == ci)}
 
@@ -151,7 +165,8 @@ def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: 
 
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
   """Scores the test split with the latest checkpoint; writes the report into <workdir>/eval/."""
-  prepare_workdir(workdir)
+  eval_dir = os.path.join(workdir, "eval")
+  prepare_workdir(eval_dir)  # writable before any scoring
   dataset = dataset if dataset is not None else load_dataset(config.data)
   params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
                                                config.evaluate.use_ema)
@@ -180,7 +195,6 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
                                           dataset.test_defects, dataset.test_labels, scores)],
   }
-  eval_dir = os.path.join(workdir, "eval")
   report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
                       num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
   print("\n".join(report.summary_lines(result)), flush=True)
@@ -191,19 +205,22 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
 def score_folder(config, workdir: str) -> dict:
   """Scores every image under `data.score_dir` (no labels, no masks) with the workdir's model.
 
-  Writes <workdir>/scores/<folder name>/scores.csv (path, score, and the decision at the
-  category's F1-optimal threshold from <workdir>/eval/metrics.json when there is one) and
-  one heatmap panel per image.
+  Writes <workdir>/scores/<folder name>-<hash of its path>/scores.csv (path, score, and the
+  decision at the category's F1-optimal threshold from <workdir>/eval/metrics.json when that
+  evaluation used this checkpoint and scorer) and one heatmap panel per image. Folders
+  never share an output folder; scoring the same folder again replaces its outputs.
   """
   folder = config.data.score_dir
   if not folder:
     raise ConfigError("--mode=score needs --config.data.score_dir=<folder of images>.")
   paths = folder_images(folder)
+  out_dir = os.path.join(workdir, "scores", score_dir_name(folder))
+  prepare_workdir(out_dir)  # writable before any scoring
   params, step, norm, class_names = load_params_for_eval(config, workdir, None, config.evaluate.use_ema)
   category = config.data.score_category or (class_names[0] if len(class_names) == 1 else "")
   if config.data.class_conditional and category not in class_names:
     raise ConfigError(f"Set --config.data.score_category to the category of the images: one of "
-                     f"{class_names} (the model is class-conditional).")
+                      f"{class_names} (the model is class-conditional); got {category!r}.")
   images = read_images(paths, config.data.image_size, config.data.skip_corrupt)
   paths = [p for p, ok in zip(paths, images.ok) if ok]
   index = class_names.index(category) if category in class_names else 0
@@ -217,21 +234,44 @@ def score_folder(config, workdir: str) -> dict:
     fitted = fit_image_scores(config, params, dataset, norm, mesh)
     scores = fitted[dataset.class_names.index(category) if category in dataset.class_names
                     else 0](heatmaps)
-  threshold = float("nan")
-  metrics_path = os.path.join(workdir, "eval", "metrics.json")
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      per_category = json.load(f).get("per_category", {})
-    t = per_category.get(category, {}).get("image_f1_threshold")
-    threshold = float("nan") if t is None else float(t)
-  out_dir = os.path.join(workdir, "scores", os.path.basename(os.path.normpath(folder)))
+  threshold = stored_threshold(workdir, category, {
+      "checkpoint_step": int(step), "method": config.evaluate.method,
+      "method_options": methods.scorer_options(config.evaluate),
+      "use_ema": bool(config.evaluate.use_ema), "seed": config.evaluate.seed})
   rows = [{"path": p, "category": category, "score": float(s)} for p, s in zip(paths, scores)]
   if jax.process_index() == 0:
     report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, threshold)
     flagged = int((scores >= threshold).sum()) if np.isfinite(threshold) else None
     print(f"Scored {len(paths)} images from {folder} at {images_per_s:.2f} images/s (step {step}); "
           + (f"{flagged} above the F1-optimal threshold {threshold:.4g}. " if flagged is not None
-             else "no threshold known (run --mode=evaluate on a labelled test split first). ")
+             else "no decisions: no threshold for this checkpoint and scorer (run --mode=evaluate "
+             "on a labelled test split with the same settings first). ")
           + f"Results in {out_dir}/", flush=True)
   return {"images": rows, "threshold": threshold, "images_per_s": images_per_s,
           "checkpoint_step": int(step)}
+
+
+def score_dir_name(folder: str) -> str:
+  """<folder name>-<8 hex digits of its absolute path>: distinct folders never share outputs."""
+  path = os.path.abspath(folder)
+  digest = hashlib.blake2b(path.encode(), digest_size=4).hexdigest()
+  return f"{report.safe_name(os.path.basename(os.path.normpath(path)))}-{digest}"
+
+
+def stored_threshold(workdir: str, category: str, current: dict) -> float:
+  """The category's F1-optimal threshold from <workdir>/eval/metrics.json, or NaN (with the
+  reason) when that evaluation used another checkpoint or scorer than `current`."""
+  path = os.path.join(workdir, "eval", "metrics.json")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(path) as f:
+    saved = json.load(f)
+  settings = saved.get("settings", {})
+  differ = [k for k in THRESHOLD_KEYS if settings.get(k) != current[k]]
+  if differ:
+    warn(f"the F1-optimal thresholds in {path} are not used: that evaluation had " +
+         ", ".join(f"{k}={settings.get(k)!r}" for k in differ) + "; now " +
+         ", ".join(f"{k}={current[k]!r}" for k in differ) + ".")
+    return float("nan")
+  t = saved.get("per_category", {}).get(category, {}).get("image_f1_threshold")
+  return float("nan") if t is None else float(t)

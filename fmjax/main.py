@@ -53,6 +53,14 @@ def run(config, workdir: str | None, mode: str):
   if not workdir:
     raise ConfigError("--workdir is required for modes train, evaluate, train_and_evaluate, score.")
   sharding.initialize_distributed()
+  configlib.validate_devices(config)  # before anything is created
+  from fmjax.workdir import WorkdirLock, prepare_workdir
+  prepare_workdir(workdir)
+  with WorkdirLock(workdir, mode):
+    return _run_locked(config, workdir, mode)
+
+
+def _run_locked(config, workdir: str, mode: str):
   from fmjax import evaluate, train
   if mode == "score":
     return evaluate.score_folder(config, workdir)
@@ -89,10 +97,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     print("fmjax: error: " + "; ".join(moved), file=sys.stderr)
     sys.exit(1)
   try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"fmjax: error: {e}", file=sys.stderr)
+    argv = FLAGS(argv)
+    FLAGS.config.keys()  # a config file that failed to load raises here, not at parse time
+    return argv
+  except Exception as e:  # pylint: disable=broad-except  (a bad flag, key or config file)
+    print(f"fmjax: error: {_flag_error(e)}", file=sys.stderr)
     sys.exit(1)
+
+
+def _flag_error(e: Exception) -> str:
+  """One line for a flag-parsing error: an unknown config key keeps its "did you mean" hint."""
+  text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  parts = [l.strip().strip("'\"") for l in text.splitlines() if l.strip()]
+  if isinstance(e, (AttributeError, KeyError)):
+    return f"unknown config key {parts[0]!r}" + (f" ({' '.join(parts[1:])})" if parts[1:] else "")
+  if "No such file or directory" in text:
+    missing = [a for a in sys.argv if a.startswith("--config=")] or [
+        sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--config"]
+    name = missing[0].split("=", 1)[-1] if missing else "the config file"
+    return f"config file {name!r} not found (run from the repository root, or give its path)."
+  return " ".join(parts)
 
 
 if __name__ == "__main__":

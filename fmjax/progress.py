@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -49,6 +50,19 @@ class JsonlWriter:
 
   def __init__(self, path: str):
     self.path = path
+
+  def drop_after(self, step: int) -> None:
+    """Removes the records of steps after `step` (logged by a run that is resumed from `step`)."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
+    if len(kept) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
 
   def write(self, **record) -> None:
     if jax.process_index() == 0:

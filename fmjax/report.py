@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -77,10 +78,16 @@ def _upscale(a: np.ndarray, target: int = 128) -> Image.Image:
   return im.resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) if scale > 1 else im
 
 
+def fresh_dir(directory: str) -> None:
+  """An empty `directory`: a rerun's pictures replace the earlier ones, none are mixed in."""
+  shutil.rmtree(directory, ignore_errors=True)
+  os.makedirs(directory)
+
+
 def write_heatmaps(directory: str, dataset: AnomalyDataset, heatmaps: np.ndarray,
                    scores: np.ndarray, count: int) -> list[str]:
   """Saves the `count` highest- and lowest-scoring test images' panels as PNGs; returns paths."""
-  os.makedirs(directory, exist_ok=True)
+  fresh_dir(directory)
   order = np.argsort(-scores)
   chosen = list(dict.fromkeys(list(order[: (count + 1) // 2]) + list(order[::-1][: count // 2])))
   vmax = float(np.quantile(heatmaps, 0.999))
@@ -259,20 +266,22 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
   for ci, name in enumerate(dataset.class_names):
     threshold = result["per_category"][name]["image_f1_threshold"]
     category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns).save(
-        path(f"grid_{_safe_name(name)}.png"))
+        path(f"grid_{safe_name(name)}.png"))
   histogram_figure(dataset, scores, result).save(path("score_histogram.png"))
   figure = roc_pr_figure(curves, result)
   if figure is not None:
     figure.save(path("roc_pr.png"))
   if num_heatmaps > 0:
     write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
+  else:  # no stale pictures from an earlier run
+    shutil.rmtree(os.path.join(eval_dir, "heatmaps"), ignore_errors=True)
   return written
 
 
 def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
                            heatmaps: np.ndarray, threshold: float) -> None:
   """scores.csv (path, category, score, threshold, decision) and a heatmap panel per image."""
-  os.makedirs(os.path.join(out_dir, "heatmaps"), exist_ok=True)
+  fresh_dir(os.path.join(out_dir, "heatmaps"))
   known = np.isfinite(threshold)
   with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
     w = csv.writer(f)
@@ -283,12 +292,12 @@ def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
                   decision])
   vmax = float(np.quantile(heatmaps, 0.999))
   for i, r in enumerate(rows):
-    stem = _safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
+    stem = safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
     _upscale(heatmap_panel(images[i], heatmaps[i], vmax), 256).save(
         os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 

@@ -27,7 +27,7 @@ from fmjax.errors import NonFiniteError
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
 from fmjax.progress import JsonlWriter, Progress
-from fmjax.workdir import class_labels, model_meta, prepare_workdir, state_meta
+from fmjax.workdir import class_labels, model_meta, prepare_workdir, restore_newest, state_meta
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
 
@@ -122,14 +122,18 @@ def make_loss_fn(model, norm: NormStats, mesh, objective: str = "cfm",
   return jax.jit(loss_fn, in_shardings=(rep, data, data), out_shardings=rep)
 
 
-def _check_finite(pending: list, step: int):
+def _nan_advice(dtype: str) -> str:
+  return ("Lower --config.train.learning_rate or check the data normalisation" +
+          (", or use --config.model.dtype=float32." if dtype != "float32" else "."))
+
+
+def _check_finite(pending: list, step: int, dtype: str):
   losses = np.asarray(jax.device_get(pending), np.float64)
   if not np.all(np.isfinite(losses)):
     bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
     raise NonFiniteLossError(
         f"The training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; no "
-        "checkpoint was written after it. Lower --config.train.learning_rate, check the "
-        "data normalisation, or use --config.model.dtype=float32.")
+        f"checkpoint was written after it. {_nan_advice(dtype)}")
   return losses
 
 
@@ -169,13 +173,17 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
 
   meta = model_meta(config, dataset.class_names)
   train_meta = state_meta(config)
-  manager = checkpoint.make_manager(workdir, config.train.keep_checkpoints)
-  latest = manager.latest_step()
-  saved = checkpoint.read_meta(manager, latest) if latest is not None else None
-  if saved is not None:
+  def restore(manager, step):
+    saved = checkpoint.read_meta(manager, step)
     checkpoint.check_meta({**saved["model"], **saved.get("state", {})}, {**meta, **train_meta},
                           workdir)
-    state = checkpoint.restore(manager, latest, abstract)
+    return saved, checkpoint.restore(manager, step, abstract)
+
+  manager, latest, restored = restore_newest(workdir, restore, keep=config.train.keep_checkpoints,
+                                             move_aside=jax.process_index() == 0)
+  saved = None
+  if restored is not None:
+    saved, state = restored
     print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
   else:
     state = init(jax.random.key(config.seed))
@@ -201,9 +209,11 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
       print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
             f"stream restarts at step {start}, which gives the same batches.", flush=True)
   writer = JsonlWriter(os.path.join(workdir, "train_metrics.jsonl"))
+  writer.drop_after(start)  # steps logged after the checkpoint a resume starts from
   progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
   if start >= total:
     print(f"Training already done ({start}/{total} steps).", flush=True)
+    manager.close()
     return state
 
   source = pipeline.ArraySource(dataset.train_images, labels)
@@ -221,7 +231,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
       last = step == total
       save_now = step % config.train.checkpoint_every_steps == 0 or last
       if step % config.train.log_every_steps == 0 or save_now:
-        losses = _check_finite(pending, step)
+        losses = _check_finite(pending, step, config.model.dtype)
         now = time.time()
         rate = len(losses) / max(now - t_last, 1e-9)
         pending, t_last = [], now
@@ -234,7 +244,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
                   np.isfinite(float(check_loss(state.params, images, batch_labels)))):
             raise NonFiniteLossError(
                 f"The parameters after step {step} give a NaN or infinite loss; no checkpoint was "
-                "written. Lower --config.train.learning_rate or use --config.model.dtype=float32.")
+                f"written. {_nan_advice(config.model.dtype)}")
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
   finally:
     batches.close()

@@ -1,15 +1,21 @@
 """What training and evaluation share about a workdir, below both of them.
 
-The workdir checks, the identity a checkpoint must match (derived from the whole
-`config.model`, so a new architecture field can never escape the check), class
-labels of a class set, and restoring the parameters (and EMA parameters) for
-evaluation without the optimiser state.
+The workdir checks (creatable, writable, locked by one run at a time), the
+identity a checkpoint must match (derived from the whole `config.model`, so a new
+architecture field can never escape the check), class labels of a class set, the
+fallback past checkpoints that no longer restore, and restoring the parameters
+(and EMA parameters) for evaluation without the optimiser state.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shutil
+import socket
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,18 +23,160 @@ import numpy as np
 
 from fmjax import checkpoint, sharding
 from fmjax.data import NormStats
-from fmjax.errors import MissingCheckpointError, WorkdirError
+from fmjax.errors import MissingCheckpointError, UserError, WorkdirError
 from fmjax.models.unet import build_unet
+
+LOCK_NAME = ".fmjax.lock"
+CORRUPT_DIR = "corrupt_checkpoints"
 
 # config.model fields that set how the model computes, not what its parameters are.
 COMPUTE_ONLY_MODEL_KEYS = ("dtype", "attention_impl", "dropout")
 
 
+def warn(message: str) -> None:
+  """One warning line on stderr (process 0 only)."""
+  if jax.process_index() == 0:
+    print(f"fmjax: warning: {message}", file=sys.stderr, flush=True)
+
+
 def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir`; refuses a path that is a file."""
+  """Creates `workdir` (or an output folder in it); refuses a file or a place that cannot be
+  created or written, with the reason, before any expensive work."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"Cannot create {workdir!r}: {e.strerror or e}.") from e
+  probe = os.path.join(workdir, f".fmjax-write-test-{os.getpid()}")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"Cannot write into {workdir!r}: {e.strerror or e}. Use a writable "
+                       "--workdir (copy the run there to evaluate it).") from e
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """<workdir>/.fmjax.lock, held for one run: a second run on the same workdir is refused.
+
+  The file holds the holder's pid, host, mode and start time. A lock left by a process
+  that is gone (same host, pid not running) is stale and taken over with a warning;
+  a lock from another host cannot be checked and is always respected. Only process 0
+  of a multi-process run takes the lock.
+  """
+
+  def __init__(self, workdir: str, mode: str):
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self.workdir, self.mode, self.held = workdir, mode, False
+
+  def _holder(self) -> dict | None:
+    for _ in range(3):  # a holder may be between creating the file and writing it
+      try:
+        with open(self.path) as f:
+          return json.load(f)
+      except FileNotFoundError:
+        return None
+      except (OSError, ValueError):
+        time.sleep(0.2)
+    return {}
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
+          "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if holder is None:
+          continue  # released meanwhile
+        pid, host = holder.get("pid"), holder.get("host")
+        stale = (host == me["host"] and isinstance(pid, int) and
+                 (pid == me["pid"] or not _pid_alive(pid))) or holder == {}
+        if not stale:
+          raise WorkdirError(
+              f"workdir {self.workdir} in use by pid {pid} on host {host} (--mode="
+              f"{holder.get('mode')}, since {holder.get('started')}). Wait for that run, or "
+              f"remove {self.path} if it is gone.") from None
+        warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
+             "(that process is gone).")
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      except OSError as e:
+        raise WorkdirError(f"Cannot write into {self.workdir!r}: {e.strerror or e}.") from e
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      return self
+    raise WorkdirError(f"Could not take the lock {self.path}; try again.")
+
+  def __exit__(self, *exc):
+    if self.held:
+      self.held = False
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    return False
+
+
+def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = False,
+                   move_aside: bool = False):
+  """(manager, step, restore(manager, step)) for the newest checkpoint that restores.
+
+  A checkpoint that fails to restore (truncated or missing files) is skipped with a
+  warning naming it; with `move_aside` (training, which will write those steps again)
+  the skipped ones are moved to <workdir>/corrupt_checkpoints/, never deleted. A
+  `UserError` from `restore` (a checkpoint of another model) is raised as it is. With
+  no checkpoint: (manager, None, None); when none restores: MissingCheckpointError.
+  """
+  manager = checkpoint.make_manager(workdir, keep, read_only=read_only)
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      result = restore(manager, step)
+    except UserError:
+      manager.close()
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore read errors)
+      reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      failed.append((step, reason))
+      continue
+    for bad, why in failed:
+      warn(f"checkpoint step {bad} in {checkpoint.checkpoint_dir(workdir)} does not restore "
+           f"({why}); using step {step}.")
+    if failed and move_aside:
+      manager.close()
+      for bad, _ in failed:
+        aside = os.path.join(workdir, CORRUPT_DIR, f"{bad}-{int(time.time())}")
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(os.path.join(checkpoint.checkpoint_dir(workdir), str(bad)), aside)
+        warn(f"moved the unrestorable step {bad} to {aside} (kept for inspection).")
+      manager = checkpoint.make_manager(workdir, keep, read_only=read_only)
+    return manager, step, result
+  manager.close()
+  if failed:
+    raise MissingCheckpointError(
+        f"No checkpoint in {checkpoint.checkpoint_dir(workdir)} restores: " +
+        "; ".join(f"step {s}: {why}" for s, why in failed) + ". Nothing was changed.")
+  return checkpoint.make_manager(workdir, keep, read_only=read_only), None, None
 
 
 def _plain(value):
@@ -83,26 +231,32 @@ def load_params_for_eval(config, workdir: str, class_names=None, use_ema: bool =
   without them the checkpoint's own class names are used (scoring new images).
   The EMA parameters are used when `use_ema` and the checkpoint has them.
   """
-  manager = checkpoint.make_manager(workdir, read_only=True)
-  try:
-    saved = manager.all_steps()
-    if step is None:
-      step = manager.latest_step()
-      if step is None:
-        raise MissingCheckpointError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: "
-                                     "train first (--mode=train or train_and_evaluate).")
-    elif step not in saved:
-      raise MissingCheckpointError(f"No checkpoint for step {step} in "
-                                   f"{checkpoint.checkpoint_dir(workdir)}; saved steps: "
-                                   f"{sorted(saved)}.")
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+
+  def restore(manager, step):
     meta = checkpoint.read_meta(manager, step)
     names = list(class_names) if class_names is not None else list(meta["model"]["class_names"])
     checkpoint.check_meta(meta["model"], model_meta(config, names), workdir)
-    model = build_unet(config.model, len(names))
-    target = abstract_params(model, config.data.image_size,
-                             sharding.make_mesh(config.mesh.num_devices))
+    target = abstract_params(build_unet(config.model, len(names)), config.data.image_size, mesh)
     with_ema = bool(use_ema and meta.get("state", {}).get("ema", False))
     params, ema = checkpoint.restore_params(manager, step, target, with_ema)
-  finally:
+    return (ema if with_ema else params), NormStats.from_dict(meta["norm"]), names
+
+  if step is None:  # the newest that restores
+    manager, step, restored = restore_newest(workdir, restore, read_only=True)
     manager.close()
-  return (ema if with_ema else params), step, NormStats.from_dict(meta["norm"]), names
+    if step is None:
+      raise MissingCheckpointError(f"No checkpoint in {checkpoint.checkpoint_dir(workdir)}: "
+                                   "train first (--mode=train or train_and_evaluate).")
+  else:
+    manager = checkpoint.make_manager(workdir, read_only=True)
+    try:
+      if step not in manager.all_steps():
+        raise MissingCheckpointError(f"No checkpoint for step {step} in "
+                                     f"{checkpoint.checkpoint_dir(workdir)}; saved steps: "
+                                     f"{sorted(manager.all_steps())}.")
+      restored = restore(manager, step)
+    finally:
+      manager.close()
+  params, norm, names = restored
+  return params, step, norm, names

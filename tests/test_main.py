@@ -47,11 +47,13 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
       [i["score"] for i in metrics["images"][:4]], rel=1e-5)
   threshold = metrics["per_category"]["weave"]["image_f1_threshold"]
   assert scored["threshold"] == threshold
-  with open(tmp_path / "scores" / "new_images" / "scores.csv") as f:
+  from fmjax.evaluate import score_dir_name
+  out = tmp_path / "scores" / score_dir_name(str(folder))
+  with open(out / "scores.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["decision"] for r in rows] == [
       "anomalous" if i["score"] >= threshold else "normal" for i in metrics["images"][:4]]
-  assert len(os.listdir(tmp_path / "scores" / "new_images" / "heatmaps")) == 4
+  assert len(os.listdir(out / "heatmaps")) == 4
   with pytest.raises(ValueError, match=r"score_category .* one of \['weave', 'brushed', 'tiles'\]"):
     fm_main.run(tiny_config(**{"data.score_dir": str(folder)}), str(tmp_path), "score")
 

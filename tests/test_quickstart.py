@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+from fmjax.metrics import METRIC_KEYS
+
 from conftest import REPO, check_eval_report
 
 
@@ -22,5 +24,7 @@ def test_quickstart_end_to_end(tmp_path):
         f"pixel AUROC {metrics['pixel_auroc']:.3f}, pixel AUPRO {metrics['pixel_aupro']:.3f}")
   assert metrics["image_auroc"] >= 0.90
   assert metrics["pixel_auroc"] >= 0.90
+  # The defects include subtle ones: the demo is not perfect on every metric, so it can fail.
+  assert min(metrics[k] for k in METRIC_KEYS) < 0.99
   assert metrics["settings"]["checkpoint_step"] == 500
   assert "Mean" in out.stdout and "I-AUROC" in out.stdout  # the summary table

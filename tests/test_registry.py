@@ -98,8 +98,7 @@ def test_radar_isolation_forest_scores_per_category(cfm_run):
   mesh = sharding.make_mesh(1)
   labels = workdir.class_labels(config, dataset.train_classes, dataset.num_classes)
   train_maps, _, _ = evaluate.score_arrays(config, params, dataset.train_images, labels,
-                                           dataset.num_classes, norm, mesh,
-                                           id_offset=evaluate.TRAIN_ID_OFFSET)
+                                           dataset.num_classes, norm, mesh)
   test_maps, _, _ = evaluate.score_arrays(
       config, params, dataset.test_images,
       workdir.class_labels(config, dataset.test_classes, dataset.num_classes),

@@ -3,8 +3,10 @@
 Nothing is downloaded: every image is generated deterministically from a seed.
 Each category is a surface texture with a few normal variations (phase, scale,
 orientation, colour and illumination jitter). Test images carry one or two
-defects (scratch, spot, crack, patch) drawn with hard edges, so the ground-truth
-mask is exactly the set of pixels the defect changed.
+defects (scratch, spot, crack, patch) drawn with hard edges and blended into the
+surface with a random opacity (40% to 100%); patches take a colour near the
+surface's own (20-35% brighter or darker), so some defects are subtle. The
+ground-truth mask is exactly the set of pixels the defect changed.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def _line_mask(size, p0, p1, width):
   return dist <= width / 2
 
 
-def _defect(kind: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """A defect: boolean mask [size,size] and its colour [3] in [0,1]."""
+def _defect(kind: str, size: int, rng: np.random.Generator,
+            surface: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A defect on `surface` [size,size,3]: boolean mask [size,size] and its colour [3] in [0,1]."""
   margin = size * 0.15
   c = rng.uniform(margin, size - margin, 2)
   if kind == "scratch":
@@ -90,7 +93,8 @@ def _defect(kind: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray,
     wh = rng.uniform(0.1, 0.2, 2) * size
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     mask = (np.abs(xx - c[0]) <= wh[0] / 2) & (np.abs(yy - c[1]) <= wh[1] / 2)
-    color = rng.uniform(0.1, 0.9, 3)
+    shade = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.35)  # near the surface's colour
+    color = np.clip(surface[mask].mean(0) * shade, 0, 1)
   else:
     raise ValueError(f"Unknown defect {kind!r}; known: {DEFECTS}.")
   return mask, color
@@ -121,8 +125,9 @@ def make_synthetic_dataset(image_size: int = 32, categories=CATEGORIES, num_trai
         img = clean.astype(np.float64) / 255
         mask = np.zeros((image_size, image_size), bool)
         for _ in range(1 + (rng.random() < 0.25)):
-          m, color = _defect(kind, image_size, rng)
-          img = np.where(m[..., None], color, img)
+          m, color = _defect(kind, image_size, rng, img)
+          opacity = rng.uniform(0.4, 1.0)
+          img = np.where(m[..., None], (1 - opacity) * img + opacity * color, img)
           mask |= m
         img = _to_uint8(img)
         # The mask is exactly the set of pixels the defect changed.
