@@ -16,20 +16,8 @@ def get_config():
   config.data.name = "mvtec"
   config.data.root = "../shared/data/mvtec"
   config.data.categories = "bottle"
-  config.data.image_size = 32
-  config.model.channels = 16
-  config.model.num_res_blocks = 1
-  config.model.channel_mult = (1, 2, 2)
-  config.model.attention_rates = (4,)
-  config.model.head_channels = 16
-  config.model.norm_groups = 8
-  config.model.dropout = 0.0
-  config.model.dtype = "float32"
-  config.train.batch_size = 32
-  config.train.num_steps = 1500
-  config.train.learning_rate = 1e-3
+  configlib.small_cpu_unet(config, num_steps=1500)
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 500
-  config.evaluate.batch_size = 32
   config.evaluate.max_forward_batch = 800
   return config

@@ -108,6 +108,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def small_cpu_unet(config, num_steps: int) -> ml_collections.ConfigDict:
+  """The 32x32 CPU recipe (quickstart, cpu_bottle): a 345k-parameter U-Net, float32, batch 32,
+  learning rate 1e-3, `num_steps` steps; evaluated in batches of 32."""
+  config.data.image_size = 32
+  config.model.update(channels=16, num_res_blocks=1, channel_mult=(1, 2, 2), attention_rates=(4,),
+                      head_channels=16, norm_groups=8, dropout=0.0, dtype="float32")
+  config.train.update(batch_size=32, num_steps=num_steps, learning_rate=1e-3)
+  config.evaluate.batch_size = 32
+  return config
+
+
 def renamed_key_errors(keys) -> list[str]:
   """Messages for old flat keys (dotted) among `keys`, naming the key that replaced each."""
   return [f"{k} is now {RENAMED_KEYS[k]}" for k in keys if k in RENAMED_KEYS]
