@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import describe, sharding, train
+from fmjax import describe, methods, sharding, train
 from fmjax.data import NormStats
 from fmjax.optim import build_optimizer
 
@@ -46,7 +46,9 @@ def main(argv):
             "dtype": config.model.dtype, "attention": model.attention_impl or "xla",
             "ema": ema > 0, **bench_util.environment()}
   norm = NormStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-  step = train.make_train_step(model, optimizer, norm, config.seed, ema, mesh)
+  objective = (config.train.objective, methods.objective_options(config.train))
+  step = train.make_train_step(model, optimizer, norm, config.seed, ema, mesh, *objective,
+                               learning_rate=config.train.learning_rate)
   init = jax.jit(lambda k: train.create_train_state(model, optimizer, (size, size, 3), num_classes,
                                                     k, ema > 0),
                  out_shardings=sharding.replicated(mesh))
@@ -54,7 +56,8 @@ def main(argv):
   rng = np.random.default_rng(0)
   for batch in [int(b) for b in FLAGS.batches.split(",")]:
     row = {**common, "batch": batch,
-           "flops_per_step": describe.train_step_flops(model, optimizer, batch, size, ema)}
+           "flops_per_step": describe.train_step_flops(model, optimizer, batch, size, ema,
+                                                       *objective)}
     if batch % mesh.devices.size:
       bench_util.emit({**row, "error": f"batch not divisible by {mesh.devices.size} devices"},
                       FLAGS.output)
@@ -64,8 +67,8 @@ def main(argv):
     box = {"state": init(jax.random.key(0))}
 
     def run_once():
-      box["state"], loss = compiled(box["state"], images, labels)
-      jax.block_until_ready(loss)
+      box["state"], metrics = compiled(box["state"], images, labels)
+      jax.block_until_ready(metrics)
 
     try:
       t0 = time.perf_counter()

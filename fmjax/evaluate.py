@@ -22,9 +22,10 @@ from fmjax import methods, mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.data.sources import folder_images, read_images
 from fmjax.errors import ConfigError, DataLayoutError
-from fmjax.metrics import compute_metrics, mean_over_categories
+from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
+from fmjax.runlog import MetricWriter
 from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, warn
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
@@ -195,6 +196,10 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
                                           dataset.test_defects, dataset.test_labels, scores)],
   }
+  writer = MetricWriter(workdir, "eval")
+  writer.write(int(step), images_per_s=images_per_s,
+               **{k: v for k, v in result.items() if k in METRIC_KEYS and v is not None})
+  writer.close()
   report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
                       num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
   print("\n".join(report.summary_lines(result)), flush=True)

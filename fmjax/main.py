@@ -57,6 +57,8 @@ def run(config, workdir: str | None, mode: str):
   from fmjax.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
   with WorkdirLock(workdir, mode):
+    from fmjax.runlog import write_run_record
+    write_run_record(workdir, config, mode)
     return _run_locked(config, workdir, mode)
 
 

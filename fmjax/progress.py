@@ -1,9 +1,7 @@
-"""Progress lines (rate, ETA, metrics) and a JSONL metric log in the workdir."""
+"""Progress lines (rate, ETA, metrics)."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
@@ -43,28 +41,3 @@ class Progress:
       print(f"{self.desc}: {self.count}/{self.total} ({100 * self.count / max(self.total, 1):.0f}%) "
             f"{rate:.2f} {self.unit}/s ETA {_fmt_time(eta) if eta != float('inf') else '?'} {extra}",
             file=self.stream, flush=True)
-
-
-class JsonlWriter:
-  """Appends one JSON object per line (host 0 only)."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def drop_after(self, step: int) -> None:
-    """Removes the records of steps after `step` (logged by a run that is resumed from `step`)."""
-    if jax.process_index() != 0 or not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      lines = f.readlines()
-    kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
-    if len(kept) != len(lines):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)
-
-  def write(self, **record) -> None:
-    if jax.process_index() == 0:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")

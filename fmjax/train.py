@@ -1,7 +1,7 @@
 """Conditional flow-matching training: train state, the jitted step, and the loop.
 
 The step is a pure function `(state, images uint8 [B,H,W,3], labels [B]) -> (state,
-loss)` compiled once with explicit shardings (batch split on the "data" mesh axis,
+metrics)` compiled once with explicit shardings (batch split on the "data" mesh axis,
 state replicated) and the state donated. Batches come from a grain pipeline
 (`fmjax.data.pipeline`) that is a pure function of (seed, step); its iterator
 state is saved with every checkpoint, so a resumed run sees exactly the batches
@@ -26,7 +26,8 @@ from fmjax.data.dataset import workdir_stats_path
 from fmjax.errors import NonFiniteError
 from fmjax.models.unet import build_unet, count_params
 from fmjax.optim import build_optimizer
-from fmjax.progress import JsonlWriter, Progress
+from fmjax.progress import Progress
+from fmjax.runlog import MetricWriter
 from fmjax.workdir import class_labels, model_meta, prepare_workdir, restore_newest, state_meta
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
@@ -66,11 +67,16 @@ def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: b
 
 
 def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float,
-                  objective: str = "cfm", objective_options: dict | None = None):
-  """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, mean loss).
+                  objective: str = "cfm", objective_options: dict | None = None,
+                  learning_rate=None):
+  """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, metrics).
 
   `objective` names a training objective of `fmjax.methods` (default: flow matching)
-  and `objective_options` its options (default: the objective's defaults).
+  and `objective_options` its options (default: the objective's defaults). Metrics
+  (float32 scalars): loss (the batch mean), grad_norm (global L2 norm of the
+  gradient), param_norm (of the parameters after the update), update_rms (root mean
+  square of the parameter change over all parameters) and, when `learning_rate` (a
+  number or a schedule of the step) is given, learning_rate.
   """
   base_key = jax.random.key(seed)
   loss_of = methods.objective(objective)
@@ -92,34 +98,28 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
     ema = state.ema_params
     if ema:
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), loss
+    size = sum(u.size for u in jax.tree.leaves(updates))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params),
+               "update_rms": optax.global_norm(updates) / jnp.sqrt(jnp.float32(size))}
+    if learning_rate is not None:
+      metrics["learning_rate"] = jnp.asarray(
+          learning_rate(state.step) if callable(learning_rate) else learning_rate, jnp.float32)
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    return new_state, metrics
 
   return step_fn
 
 
 def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh,
-                    objective: str = "cfm", objective_options: dict | None = None):
+                    objective: str = "cfm", objective_options: dict | None = None,
+                    learning_rate=None):
   """`train_step_fn` jitted over `mesh`: batch split on "data", state replicated and donated."""
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
-  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, objective_options),
+  return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, objective_options,
+                               learning_rate),
                  in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-def make_loss_fn(model, norm: NormStats, mesh, objective: str = "cfm",
-                 objective_options: dict | None = None):
-  """jitted (params, images uint8, labels) -> the training loss without dropout (a fixed key)."""
-  loss_of = methods.objective(objective)
-  options = loss_of.default_options() if objective_options is None else objective_options
-
-  def loss_fn(params, images, labels):
-    x1 = norm.normalize(images)
-    velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
-    return loss_of.loss(velocity, x1, labels, jax.random.key(0), **options)
-
-  data = sharding.data_sharding(mesh)
-  rep = sharding.replicated(mesh)
-  return jax.jit(loss_fn, in_shardings=(rep, data, data), out_shardings=rep)
 
 
 def _nan_advice(dtype: str) -> str:
@@ -127,19 +127,17 @@ def _nan_advice(dtype: str) -> str:
           (", or use --config.model.dtype=float32." if dtype != "float32" else "."))
 
 
-def _check_finite(pending: list, step: int, dtype: str):
-  losses = np.asarray(jax.device_get(pending), np.float64)
+def _check_finite(pending: list, step: int, dtype: str) -> dict:
+  """{metric: float64 [n]} of the steps since the last log; NonFiniteLossError on a bad loss."""
+  got = jax.device_get(pending)
+  metrics = {k: np.asarray([m[k] for m in got], np.float64) for k in got[0]}
+  losses = metrics["loss"]
   if not np.all(np.isfinite(losses)):
     bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
     raise NonFiniteLossError(
         f"The training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; no "
         f"checkpoint was written after it. {_nan_advice(dtype)}")
-  return losses
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  return metrics
 
 
 def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
@@ -195,8 +193,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   start = int(jax.device_get(state.step))
   objective = (config.train.objective, methods.objective_options(config.train))
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
-                               *objective)
-  check_loss = make_loss_fn(model, norm, mesh, *objective)
+                               *objective, learning_rate=config.train.learning_rate)
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   workers = config.data.loader_workers
   full_meta = {"model": meta, "state": train_meta, "norm": norm.to_dict(),
@@ -208,12 +205,13 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
     else:
       print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
             f"stream restarts at step {start}, which gives the same batches.", flush=True)
-  writer = JsonlWriter(os.path.join(workdir, "train_metrics.jsonl"))
-  writer.drop_after(start)  # steps logged after the checkpoint a resume starts from
+  # Steps logged after the checkpoint a resume starts from are dropped.
+  writer = MetricWriter(workdir, "train", resume_from=start)
   progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
   if start >= total:
     print(f"Training already done ({start}/{total} steps).", flush=True)
     manager.close()
+    writer.close()
     return state
 
   source = pipeline.ArraySource(dataset.train_images, labels)
@@ -226,27 +224,30 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
     pending, t_last = [], time.time()
     for step in range(start + 1, total + 1):
       images, batch_labels = batches.next()
-      state, loss = train_step(state, images, batch_labels)
-      pending.append(loss)
+      state, step_metrics = train_step(state, images, batch_labels)
+      pending.append(step_metrics)
       last = step == total
       save_now = step % config.train.checkpoint_every_steps == 0 or last
       if step % config.train.log_every_steps == 0 or save_now:
-        losses = _check_finite(pending, step, config.model.dtype)
+        logged = _check_finite(pending, step, config.model.dtype)
+        n = len(logged["loss"])
         now = time.time()
-        rate = len(losses) / max(now - t_last, 1e-9)
+        rate = n / max(now - t_last, 1e-9)
         pending, t_last = [], now
-        writer.write(step=step, loss=float(losses.mean()), steps_per_s=rate,
-                     images_per_s=rate * batch_size)
-        progress.update(len(losses), force=last, loss=float(losses[-1]), img_s=round(rate * batch_size, 1))
+        # The loss is the mean since the last log; the norms are those of the last step.
+        writer.write(step, **{k: (v.mean() if k == "loss" else v[-1]) for k, v in logged.items()},
+                     steps_per_s=rate, images_per_s=rate * batch_size)
+        progress.update(n, force=last, loss=float(logged["loss"][-1]), img_s=round(rate * batch_size, 1))
+        if save_now and not np.isfinite(logged["param_norm"][-1]):
+          # The losses so far used the previous parameters: the new ones are checked too.
+          raise NonFiniteLossError(
+              f"The parameters after step {step} are NaN or infinite (norm "
+              f"{logged['param_norm'][-1]}); no checkpoint was written. "
+              f"{_nan_advice(config.model.dtype)}")
         if save_now:
-          # The losses so far used the previous parameters: check the new ones before saving.
-          if not (bool(_all_finite(state.params)) and
-                  np.isfinite(float(check_loss(state.params, images, batch_labels)))):
-            raise NonFiniteLossError(
-                f"The parameters after step {step} give a NaN or infinite loss; no checkpoint was "
-                f"written. {_nan_advice(config.model.dtype)}")
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
   finally:
     batches.close()
     manager.close()
+    writer.close()
   return state

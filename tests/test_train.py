@@ -28,8 +28,10 @@ def _one_step(config, dataset, num_devices):
   images = sharding.to_global(batch["image"], data)
   labels = sharding.to_global(batch["label"], data)
   assert len(images.sharding.device_set) == num_devices
-  state, loss = step(state, images, labels)
-  state, loss2 = step(state, images, labels)
+  state, metrics = step(state, images, labels)
+  loss = metrics["loss"]
+  state, metrics = step(state, images, labels)
+  loss2 = metrics["loss"]
   return float(loss), float(loss2), jax.device_get(state.params)
 
 

@@ -1,0 +1,128 @@
+"""Run records and metric writing in the workdir (process 0 only).
+
+  config.json            the resolved config of the latest run, with its command line and mode
+  environment.json       versions (python, jax, jaxlib, flax, optax, orbax, numpy), devices, hosts
+  run_history.jsonl      one line per run: start time, mode, command line
+  <name>_metrics.jsonl   scalars per step (train_metrics.jsonl, eval_metrics.jsonl)
+  tensorboard/<name>/    the same scalars as TensorBoard event files
+
+TensorBoard files are written with tensorboardX: it writes the event format with
+protobuf alone, without TensorFlow (which flax's and clu's writers need), and is
+maintained. Where it is not installed (e.g. a machine without a package registry)
+the JSONL files are written and a warning says that TensorBoard files are not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import socket
+import sys
+
+import jax
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _versions() -> dict:
+  out = {"python": platform.python_version()}
+  for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
+                  "tensorboardX"):
+    try:
+      out[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      out[package] = None
+  return out
+
+
+def environment() -> dict:
+  """Versions, devices and hosts of this run."""
+  devices = jax.devices()
+  return {"versions": _versions(), "platform": devices[0].platform,
+          "device_kind": devices[0].device_kind, "device_count": len(devices),
+          "local_device_count": jax.local_device_count(), "process_count": jax.process_count(),
+          "host": socket.gethostname()}
+
+
+def write_run_record(workdir: str, config, mode: str, argv: list[str] | None = None) -> None:
+  """config.json, environment.json, and a line in run_history.jsonl."""
+  if not _is_writer():
+    return
+  command = list(sys.argv if argv is None else argv)
+  started = datetime.datetime.now().isoformat(timespec="seconds")
+  record = {"mode": mode, "command": command, "started": started,
+            "config": json.loads(config.to_json())}
+  _write_json(os.path.join(workdir, "config.json"), record)
+  _write_json(os.path.join(workdir, "environment.json"), environment())
+  with open(os.path.join(workdir, "run_history.jsonl"), "a") as f:
+    f.write(json.dumps({"started": started, "mode": mode, "command": command}) + "\n")
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Scalars per step to <workdir>/<name>_metrics.jsonl and <workdir>/tensorboard/<name>/.
+
+  `resume_from`: records after this step (written by a run that is resumed from it)
+  are dropped from the JSONL file, and TensorBoard is told to discard them (purge_step).
+  """
+
+  def __init__(self, workdir: str, name: str, resume_from: int | None = None):
+    self.path = os.path.join(workdir, f"{name}_metrics.jsonl")
+    self.tb_dir = os.path.join(workdir, "tensorboard", name)
+    self._tb = None
+    self._purge = None if not resume_from else resume_from + 1
+    if resume_from is not None:
+      self._drop_after(resume_from)
+
+  def _drop_after(self, step: int) -> None:
+    if not _is_writer() or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
+    if len(kept) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
+
+  def _tensorboard(self):
+    if self._tb is None:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        print("fmjax: warning: tensorboardX is not installed: no TensorBoard files (JSONL only).",
+              file=sys.stderr, flush=True)
+        self._tb = False
+      else:
+        self._tb = SummaryWriter(self.tb_dir, purge_step=self._purge, flush_secs=30)
+    return self._tb
+
+  def write(self, step: int, **scalars) -> None:
+    """One record: {"step": step, **scalars} (floats), to both outputs."""
+    if not _is_writer():
+      return
+    values = {k: float(v) for k, v in scalars.items()
+              if v is not None and math.isfinite(float(v))}  # undefined metrics are left out
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **values}) + "\n")
+    tb = self._tensorboard()
+    if tb:
+      for k, v in values.items():
+        tb.add_scalar(k, v, int(step))
+
+  def close(self) -> None:
+    if self._tb:
+      self._tb.close()
+    self._tb = None
