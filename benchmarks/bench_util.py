@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import platform
 import time
 
 import jax
@@ -27,13 +26,13 @@ def peak_tflops(device=None) -> float | None:
 
 
 def environment() -> dict:
-  """Versions and device facts printed with every result."""
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  dev = jax.devices()[0]
-  return {"device": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count(),
-          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+  """Versions and device facts printed with every result (from the run record's environment)."""
+  from fmjax import runlog  # pylint: disable=g-import-not-at-top
+  env = runlog.environment()
+  v = env["versions"]
+  return {"device": env["device_kind"], "platform": env["platform"],
+          "num_devices": env["device_count"], "jax": v["jax"], "jaxlib": v["jaxlib"],
+          "flax": v["flax"], "python": v["python"], "date": datetime.date.today().isoformat()}
 
 
 def peak_bytes_in_use() -> int | None:

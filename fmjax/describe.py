@@ -15,7 +15,7 @@ from jax.sharding import SingleDeviceSharding
 
 from fmjax import methods
 from fmjax.data import NormStats, categories_of
-from fmjax.models.unet import build_unet, count_params
+from fmjax.models.unet import build_unet, count_params, init_params
 from fmjax.optim import build_optimizer
 
 
@@ -64,8 +64,7 @@ def forward_flops(model, image_size: int, batch: int = 1) -> float:
   """FLOPs of one forward pass of `batch` images (XLA cost analysis on the CPU backend)."""
   model = _cpu_model(model)
   x, t, lab = _abstract_inputs(batch, image_size)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape),
-                                             jnp.zeros(lab.shape, jnp.int32)))["params"]
+  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), (image_size, image_size, 3)))
   return cpu_flops(lambda p, x, t, lab: model.apply({"params": p}, x, t, lab), params, x, t, lab)
 
 
@@ -90,9 +89,8 @@ def describe(config) -> dict:
   num_classes = num_classes_of(config)
   model = build_unet(config.model, num_classes)
   size = config.data.image_size
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                             jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)))
-  params = count_params(shapes["params"])
+  params = count_params(jax.eval_shape(lambda: init_params(model, jax.random.key(0),
+                                                          (size, size, 3))))
   flops = forward_flops(model, size)
   scorer = methods.scorer(config.evaluate.method)
   settings = methods.scorer_options(config.evaluate)

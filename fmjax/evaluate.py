@@ -3,8 +3,9 @@
 The method (`evaluate.method`, Flow Mismatching by default) comes from the
 `fmjax.methods` registry. Test images are scored in fixed-size batches (the last
 one padded, so nothing recompiles) by one jitted function sharded over the "data"
-mesh axis. Seeds depend only on (config.evaluate.seed, image index), so scores do
-not depend on the batch size, the number of devices or the order of the images.
+mesh axis. Seeds depend only on (config.evaluate.seed, a hash of the image's pixels),
+so scores do not depend on the batch size, the number of devices or the order of the
+images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -134,24 +134,26 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
   fitted = fit_image_scores(config, params, dataset, norm, mesh)
   if fitted is not None:
     scores = np.zeros(len(heatmaps), np.float64)
-    for ci, score_fn in fitted.items():
-      sel = dataset.test_classes == ci
+    for name, score_fn in fitted.items():
+      sel = dataset.test_classes == dataset.class_names.index(name)
       scores[sel] = score_fn(heatmaps[sel])
   return heatmaps, scores, rate
 
 
-def fit_image_scores(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
-  """{class index: heatmaps -> scores} fitted on each category's normal training images when
-  the scorer's options ask for it (e.g. RADAR's Isolation Forest); None otherwise."""
+def fit_image_scores(config, params, dataset: AnomalyDataset | None, norm: NormStats, mesh):
+  """{category: heatmaps -> scores} fitted on each category's normal training images when
+  the scorer's options ask for it (e.g. RADAR's Isolation Forest); None otherwise. Without
+  `dataset`, the configured one is loaded (only when a fit is needed)."""
   ec = config.evaluate
   fitter = methods.scorer(ec.method).image_score_fitter(methods.scorer_options(ec))
   if fitter is None:
     return None
+  dataset = dataset if dataset is not None else load_dataset(config.data)
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   normal, _, _ = score_arrays(config, params, dataset.train_images, labels, dataset.num_classes,
                               norm, mesh, what="fit on normals:")
-  return {ci: fitter(normal[dataset.train_classes == ci], ec.seed)
-          for ci in range(dataset.num_classes) if np.any(dataset.train_classes == ci)}
+  return {name: fitter(normal[dataset.train_classes == ci], ec.seed)
+          for ci, name in enumerate(dataset.class_names) if np.any(dataset.train_classes == ci)}
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:
@@ -233,12 +235,9 @@ def score_folder(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh.num_devices)
   heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
                                                 len(class_names), norm, mesh)
-  if methods.scorer(config.evaluate.method).image_score_fitter(
-      methods.scorer_options(config.evaluate)) is not None:
-    dataset = load_dataset(config.data)  # the image-score fit needs the normal training images
-    fitted = fit_image_scores(config, params, dataset, norm, mesh)
-    scores = fitted[dataset.class_names.index(category) if category in dataset.class_names
-                    else 0](heatmaps)
+  fitted = fit_image_scores(config, params, None, norm, mesh)  # on the training images
+  if fitted is not None:  # the category's fit; the first one for a pooled model without category
+    scores = fitted.get(category, next(iter(fitted.values())))(heatmaps)
   threshold = stored_threshold(workdir, category, {
       "checkpoint_step": int(step), "method": config.evaluate.method,
       "method_options": methods.scorer_options(config.evaluate),

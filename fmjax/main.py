@@ -103,11 +103,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     FLAGS.config.keys()  # a config file that failed to load raises here, not at parse time
     return argv
   except Exception as e:  # pylint: disable=broad-except  (a bad flag, key or config file)
-    print(f"fmjax: error: {_flag_error(e)}", file=sys.stderr)
+    print(f"fmjax: error: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(1)
 
 
-def _flag_error(e: Exception) -> str:
+def _flag_error(e: Exception, argv: list[str]) -> str:
   """One line for a flag-parsing error: an unknown config key keeps its "did you mean" hint."""
   text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
   text = text.replace("\\n", "\n").replace("\\'", "'")
@@ -115,8 +115,8 @@ def _flag_error(e: Exception) -> str:
   if isinstance(e, (AttributeError, KeyError)):
     return f"unknown config key {parts[0]!r}" + (f" ({' '.join(parts[1:])})" if parts[1:] else "")
   if "No such file or directory" in text:
-    missing = [a for a in sys.argv if a.startswith("--config=")] or [
-        sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--config"]
+    missing = [a for a in argv if a.startswith("--config=")] or [
+        argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
     name = missing[0].split("=", 1)[-1] if missing else "the config file"
     return f"config file {name!r} not found (run from the repository root, or give its path)."
   return " ".join(parts)

@@ -271,10 +271,8 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
   figure = roc_pr_figure(curves, result)
   if figure is not None:
     figure.save(path("roc_pr.png"))
-  if num_heatmaps > 0:
-    write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
-  else:  # no stale pictures from an earlier run
-    shutil.rmtree(os.path.join(eval_dir, "heatmaps"), ignore_errors=True)
+  # Always: with num_heatmaps = 0 it leaves an empty folder, no stale pictures of an earlier run.
+  write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
   return written
 
 

@@ -24,7 +24,7 @@ from fmjax import checkpoint, methods, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.errors import NonFiniteError
-from fmjax.models.unet import build_unet, count_params
+from fmjax.models.unet import build_unet, count_params, init_params
 from fmjax.optim import build_optimizer
 from fmjax.progress import Progress
 from fmjax.runlog import MetricWriter
@@ -50,8 +50,7 @@ def num_train_steps(config, num_images: int) -> int:
 
 def create_train_state(model, optimizer, image_shape, num_classes: int, key, ema: bool) -> TrainState:
   """Fresh float32 parameters, optimiser state and (optionally) EMA parameters."""
-  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  params = model.init(key, dummy, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  params = init_params(model, key, image_shape)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     ema_params=jax.tree.map(jnp.copy, params) if ema else {})

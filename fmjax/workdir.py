@@ -18,13 +18,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fmjax import checkpoint, sharding
 from fmjax.data import NormStats
 from fmjax.errors import MissingCheckpointError, UserError, WorkdirError
-from fmjax.models.unet import build_unet
+from fmjax.models.unet import build_unet, init_params
 
 LOCK_NAME = ".fmjax.lock"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -171,12 +170,12 @@ def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = Fa
         warn(f"moved the unrestorable step {bad} to {aside} (kept for inspection).")
       manager = checkpoint.make_manager(workdir, keep, read_only=read_only)
     return manager, step, result
-  manager.close()
   if failed:
+    manager.close()
     raise MissingCheckpointError(
         f"No checkpoint in {checkpoint.checkpoint_dir(workdir)} restores: " +
         "; ".join(f"step {s}: {why}" for s, why in failed) + ". Nothing was changed.")
-  return checkpoint.make_manager(workdir, keep, read_only=read_only), None, None
+  return manager, None, None
 
 
 def _plain(value):
@@ -217,9 +216,8 @@ def saved_steps(workdir: str) -> list[int]:
 def abstract_params(model, image_size: int, mesh):
   """Shapes, dtypes and (replicated) shardings of the model's parameters, nothing allocated."""
   rep = sharding.replicated(mesh)
-  shapes = jax.eval_shape(lambda k: model.init(
-      k, jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
-  )["params"], jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: init_params(model, k, (image_size, image_size, 3)),
+                          jax.random.key(0))
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from fmjax import main as fm_main
-from fmjax import methods, sharding, train
+from fmjax import methods, train
 from fmjax.data import NormStats, load_dataset, pipeline
 from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer

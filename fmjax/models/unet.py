@@ -184,6 +184,12 @@ class UNet(nn.Module):
     return h.astype(jnp.float32)
 
 
+def init_params(model: UNet, key: jax.Array, image_shape) -> dict:
+  """Float32 parameters of `model` for images [H,W,C], from one dummy forward pass."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  return model.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+
+
 def build_unet(model_config, num_classes: int) -> UNet:
   """The U-Net for `config.model` (a ConfigDict) and a dataset with `num_classes`.
 
