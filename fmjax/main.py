@@ -99,9 +99,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     print("fmjax: error: " + "; ".join(moved), file=sys.stderr)
     sys.exit(1)
   try:
-    argv = FLAGS(argv)
+    rest = FLAGS(argv)
     FLAGS.config.keys()  # a config file that failed to load raises here, not at parse time
-    return argv
+    return rest
   except Exception as e:  # pylint: disable=broad-except  (a bad flag, key or config file)
     print(f"fmjax: error: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(1)
