@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fmjax import methods
+from fmjax import methods, runlog
 from fmjax.data import DATASETS
 from fmjax.errors import ConfigError
 
@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every_seconds = 10.0
   c.train.checkpoint_every_steps = 1000
   c.train.keep_checkpoints = 3
+  c.train.profile_steps = ""  # "a,b": jax.profiler trace of steps a..b into <workdir>/profile/train
 
   c.evaluate = ml_collections.ConfigDict()
   # A name in fmjax.methods.SCORERS whose model is train.objective's; its options are
@@ -87,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.use_ema = True
   c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
   c.evaluate.grid_columns = 8  # test images per category grid picture
+  c.evaluate.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
 
   c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies.py)
   c.study.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
@@ -176,6 +178,12 @@ def validate(config) -> None:
       ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)")]:
     if not ok:
       errors.append(f"{name} must be {rule}, got {value}")
+  for key, spec in (("train.profile_steps", tc.profile_steps),
+                    ("evaluate.profile_batches", ec.profile_batches)):
+    try:
+      runlog.trace_window(spec, key)
+    except ConfigError as e:
+      errors.append(str(e))
   if tc.num_steps <= 0 and tc.num_epochs <= 0:
     errors.append("set train.num_epochs > 0 or train.num_steps > 0")
   if dc.name not in DATASETS:

@@ -25,7 +25,7 @@ from fmjax.errors import ConfigError, DataLayoutError
 from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
-from fmjax.runlog import MetricWriter
+from fmjax.runlog import MetricWriter, StepTrace
 from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, warn
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
@@ -71,10 +71,11 @@ def image_ids(images: np.ndarray) -> np.ndarray:
 
 
 def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 norm: NormStats, mesh, what: str = "score"):
+                 norm: NormStats, mesh, what: str = "score", trace: StepTrace | None = None):
   """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M].
 
-  Each image is scored with the seeds of its `image_ids` (its content).
+  Each image is scored with the seeds of its `image_ids` (its content). `trace` profiles the
+  batches it names (1-based).
   """
   ec = config.evaluate
   batch = ec.batch_size
@@ -94,6 +95,8 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
 
   def dispatch(start):
     """Sends one batch to the devices and starts scoring it (asynchronously)."""
+    if trace is not None:
+      trace.before(start // batch + 1)
     idx = np.arange(start, start + batch)
     valid = idx < m
     idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
@@ -112,11 +115,16 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
     if i + 1 < len(starts):
       in_flight = dispatch(starts[i + 1])
     h, s = jax.device_get((h, s))  # host 0 needs all rows: outputs are fully addressable on 1 host
+    if trace is not None:
+      trace.after(i + 1)
     heatmaps.append(np.asarray(h)[valid])
     scores.append(np.asarray(s)[valid])
     if t0 is None:
       t0, first = time.time(), int(valid.sum())  # exclude compilation from the rate
     progress.update(int(valid.sum()))
+  progress.close()
+  if trace is not None:
+    trace.close()  # a window past the last batch ends with the scoring
   elapsed = time.time() - t0
   timed = m - first
   if timed > 0 and elapsed > 0:
@@ -126,11 +134,12 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
 
 
-def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh):
+def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh,
+                  trace: StepTrace | None = None):
   """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
   labels = class_labels(config, dataset.test_classes, dataset.num_classes)
   heatmaps, scores, rate = score_arrays(config, params, dataset.test_images, labels,
-                                        dataset.num_classes, norm, mesh)
+                                        dataset.num_classes, norm, mesh, trace=trace)
   fitted = fit_image_scores(config, params, dataset, norm, mesh)
   if fitted is not None:
     scores = np.zeros(len(heatmaps), np.float64)
@@ -174,7 +183,8 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
                                                config.evaluate.use_ema)
   mesh = sharding.make_mesh(config.mesh.num_devices)
-  heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh)
+  trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
+  heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh, trace)
   if jax.process_index() != 0:
     return {}
 
@@ -233,8 +243,9 @@ def score_folder(config, workdir: str) -> dict:
   index = class_names.index(category) if category in class_names else 0
   labels = class_labels(config, np.full(len(paths), index), len(class_names))
   mesh = sharding.make_mesh(config.mesh.num_devices)
+  trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
   heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
-                                                len(class_names), norm, mesh)
+                                                len(class_names), norm, mesh, trace=trace)
   fitted = fit_image_scores(config, params, None, norm, mesh)  # on the training images
   if fitted is not None:  # the category's fit; the first one for a pooled model without category
     scores = fitted.get(category, next(iter(fitted.values())))(heatmaps)

@@ -18,64 +18,13 @@ import os
 import shutil
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from fmjax import methods, plots
 from fmjax.data import AnomalyDataset
 
-# Anchor colours of a perceptually ordered dark-to-bright map (black-purple-orange-yellow).
-_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
-                    np.float64) / 255.0
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
                  ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"),
                  ("pixel_aupro", "PRO"))
-
-
-def colormap(x: np.ndarray) -> np.ndarray:
-  """Values in [0, 1] [...] -> RGB float [...,3]."""
-  pos = np.clip(x, 0, 1) * (len(_ANCHORS) - 1)
-  lo = np.floor(pos).astype(int).clip(0, len(_ANCHORS) - 2)
-  frac = (pos - lo)[..., None]
-  return _ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-  """The pixels just outside a binary mask (8-neighbourhood), so thin defects stay visible."""
-  m = mask.astype(bool)
-  padded = np.pad(m, 1)
-  grown = np.zeros_like(m)
-  h, w = m.shape
-  for dy in range(3):
-    for dx in range(3):
-      grown |= padded[dy:dy + h, dx:dx + w]
-  return grown & ~m
-
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask=None) -> np.ndarray:
-  """uint8 image [H,W,3] blended with the colour-mapped heatmap / vmax; mask outline in white."""
-  heat = colormap(heatmap / max(vmax, 1e-12))
-  out = 0.45 * image.astype(np.float64) / 255.0 + 0.55 * heat
-  if mask is not None:
-    out[_outline(mask)] = 1.0
-  return np.round(out * 255).astype(np.uint8)
-
-
-def with_contour(image: np.ndarray, mask=None) -> np.ndarray:
-  out = image.copy()
-  if mask is not None:
-    out[_outline(mask)] = (0, 255, 0)
-  return out
-
-
-def heatmap_panel(image: np.ndarray, heatmap: np.ndarray, vmax: float, mask=None) -> np.ndarray:
-  """uint8 [H, 2W, 3]: the image | heatmap overlay, ground truth outlined."""
-  return np.concatenate([with_contour(image, mask), overlay(image, heatmap, vmax, mask)], axis=1)
-
-
-def _upscale(a: np.ndarray, target: int = 128) -> Image.Image:
-  im = Image.fromarray(a)
-  scale = max(1, target // a.shape[0])
-  return im.resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST) if scale > 1 else im
 
 
 def fresh_dir(directory: str) -> None:
@@ -84,21 +33,43 @@ def fresh_dir(directory: str) -> None:
   os.makedirs(directory)
 
 
+def category_scales(dataset: AnomalyDataset, heatmaps: np.ndarray) -> dict:
+  """{category index: matplotlib norm}: one colour scale per category (`plots.heat_scale`)."""
+  return {ci: plots.heat_scale(heatmaps[dataset.test_classes == ci])
+          for ci in np.unique(dataset.test_classes).tolist()}
+
+
+def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, mask=None):
+  """One image at full size: the image (ground truth outlined) | its heatmap overlay, colour bar."""
+  fig = plots.figure(7.0, 3.6)
+  axes = fig.subplots(1, 2)
+  plots.show_image(axes[0], image, mask, contour_colour="lime")
+  axes[0].set_title("image" + (" + ground truth" if mask is not None and np.any(mask) else ""),
+                    fontsize=9)
+  plots.show_image(axes[1], plots.overlay(image, heatmap, scale), mask)
+  axes[1].set_title("anomaly heatmap", fontsize=9)
+  plots.colour_bar(fig, axes[1], scale, "pixel score")
+  fig.suptitle(title, fontsize=10)
+  return fig
+
+
 def write_heatmaps(directory: str, dataset: AnomalyDataset, heatmaps: np.ndarray,
                    scores: np.ndarray, count: int) -> list[str]:
   """Saves the `count` highest- and lowest-scoring test images' panels as PNGs; returns paths."""
   fresh_dir(directory)
   order = np.argsort(-scores)
   chosen = list(dict.fromkeys(list(order[: (count + 1) // 2]) + list(order[::-1][: count // 2])))
-  vmax = float(np.quantile(heatmaps, 0.999))
+  scales = category_scales(dataset, heatmaps) if chosen else {}
   paths = []
   for rank, i in enumerate(chosen):
     mask = None if dataset.test_masks is None else dataset.test_masks[i]
-    img = _upscale(heatmap_panel(dataset.test_images[i], heatmaps[i], vmax, mask), 256)
-    name = (f"{rank:02d}_{dataset.class_names[dataset.test_classes[i]]}_{dataset.test_defects[i]}"
-            f"_{scores[i]:.3g}.png")
-    path = os.path.join(directory, name)
-    img.save(path)
+    category = dataset.class_names[dataset.test_classes[i]]
+    title = f"{category} / {dataset.test_defects[i]}: image score {scores[i]:.4g} (rank {rank + 1})"
+    fig = heatmap_figure(dataset.test_images[i], heatmaps[i], scales[int(dataset.test_classes[i])],
+                         title, mask)
+    path = os.path.join(directory, f"{rank:02d}_{category}_{dataset.test_defects[i]}"
+                                   f"_{scores[i]:.3g}.png")
+    plots.save(fig, path)
     paths.append(path)
   return paths
 
@@ -121,36 +92,36 @@ def grid_selection(scores: np.ndarray, labels: np.ndarray, columns: int) -> list
 
 
 def category_grid(dataset: AnomalyDataset, heatmaps: np.ndarray, scores: np.ndarray,
-                  category: int, threshold: float, columns: int = 8) -> Image.Image:
-  """Columns of test images of one category: image + contour over heatmap overlay, captioned."""
+                  category: int, threshold: float, columns: int = 8):
+  """A figure of one category's test images in columns (`grid_selection`): the image with the
+  ground truth outlined above its heatmap overlay, captioned with defect, score and decision;
+  one colour scale for the category, shown as a colour bar."""
   idx = np.flatnonzero(dataset.test_classes == category)
   sel = grid_selection(scores[idx], dataset.test_labels[idx], columns)
-  vmax = float(np.quantile(heatmaps[idx], 0.999))
-  f = plots.font(11)
-  tiles = []
-  for local, why in sel:
+  scale = plots.heat_scale(heatmaps[idx])
+  n = max(len(sel), 1)
+  fig = plots.figure(1.55 * n + 1.3, 4.3)
+  axes = fig.subplots(2, n, squeeze=False)
+  for col, (local, why) in enumerate(sel):
     i = idx[local]
     mask = None if dataset.test_masks is None else dataset.test_masks[i]
-    top = _upscale(with_contour(dataset.test_images[i], mask))
-    bottom = _upscale(overlay(dataset.test_images[i], heatmaps[i], vmax, mask))
-    w = top.width
-    tile = Image.new("RGB", (w, 46 + 2 * top.height + 4), (255, 255, 255))
-    d = ImageDraw.Draw(tile)
-    flagged = "flagged" if scores[i] >= threshold else "passed"
-    captions = (dataset.test_defects[i][:22], f"score {scores[i]:.4g} ({flagged})", why)
-    for row, text in enumerate(captions):
-      d.text((w / 2, 2 + 14 * row), text, fill=(30, 30, 30), font=f, anchor="mt")
-    tile.paste(top, (0, 46))
-    tile.paste(bottom, (0, 46 + top.height + 4))
-    tiles.append(tile)
-  grid = plots.side_by_side(tiles, gap=6)
-  title = Image.new("RGB", (max(grid.width, 420), 34), (255, 255, 255))
-  d = ImageDraw.Draw(title)
-  d.text((4, 3), f"{dataset.class_names[category]}: top, image + ground truth (green); bottom, heatmap",
-         fill=(30, 30, 30), font=f)
-  d.text((4, 18), f"colour scale 0 to {vmax:.3g} (99.9th percentile of the category)",
-         fill=(30, 30, 30), font=f)
-  return plots.stacked([title, grid], gap=2)
+    image = dataset.test_images[i]
+    plots.show_image(axes[0, col], image, mask, contour_colour="lime")
+    plots.show_image(axes[1, col], plots.overlay(image, heatmaps[i], scale), mask)
+    decided = "" if not np.isfinite(threshold) else (
+        " flagged" if scores[i] >= threshold else " passed")
+    axes[0, col].set_title(f"{dataset.test_defects[i][:16]}\n{why}\nscore {scores[i]:.4g}{decided}",
+                           fontsize=7.5)
+  for col in range(len(sel), n):
+    axes[0, col].set_axis_off()
+    axes[1, col].set_axis_off()
+  axes[0, 0].set_ylabel("image +\nground truth", fontsize=8)
+  axes[1, 0].set_ylabel("heatmap\noverlay", fontsize=8)
+  plots.colour_bar(fig, axes[1, :], scale, "pixel score")
+  threshold_text = f"; F1-optimal image threshold {threshold:.4g}" if np.isfinite(threshold) else ""
+  fig.suptitle(f"{dataset.class_names[category]}: {plots.describe_scale(scale)}{threshold_text}",
+               fontsize=9)
+  return fig
 
 
 def format_percent(v) -> str:
@@ -208,43 +179,66 @@ def write_scores_csv(path: str, result: dict) -> None:
                   f"{t:.8g}", decision])
 
 
-def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict) -> Image.Image:
-  """Normal vs anomalous image scores per category (log10 axis when scores span > 1.5 decades)."""
-  charts = []
+def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict):
+  """Normal vs anomalous image scores per category, the F1-optimal threshold marked (log axis
+  when the scores span more than 1.5 decades)."""
+  n = len(dataset.class_names)
+  cols = min(3, n)
+  rows = (n + cols - 1) // cols
+  fig = plots.figure(4.2 * cols, 3.2 * rows)
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
   for ci, name in enumerate(dataset.class_names):
+    ax = axes[ci]
     sel = dataset.test_classes == ci
     labels = dataset.test_labels[sel]
     values = scores[sel].astype(np.float64)
     threshold = result["per_category"][name]["image_f1_threshold"]
-    xlabel = "score (max + top-1% mean)"
-    if values.min() > 0 and values.max() / values.min() > 10 ** 1.5:
-      values, xlabel = np.log10(values), "log10 score (max + top-1% mean)"
-      threshold = np.log10(threshold) if np.isfinite(threshold) and threshold > 0 else None
-    charts.append(plots.histogram_chart(
-        [("normal", values[labels == 0]), ("anomalous", values[labels == 1])],
-        f"{name}: image scores", xlabel, threshold=threshold))
-  cols = min(3, len(charts))
-  rows = [plots.side_by_side(charts[i:i + cols]) for i in range(0, len(charts), cols)]
-  return plots.stacked(rows)
+    log = values.min() > 0 and values.max() / values.min() > 10 ** 1.5
+    edges = (np.geomspace(values.min(), values.max(), 31) if log
+             else np.linspace(values.min(), values.max() + (values.max() == values.min()), 31))
+    for k, (group, colour) in enumerate((("normal", plots.PALETTE[0]), ("anomalous", plots.PALETTE[1]))):
+      v = values[labels == k]
+      if v.size:
+        ax.hist(v, edges, weights=np.full(v.size, 1.0 / v.size), color=colour, alpha=0.55,
+                edgecolor=colour, label=f"{group} (n={v.size})")
+    if threshold is not None and np.isfinite(threshold):
+      ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
+                 label=f"F1-optimal threshold {threshold:.3g}")
+    if log:
+      ax.set_xscale("log")
+    ax.set_title(f"{name}: image scores", fontsize=10)
+    ax.set_xlabel("image score" + (" (log scale)" if log else ""), fontsize=9)
+    ax.set_ylabel("fraction of the group's images", fontsize=9)
+    plots.legend(ax, loc="upper right")
+  for ax in axes[n:]:
+    ax.set_axis_off()
+  return fig
 
 
-def roc_pr_figure(curves: dict, result: dict) -> Image.Image | None:
+def roc_pr_figure(curves: dict, result: dict):
   """ROC and PR curves of all test images pooled; image level, and pixel level when masks exist."""
-  roc, pr = [], []
-  for level in ("image", "pixel"):
-    c = curves.get(f"{level}_curves")
-    if c is None:
-      continue
-    roc.append((f"{level} AUROC {format_percent(result[f'{level}_auroc'])}", c["fpr"], c["tpr"]))
-    pr.append((f"{level} AP {format_percent(result[f'{level}_ap'])}", np.r_[0.0, c["recall"]],
-               np.r_[c["precision"][0], c["precision"]]))
-  if not roc:
+  levels = [level for level in ("image", "pixel") if curves.get(f"{level}_curves") is not None]
+  if not levels:
     return None
-  return plots.side_by_side([
-      plots.line_chart(roc, "ROC (all test images)", "false positive rate", "true positive rate",
-                       xlim=(0, 1), ylim=(0, 1)),
-      plots.line_chart(pr, "Precision-recall (all test images)", "recall", "precision",
-                       xlim=(0, 1), ylim=(0, 1), legend_corner="bl")])
+  fig = plots.figure(9.0, 4.2)
+  roc, pr = fig.subplots(1, 2)
+  for level, colour in zip(levels, plots.PALETTE):
+    c = curves[f"{level}_curves"]
+    roc.plot(c["fpr"], c["tpr"], color=colour, linewidth=1.8,
+             label=f"{level}: AUROC {format_percent(result[f'{level}_auroc'])}%")
+    pr.step(np.r_[0.0, c["recall"]], np.r_[c["precision"][0], c["precision"]], where="post",
+            color=colour, linewidth=1.8, label=f"{level}: AP {format_percent(result[f'{level}_ap'])}%")
+  roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+  for ax, title, xlabel, ylabel, loc in (
+      (roc, "ROC (all test images)", "false positive rate", "true positive rate", "lower right"),
+      (pr, "Precision-recall (all test images)", "recall", "precision", "lower left")):
+    ax.set(xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(alpha=0.3)
+    plots.legend(ax, loc=loc)
+  return fig
 
 
 def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps: np.ndarray,
@@ -265,12 +259,12 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
   write_scores_csv(path("scores.csv"), result)
   for ci, name in enumerate(dataset.class_names):
     threshold = result["per_category"][name]["image_f1_threshold"]
-    category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns).save(
-        path(f"grid_{safe_name(name)}.png"))
-  histogram_figure(dataset, scores, result).save(path("score_histogram.png"))
+    plots.save(category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns),
+               path(f"grid_{safe_name(name)}.png"))
+  plots.save(histogram_figure(dataset, scores, result), path("score_histogram.png"))
   figure = roc_pr_figure(curves, result)
   if figure is not None:
-    figure.save(path("roc_pr.png"))
+    plots.save(figure, path("roc_pr.png"))
   # Always: with num_heatmaps = 0 it leaves an empty folder, no stale pictures of an earlier run.
   write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
   return written
@@ -288,11 +282,14 @@ def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
       decision = ("anomalous" if r["score"] >= threshold else "normal") if known else ""
       w.writerow([r["path"], r["category"], f"{r['score']:.8g}", f"{threshold:.8g}" if known else "",
                   decision])
-  vmax = float(np.quantile(heatmaps, 0.999))
+  categories = np.array([r["category"] for r in rows])
+  scales = {c: plots.heat_scale(heatmaps[categories == c]) for c in set(categories.tolist())}
   for i, r in enumerate(rows):
     stem = safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
-    _upscale(heatmap_panel(images[i], heatmaps[i], vmax), 256).save(
-        os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
+    decision = ("anomalous" if r["score"] >= threshold else "normal") if known else "no threshold"
+    title = f"{os.path.basename(r['path'])[:40]}: score {r['score']:.4g} ({decision})"
+    plots.save(heatmap_figure(images[i], heatmaps[i], scales[r["category"]], title),
+               os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
 
 
 def safe_name(name: str) -> str:

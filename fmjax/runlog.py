@@ -5,6 +5,8 @@
   run_history.jsonl      one line per run: start time, mode, command line
   <name>_metrics.jsonl   scalars per step (train_metrics.jsonl, eval_metrics.jsonl)
   tensorboard/<name>/    the same scalars as TensorBoard event files
+  profile/<name>/        jax.profiler traces of the steps named by train.profile_steps /
+                         evaluate.profile_batches (TensorBoard's profile plugin, or Perfetto)
 
 TensorBoard files are written with tensorboardX: it writes the event format with
 protobuf alone, without TensorFlow (which flax's and clu's writers need), and is
@@ -24,6 +26,8 @@ import socket
 import sys
 
 import jax
+
+from fmjax.errors import ConfigError
 
 
 def _is_writer() -> bool:
@@ -126,3 +130,52 @@ class MetricWriter:
     if self._tb:
       self._tb.close()
     self._tb = None
+
+
+def trace_window(spec: str, key: str) -> tuple[int, int] | None:
+  """"a,b" -> (a, b), the 1-based inclusive steps to trace; "" -> None; ConfigError otherwise."""
+  if not str(spec).strip():
+    return None
+  try:
+    a, b = (int(v) for v in str(spec).split(","))
+  except ValueError:
+    a = b = None
+  if a is None or not 1 <= a <= b:
+    raise ConfigError(f"{key} must be 'first,last' with 1 <= first <= last (e.g. '10,12'), "
+                      f"got {spec!r}")
+  return a, b
+
+
+class StepTrace:
+  """A jax.profiler trace of steps a..b of a loop, written to <workdir>/profile/<name>/.
+
+  Call `before(step)` before a step is dispatched and `after(step, outputs)` once it is; the
+  trace stops after step b's outputs are ready, so it holds their device work. Each process
+  writes its own trace (named by host). Open the folder with TensorBoard's profile plugin
+  (`tensorboard --logdir <workdir>/profile`) or the perfetto_trace.json.gz in ui.perfetto.dev.
+  """
+
+  def __init__(self, workdir: str, name: str, spec: str, key: str):
+    self.window = trace_window(spec, key)
+    self.directory = os.path.join(workdir, "profile", name)
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.window and not self.active and self.window[0] <= step <= self.window[1]:
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.active = True
+
+  def after(self, step: int, outputs=None) -> None:
+    if self.active and step >= self.window[1]:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    """Stops a running trace (also when the loop ended inside the window)."""
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      if _is_writer():
+        print(f"Profiler trace ({self.window[0]}..{self.window[1]}) written to {self.directory}/ "
+              f"(tensorboard --logdir {os.path.dirname(self.directory)}, or its "
+              f"perfetto_trace.json.gz in ui.perfetto.dev)", flush=True)

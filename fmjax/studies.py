@@ -218,7 +218,7 @@ def run_study(config, workdir: str, dataset) -> dict:
     _write_rows(results_path, name, rows, **extra)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
       f.write(results_table(name, rows))
-    study_plot(name, rows).save(os.path.join(out_dir, "plot.png"))
+    plots.save(study_plot(name, rows), os.path.join(out_dir, "plot.png"))
     print(results_table(name, rows), flush=True)
     print(f"Study written to {out_dir}/ (results.md, results.json, plot.png).", flush=True)
   return {"study": name, "rows": rows, **extra}
@@ -324,42 +324,69 @@ def _finite_points(points: list[tuple]) -> tuple[list, list]:
 
 
 def study_plot(name: str, rows: list[dict]):
-  """compute: metrics and images/s against K*T per group (log axis); others: metric per setting."""
+  """A matplotlib figure of a study's mean metrics (percent).
+
+  compute: each metric against images/s (log axis), one line per group of settings, points
+  labelled KxT (the paper's Figure 2); pooling: bars per category and model kind; the others:
+  each metric per checkpoint step or per setting.
+  """
   metric_names = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "PRO")]
-  metric_names = [(k, n) for k, n in metric_names if any(k in r["mean"] for r in rows)]
+  metric_names = [(k, n) for k, n in metric_names
+                  if any(np.isfinite(_number(r["mean"].get(k))) for r in rows)]
   if name == "compute":
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    charts = []
-    for key, title in metric_names + [("images_per_s", "images/s")]:
-      series = []
-      for g in groups:
-        mine = sorted((r for r in rows if r["group"] == g), key=lambda r: r["num_seeds"] * r["num_times"])
-        points = [(r["num_seeds"] * r["num_times"],
-                   _number(r["images_per_s"]) if key == "images_per_s" else _percent(r["mean"].get(key)))
-                  for r in mine]
-        series.append((g, *_finite_points(points)))
-      if not any(xs for _, xs, _ in series):
-        continue  # this metric is undefined in every row
-      charts.append(plots.line_chart(series, f"{title} vs test-time compute", "K*T (forward passes)",
-                                     title if key == "images_per_s" else f"{title} (%)", xlog=True,
-                                     markers=True, legend_corner="tr" if key == "images_per_s" else "br",
-                                     size=(380, 320)))
-    return plots.side_by_side(charts)
+    fig = plots.figure(4.2 * max(len(metric_names), 1), 3.8)
+    axes = fig.subplots(1, max(len(metric_names), 1), squeeze=False)[0]
+    for ax, (key, title) in zip(axes, metric_names):
+      for g, colour in zip(groups, plots.PALETTE * 3):
+        mine = sorted((r for r in rows if r["group"] == g), key=lambda r: _number(r["images_per_s"]))
+        points = [(_number(r["images_per_s"]), _percent(r["mean"].get(key)),
+                   f"{r['num_seeds']}x{r['num_times']}") for r in mine]
+        points = [p for p in points if np.isfinite(p[1]) and np.isfinite(p[0]) and p[0] > 0]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, markersize=4,
+                label=g)
+        for x, y, kt in points:
+          ax.annotate(kt, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
+      ax.set_xscale("log")
+      ax.set_title(f"{title} vs speed", fontsize=10)
+      ax.set_xlabel("images/s (log scale)", fontsize=9)
+      ax.set_ylabel(f"{title} (%)", fontsize=9)
+      ax.grid(alpha=0.3)
+      plots.legend(ax, loc="best")
+    fig.suptitle("Accuracy-speed trade-off over K paths x T times (labels KxT)", fontsize=10)
+    return fig
   if name == "pooling":
     categories = list(rows[0]["per_category"]) + ["Mean"]
-    charts = []
-    for key, title in metric_names:
-      series = [(r["model"], [_percent((r["mean"] if c == "Mean" else r["per_category"][c]).get(key))
-                              for c in categories]) for r in rows]
-      charts.append(plots.bar_chart(categories, series, title, "percent"))
-    return plots.side_by_side(charts)
+    fig = plots.figure(max(4.0, 0.7 * len(categories) + 1.5) * max(len(metric_names), 1), 3.8)
+    axes = fig.subplots(1, max(len(metric_names), 1), squeeze=False)[0]
+    width = 0.8 / len(rows)
+    for ax, (key, title) in zip(axes, metric_names):
+      for j, (r, colour) in enumerate(zip(rows, plots.PALETTE)):
+        values = [_percent((r["mean"] if c == "Mean" else r["per_category"][c]).get(key))
+                  for c in categories]
+        ax.bar(np.arange(len(categories)) - 0.4 + (j + 0.5) * width, values, width, color=colour,
+               label=r["model"])
+      ax.set_xticks(np.arange(len(categories)), categories, rotation=30, ha="right", fontsize=8)
+      finite = [v for r in rows for v in [_percent(r["mean"].get(key))] if np.isfinite(v)]
+      if finite:
+        ax.set_ylim(max(0.0, min(finite) - 15), 100.5)
+      ax.set_title(title, fontsize=10)
+      ax.set_ylabel("percent", fontsize=9)
+      plots.legend(ax, loc="lower right")
+    return fig
   xs = [r["step"] for r in rows] if name == "checkpoints" else list(range(len(rows)))
-  series = []
-  for k, n in metric_names:
-    mxs, mys = _finite_points([(x, _percent(r["mean"].get(k))) for x, r in zip(xs, rows)])
-    if mxs:  # a metric undefined in every row is not drawn
-      series.append((n, mxs, mys))
-  xlabel = "training step" if name == "checkpoints" else "setting: " + ", ".join(
-      f"{i}={r['label']}" for i, r in enumerate(rows))
-  return plots.line_chart(series, f"{name} study (mean over categories)", xlabel, "percent",
-                          markers=True, size=(max(440, 60 * len(rows)), 360))
+  fig = plots.figure(max(5.0, 0.9 * len(rows) + 1.5), 4.0)
+  ax = fig.subplots()
+  for (key, title), colour in zip(metric_names, plots.PALETTE):
+    mxs, mys = _finite_points([(x, _percent(r["mean"].get(key))) for x, r in zip(xs, rows)])
+    ax.plot(mxs, mys, "o-", color=colour, label=title)
+  if name == "checkpoints":
+    ax.set_xlabel("training step", fontsize=9)
+  else:
+    ax.set_xticks(xs, [r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("setting", fontsize=9)
+  ax.set_ylabel("percent (mean over categories)", fontsize=9)
+  ax.set_title(f"{name} study", fontsize=10)
+  ax.grid(alpha=0.3)
+  plots.legend(ax, loc="best")
+  return fig

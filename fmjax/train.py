@@ -27,7 +27,7 @@ from fmjax.errors import NonFiniteError
 from fmjax.models.unet import build_unet, count_params, init_params
 from fmjax.optim import build_optimizer
 from fmjax.progress import Progress
-from fmjax.runlog import MetricWriter
+from fmjax.runlog import MetricWriter, StepTrace
 from fmjax.workdir import class_labels, model_meta, prepare_workdir, restore_newest, state_meta
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
@@ -207,6 +207,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   # Steps logged after the checkpoint a resume starts from are dropped.
   writer = MetricWriter(workdir, "train", resume_from=start)
   progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
+  trace = StepTrace(workdir, "train", config.train.profile_steps, "train.profile_steps")
   if start >= total:
     print(f"Training already done ({start}/{total} steps).", flush=True)
     manager.close()
@@ -223,7 +224,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
     pending, t_last = [], time.time()
     for step in range(start + 1, total + 1):
       images, batch_labels = batches.next()
+      trace.before(step)
       state, step_metrics = train_step(state, images, batch_labels)
+      trace.after(step, step_metrics)
       pending.append(step_metrics)
       last = step == total
       save_now = step % config.train.checkpoint_every_steps == 0 or last
@@ -246,6 +249,8 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
         if save_now:
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
   finally:
+    trace.close()
+    progress.close()
     batches.close()
     manager.close()
     writer.close()

@@ -1,5 +1,6 @@
 """Run records, TensorBoard event files and the train step's metrics."""
 
+import gzip
 import json
 import struct
 
@@ -10,8 +11,9 @@ import optax
 import pytest
 
 from fmjax import main as fm_main
-from fmjax import methods, train
+from fmjax import configlib, methods, runlog, train
 from fmjax.data import NormStats, load_dataset, pipeline
+from fmjax.errors import ConfigError
 from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer
 
@@ -83,3 +85,33 @@ def test_a_run_leaves_its_config_environment_and_tensorboard_files(tmp_path):
   evals = _events(tmp_path / "tensorboard" / "eval")
   metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
   assert evals["pixel_auroc"] == [(4, pytest.approx(metrics["pixel_auroc"], rel=1e-6))] * 2
+
+
+def _traced_calls(directory, function):
+  """How many times the jitted `function` ran inside the one Perfetto trace under `directory`."""
+  (path,) = list(directory.glob("plugins/profile/*/perfetto_trace.json.gz"))
+  assert list(path.parent.glob("*.xplane.pb")), "no xplane file for TensorBoard's profile plugin"
+  trace = json.loads(gzip.decompress(path.read_bytes()))
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  return sum(e.get("ph") == "X" and e.get("name") == f"PjitFunction({function})" for e in events)
+
+
+def test_profile_steps_trace_exactly_the_named_steps(tmp_path):
+  config = tiny_config()
+  config.train.profile_steps = "2,3"
+  config.evaluate.profile_batches = "1,1"
+  fm_main.run(config, str(tmp_path), "train_and_evaluate")
+  assert _traced_calls(tmp_path / "profile" / "train", "step_fn") == 2  # steps 2 and 3 of 4
+  # Batch 1, and batch 2 already launched while batch 1 is fetched (one batch in flight).
+  assert 1 <= _traced_calls(tmp_path / "profile" / "score", "score_local") <= 2
+
+
+def test_profile_window_must_be_two_increasing_steps():
+  assert runlog.trace_window("", "k") is None and runlog.trace_window("3,5", "k") == (3, 5)
+  for bad in ("5", "5,3", "0,2", "a,b", "1,2,3"):
+    with pytest.raises(ConfigError, match="train.profile_steps must be 'first,last'"):
+      runlog.trace_window(bad, "train.profile_steps")
+  config = tiny_config()
+  config.evaluate.profile_batches = "2"
+  with pytest.raises(ConfigError, match="evaluate.profile_batches must be"):
+    configlib.validate(config)
