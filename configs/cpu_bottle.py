@@ -16,6 +16,7 @@ def get_config():
   config.data.name = "mvtec"
   config.data.root = "../shared/data/mvtec"
   config.data.categories = "bottle"
+  config.data.val_fraction = 0.0  # every normal image trains, as in the paper
   configlib.small_cpu_unet(config, num_steps=1500)
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 500

@@ -15,4 +15,5 @@ def get_config():
   config.data.name = "mvtec"
   config.data.root = "../shared/data/mvtec"
   config.data.categories = ""  # all 15 MVTec AD categories
+  config.data.val_fraction = 0.0  # every normal image trains, as in the paper
   return config

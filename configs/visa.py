@@ -16,4 +16,5 @@ def get_config():
   config.data.root = ""  # required: VisA is not bundled
   config.data.categories = ""  # all 12 VisA categories
   config.data.visa_split_csv = "split_csv/1cls.csv"
+  config.data.val_fraction = 0.0  # every normal image trains, as in the paper
   return config

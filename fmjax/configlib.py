@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fmjax import methods, runlog
+from fmjax import calibration, methods, runlog
 from fmjax.data import DATASETS
 from fmjax.errors import ConfigError
 
@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_dir = ""  # mvtec/visa: prepare TFDS array_record files here once, then read them
   c.data.score_dir = ""  # --mode=score: a folder of unlabeled images to score
   c.data.score_category = ""  # --mode=score: their category (a class of the trained model)
+  # Normal training images held out of training per category (for calibration): the paper's
+  # reproduction configs set 0 and train on every normal image, as the paper does.
+  c.data.val_fraction = 0.1
   c.data.loader_workers = 0  # grain worker processes for training batches (0: threads only)
   c.data.loader_threads = 4  # grain threads reading training batches
   c.data.synthetic = ml_collections.ConfigDict(dict(
@@ -88,7 +91,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.use_ema = True
   c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
   c.evaluate.grid_columns = 8  # test images per category grid picture
+  # Cascade scoring: every image at a cheap K, T; the full setting only for cheap scores in a
+  # band around the calibrated threshold (fmjax/cascade.py). Calibrate with it enabled first.
+  c.evaluate.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
+                                                      margin=0.1))
   c.evaluate.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
+
+  c.calibrate = ml_collections.ConfigDict()  # --mode=calibrate (and after train_and_evaluate)
+  # Target false-alarm rates on the held-out normals, comma-separated; the first decides
+  # --mode=score and the report's calibrated column.
+  c.calibrate.false_alarm_rates = "0.01"
+
+  c.export = ml_collections.ConfigDict()  # --mode=export (fmjax/export.py)
+  c.export.platforms = "cpu,cuda,tpu"  # the platforms the StableHLO is lowered for
 
   c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies.py)
   c.study.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
@@ -119,6 +134,19 @@ def small_cpu_unet(config, num_steps: int) -> ml_collections.ConfigDict:
   config.train.update(batch_size=32, num_steps=num_steps, learning_rate=1e-3)
   config.evaluate.batch_size = 32
   return config
+
+
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def export_platforms(spec: str) -> list[str]:
+  """"cpu,cuda" -> ["cpu", "cuda"]: the platforms --mode=export lowers for (ConfigError if unknown)."""
+  platforms = [p.strip().lower() for p in str(spec).split(",") if p.strip()]
+  bad = [p for p in platforms if p not in EXPORT_PLATFORMS]
+  if not platforms or bad:
+    raise ConfigError(f"export.platforms must be a comma-separated subset of {EXPORT_PLATFORMS}; "
+                      f"got {spec!r}")
+  return platforms
 
 
 def renamed_key_errors(keys) -> list[str]:
@@ -175,15 +203,28 @@ def validate(config) -> None:
       ("train.keep_checkpoints", tc.keep_checkpoints, tc.keep_checkpoints >= 1, ">= 1"),
       ("train.log_every_seconds", tc.log_every_seconds, tc.log_every_seconds >= 0, ">= 0"),
       ("model.num_res_blocks", mc.num_res_blocks, mc.num_res_blocks >= 1, ">= 1"),
-      ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)")]:
+      ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)"),
+      ("data.val_fraction", dc.val_fraction, 0 <= dc.val_fraction < 1, "in [0, 1)"),
+      ("evaluate.cascade.num_seeds", ec.cascade.num_seeds, ec.cascade.num_seeds >= 1, ">= 1"),
+      ("evaluate.cascade.num_times", ec.cascade.num_times, ec.cascade.num_times >= 1, ">= 1"),
+      ("evaluate.cascade.margin", ec.cascade.margin, ec.cascade.margin >= 0, ">= 0")]:
     if not ok:
       errors.append(f"{name} must be {rule}, got {value}")
+  for check, spec in ((calibration.parse_rates, config.calibrate.false_alarm_rates),
+                      (export_platforms, config.export.platforms)):
+    try:
+      check(spec)
+    except ConfigError as e:
+      errors.append(str(e))
   for key, spec in (("train.profile_steps", tc.profile_steps),
                     ("evaluate.profile_batches", ec.profile_batches)):
     try:
       runlog.trace_window(spec, key)
     except ConfigError as e:
       errors.append(str(e))
+  if ec.cascade.enabled and ec.method in methods.SCORERS and not methods.scorer(ec.method).uses:
+    errors.append(f"evaluate.cascade needs a method with K or T to make cheaper; {ec.method} has "
+                  "neither")
   if tc.num_steps <= 0 and tc.num_epochs <= 0:
     errors.append("set train.num_epochs > 0 or train.num_steps > 0")
   if dc.name not in DATASETS:

@@ -10,6 +10,7 @@ images.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,22 +19,34 @@ import time
 import jax
 import numpy as np
 
-from fmjax import methods, mismatch, report, sharding
+from fmjax import calibration, cascade, methods, mismatch, report, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.data.sources import folder_images, read_images
-from fmjax.errors import ConfigError, DataLayoutError
+from fmjax.errors import CheckpointMismatchError, ConfigError, DataLayoutError
+from fmjax.ids import image_ids
 from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
 from fmjax.models.unet import build_unet
 from fmjax.progress import Progress
 from fmjax.runlog import MetricWriter, StepTrace
-from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, warn
+from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, saved_meta, warn
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
 THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
+# A calibration also depends on which normal images were held out of training.
+CALIBRATION_KEYS = THRESHOLD_KEYS + ("val_fraction",)
 
 
-def make_score_fn(model, norm: NormStats, eval_config, mesh):
-  """jitted (params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]).
+def scorer_settings(config, step: int) -> dict:
+  """The THRESHOLD_KEYS and CALIBRATION_KEYS values of the configured scorer at `step`."""
+  ec = config.evaluate
+  return {"checkpoint_step": int(step), "method": ec.method,
+          "method_options": methods.scorer_options(ec), "use_ema": bool(ec.use_ema),
+          "seed": ec.seed, "val_fraction": float(config.data.val_fraction)}
+
+
+def local_score_fn(model, norm: NormStats, eval_config):
+  """(params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]) on
+  one device (not jitted): normalisation, the configured scorer, the image score.
 
   `eval_config.method` names the scorer in `fmjax.methods`; its options are
   `eval_config.<method>.*`. Scores are max + mean of the top 1% of each heatmap.
@@ -54,20 +67,18 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
     heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
     return heat, mismatch.image_score(heat)
 
+  return score_local
+
+
+def make_score_fn(model, norm: NormStats, eval_config, mesh):
+  """`local_score_fn` jitted and sharded over the mesh's data axis (batch B a multiple of it)."""
+  score_local = local_score_fn(model, norm, eval_config)
   spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
   score = jax.shard_map(score_local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
                         out_specs=(spec, spec))
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
   return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
-
-
-def image_ids(images: np.ndarray) -> np.ndarray:
-  """int32 [M]: a 31-bit hash of each uint8 image [M,H,W,3]'s pixels, the id its seeds come from,
-  so an image's score depends on its content, not on its place in a folder or a batch."""
-  return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(im).tobytes(),
-                                                  digest_size=4).digest(), "little") & 0x7FFFFFFF
-                   for im in images], np.int32)
 
 
 def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -141,12 +152,97 @@ def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh
   heatmaps, scores, rate = score_arrays(config, params, dataset.test_images, labels,
                                         dataset.num_classes, norm, mesh, trace=trace)
   fitted = fit_image_scores(config, params, dataset, norm, mesh)
-  if fitted is not None:
-    scores = np.zeros(len(heatmaps), np.float64)
-    for name, score_fn in fitted.items():
-      sel = dataset.test_classes == dataset.class_names.index(name)
-      scores[sel] = score_fn(heatmaps[sel])
-  return heatmaps, scores, rate
+  return heatmaps, apply_fitted(fitted, dataset, dataset.test_classes, heatmaps, scores), rate
+
+
+def apply_fitted(fitted, dataset: AnomalyDataset, classes: np.ndarray, heatmaps: np.ndarray,
+                 scores: np.ndarray) -> np.ndarray:
+  """The image scores of `heatmaps` [M,H,W] (classes [M]) under a per-category fit, or `scores`."""
+  if fitted is None:
+    return scores
+  out = np.zeros(len(heatmaps), np.float64)
+  for name, score_fn in fitted.items():
+    sel = classes == dataset.class_names.index(name)
+    if sel.any():
+      out[sel] = score_fn(heatmaps[sel])
+  return out
+
+
+def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
+  """Scores the held-out normal images with the latest checkpoint and writes per-category image
+  and pixel thresholds at `calibrate.false_alarm_rates` to <workdir>/calibration.json."""
+  rates = calibration.parse_rates(config.calibrate.false_alarm_rates)
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  if dataset.val_images is None or len(dataset.val_images) == 0:
+    raise ConfigError("data.val_fraction is 0: no normal images are held out of training, so "
+                      "there is nothing to calibrate on. Train a model with "
+                      "--config.data.val_fraction=0.1 (the default) in a new --workdir.")
+  params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
+                                               config.evaluate.use_ema)
+  trained = saved_meta(workdir, step).get("state", {}).get("val_fraction")
+  if trained != float(config.data.val_fraction):
+    raise CheckpointMismatchError(
+        f"The checkpoint at step {step} was trained with data.val_fraction={trained!r}, the "
+        f"config has {config.data.val_fraction!r}: the held-out images would not be the ones "
+        "the model never saw. Calibrate with the val_fraction it was trained with.")
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  labels = class_labels(config, dataset.val_classes, dataset.num_classes)
+  heatmaps, scores, _ = score_arrays(config, params, dataset.val_images, labels,
+                                     dataset.num_classes, norm, mesh, what="calibrate")
+  scores = apply_fitted(fit_image_scores(config, params, dataset, norm, mesh), dataset,
+                        dataset.val_classes, heatmaps, scores)
+  result = {"settings": scorer_settings(config, step), "rates": rates, "categories": {}}
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.val_classes == ci
+    if sel.any():
+      result["categories"][name] = calibration.calibrate_category(scores[sel], heatmaps[sel], rates)
+  cc = config.evaluate.cascade
+  if cc.enabled:  # the band of cheap scores that the full setting scores again
+    _, cheap, _ = score_arrays(cheap_config(config), params, dataset.val_images, labels,
+                               dataset.num_classes, norm, mesh, what="calibrate (cheap)")
+    result["cascade"] = {**cascade.cheap_options(cc), "margin": float(cc.margin), "categories": {
+        name: cascade.band(cheap[dataset.val_classes == ci], scores[dataset.val_classes == ci],
+                           calibration.decision_threshold(result, name), cc.margin)
+        for ci, name in enumerate(dataset.class_names) if name in result["categories"]}}
+  if jax.process_index() == 0:
+    path = calibration.save(workdir, result)
+    print("\n".join(calibration_lines(result)), flush=True)
+    print(f"Calibration written to {path}", flush=True)
+  return result
+
+
+def cheap_config(config):
+  """The config of the cascade's cheap setting (evaluate.cascade.num_seeds/num_times as K, T)."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    cfg.evaluate.update(cascade.cheap_options(config.evaluate.cascade))
+  return cfg
+
+
+def cascade_in(cal: dict | None, config) -> dict | None:
+  """The calibration's cascade bands when they were made for the configured cheap setting."""
+  cc = config.evaluate.cascade
+  saved = (cal or {}).get("cascade")
+  if saved is None or any(saved[k] != v for k, v in cascade.cheap_options(cc).items()) or \
+      saved["margin"] != float(cc.margin):
+    return None
+  return saved
+
+
+def calibration_lines(result: dict) -> list[str]:
+  """The table printed after calibrating, with a warning per unresolved rate."""
+  keys = [calibration.rate_key(r) for r in result["rates"]]
+  lines = ["category        held out " + " ".join(f"{'thr@' + k:>12s}" for k in keys)]
+  notes = []
+  for name, c in result["categories"].items():
+    lines.append(f"{name[:15]:15s} {c['num_held_out']:8d} " +
+                 " ".join(f"{c['image'][k]['threshold']:12.5g}" for k in keys))
+    for k in keys:
+      if not c["image"][k]["resolved"]:
+        notes.append(f"warning: {name}: {c['num_held_out']} held-out images cannot resolve a "
+                     f"false-alarm rate of {k} (it needs {int(np.ceil(1 / float(k)))}); the "
+                     f"threshold is their maximum, the most conservative choice.")
+  return lines + notes
 
 
 def fit_image_scores(config, params, dataset: AnomalyDataset | None, norm: NormStats, mesh):
@@ -185,6 +281,18 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   mesh = sharding.make_mesh(config.mesh.num_devices)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
   heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh, trace)
+  calibrated, why = calibration.load(workdir, scorer_settings(config, step), CALIBRATION_KEYS)
+  cascaded = None
+  if config.evaluate.cascade.enabled:
+    bands = cascade_in(calibrated, config)
+    if bands is None:
+      warn("evaluate.cascade.enabled, but no cascade band was calibrated for this checkpoint, "
+           "scorer and cheap setting: run --mode=calibrate with the same evaluate.cascade.* first.")
+    else:
+      labels = class_labels(config, dataset.test_classes, dataset.num_classes)
+      _, cheap, cheap_rate = score_arrays(cheap_config(config), params, dataset.test_images, labels,
+                                          dataset.num_classes, norm, mesh, what="cascade (cheap)")
+      cascaded = cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
   if jax.process_index() != 0:
     return {}
 
@@ -208,6 +316,18 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
                                           dataset.test_defects, dataset.test_labels, scores)],
   }
+  if cascaded is not None:
+    result["cascade"] = cascaded
+  if calibrated is not None:
+    result["calibrated"] = calibrated_results(calibrated, dataset, scores)
+    first = calibration.rate_key(calibrated["rates"][0])
+    for r in result["images"]:
+      cat = result["calibrated"]["per_category"].get(r["category"])
+      if cat is not None:
+        r["calibrated_decision"] = ("anomalous" if r["score"] > cat["rates"][first]["threshold"]
+                                    else "normal")
+  elif jax.process_index() == 0:
+    print(f"No calibrated thresholds in the report: {why}.", flush=True)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s,
                **{k: v for k, v in result.items() if k in METRIC_KEYS and v is not None})
@@ -217,6 +337,57 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   print("\n".join(report.summary_lines(result)), flush=True)
   print(f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).", flush=True)
   return result
+
+
+def calibrated_results(cal: dict, dataset: AnomalyDataset, scores: np.ndarray) -> dict:
+  """Per category and calibrated rate: the threshold and what it does on the test split; beside
+  them the F1-optimal threshold's rates (tuned on the test labels)."""
+  out = {"rates": cal["rates"], "per_category": {}}
+  for ci, name in enumerate(dataset.class_names):
+    entry = cal["categories"].get(name)
+    if entry is None:
+      continue
+    sel = dataset.test_classes == ci
+    rows = {}
+    for rate in cal["rates"]:
+      k = calibration.rate_key(rate)
+      t = entry["image"][k]["threshold"]
+      rows[k] = {"threshold": t, "resolved": entry["image"][k]["resolved"],
+                 "pixel_threshold": entry["pixel"][k]["threshold"],
+                 **calibration.test_rates(scores[sel], dataset.test_labels[sel], t)}
+    f1 = compute_metrics(scores[sel], dataset.test_labels[sel])["image_f1_threshold"]
+    out["per_category"][name] = {
+        "num_held_out": entry["num_held_out"], "rates": rows,
+        "f1_optimal": {"threshold": f1, **calibration.test_rates(
+            scores[sel], dataset.test_labels[sel], f1, inclusive=True)}}
+  return out
+
+
+def cascade_results(bands: dict, dataset: AnomalyDataset, cheap: np.ndarray, full: np.ndarray,
+                    cheap_rate: float, full_rate: float) -> dict:
+  """What the cascade does on the test split: per category and overall, how many images its
+  band sends to the full setting and how often its decisions agree with full scoring's (both
+  at the calibrated threshold); its throughput from the measured cheap and full images/s."""
+  per_category, rescored_all, agreed_all = {}, 0, 0
+  for ci, name in enumerate(dataset.class_names):
+    band = bands["categories"].get(name)
+    sel = dataset.test_classes == ci
+    if band is None or not sel.any():
+      continue
+    rescore, _ = cascade.route(cheap[sel], band)
+    anomalous, _ = cascade.decide(cheap[sel], full[sel][rescore], band, band["threshold"])
+    agreed = int(np.sum(anomalous == (full[sel] > band["threshold"])))
+    per_category[name] = {"images": int(sel.sum()), "rescored": int(rescore.sum()),
+                          "agreement": agreed / int(sel.sum()), "band": [band["low"], band["high"]]}
+    rescored_all += int(rescore.sum())
+    agreed_all += agreed
+  n = sum(c["images"] for c in per_category.values())
+  seconds = n / cheap_rate + rescored_all / full_rate
+  return {"num_seeds": bands["num_seeds"], "num_times": bands["num_times"], "images": n,
+          "rescored": rescored_all, "agreement": agreed_all / max(n, 1),
+          "cheap_images_per_s": cheap_rate, "full_images_per_s": full_rate,
+          "images_per_s": n / seconds, "speedup": (n / seconds) / full_rate,
+          "per_category": per_category}
 
 
 def score_folder(config, workdir: str) -> dict:
@@ -244,26 +415,65 @@ def score_folder(config, workdir: str) -> dict:
   labels = class_labels(config, np.full(len(paths), index), len(class_names))
   mesh = sharding.make_mesh(config.mesh.num_devices)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
-  heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
-                                                len(class_names), norm, mesh, trace=trace)
-  fitted = fit_image_scores(config, params, None, norm, mesh)  # on the training images
-  if fitted is not None:  # the category's fit; the first one for a pooled model without category
-    scores = fitted.get(category, next(iter(fitted.values())))(heatmaps)
-  threshold = stored_threshold(workdir, category, {
-      "checkpoint_step": int(step), "method": config.evaluate.method,
-      "method_options": methods.scorer_options(config.evaluate),
-      "use_ema": bool(config.evaluate.use_ema), "seed": config.evaluate.seed})
-  rows = [{"path": p, "category": category, "score": float(s)} for p, s in zip(paths, scores)]
+  settings = scorer_settings(config, step)
+  decision = decision_rule(workdir, category, settings)
+  if config.evaluate.cascade.enabled:
+    heatmaps, scores, flags, setting, images_per_s = _cascade_scores(
+        config, workdir, params, images.array, labels, len(class_names), norm, mesh, category,
+        settings, trace)
+  else:
+    heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
+                                                  len(class_names), norm, mesh, trace=trace)
+    fitted = fit_image_scores(config, params, None, norm, mesh)  # on the training images
+    if fitted is not None:  # the category's fit; the first one for a pooled model without category
+      scores = fitted.get(category, next(iter(fitted.values())))(heatmaps)
+    flags = decision.flags(scores) if decision.known else None
+    setting = ["full"] * len(paths)
+  rows = [{"path": p, "category": category, "score": float(s), "scored_with": w}
+          for p, s, w in zip(paths, scores, setting)]
   if jax.process_index() == 0:
-    report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, threshold)
-    flagged = int((scores >= threshold).sum()) if np.isfinite(threshold) else None
+    report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, decision, flags)
+    if flags is not None:
+      said = f"{int(np.sum(flags))} flagged at the {decision.kind} threshold {decision.threshold:.4g}. "
+    else:
+      said = ("no decisions: no threshold for this checkpoint and scorer (run --mode=calibrate, "
+              "or --mode=evaluate on a labelled test split, with the same settings first). ")
+    if config.evaluate.cascade.enabled:
+      said += f"{setting.count('full')} of {len(paths)} images took the full setting. "
     print(f"Scored {len(paths)} images from {folder} at {images_per_s:.2f} images/s (step {step}); "
-          + (f"{flagged} above the F1-optimal threshold {threshold:.4g}. " if flagged is not None
-             else "no decisions: no threshold for this checkpoint and scorer (run --mode=evaluate "
-             "on a labelled test split with the same settings first). ")
-          + f"Results in {out_dir}/", flush=True)
-  return {"images": rows, "threshold": threshold, "images_per_s": images_per_s,
-          "checkpoint_step": int(step)}
+          + said + f"Results in {out_dir}/", flush=True)
+  return {"images": rows, "threshold": decision.threshold, "threshold_kind": decision.kind,
+          "decisions": None if flags is None else [bool(f) for f in flags],
+          "images_per_s": images_per_s, "checkpoint_step": int(step)}
+
+
+def _cascade_scores(config, workdir, params, images, labels, num_classes, norm, mesh, category,
+                    settings, trace):
+  """Cascade scoring of new images: heatmaps, scores, decisions, the setting each image's score
+  comes from ("cheap" or "full"), and the images/s of the whole cascade (compilation included)."""
+  cal, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
+  bands = cascade_in(cal, config)
+  if bands is None or category not in bands["categories"]:
+    raise ConfigError("evaluate.cascade.enabled needs a cascade band calibrated for this "
+                      "checkpoint, scorer and cheap setting" + (f" ({why})" if why else "") +
+                      ": run --mode=calibrate with the same --config.evaluate.cascade.* first.")
+  if methods.scorer(config.evaluate.method).image_score_fitter(
+      methods.scorer_options(config.evaluate)) is not None:
+    raise ConfigError("evaluate.cascade works with on-device image scores, not a fitted one.")
+  band = bands["categories"][category]
+  t0 = time.time()
+  heat, cheap, _ = score_arrays(cheap_config(config), params, images, labels, num_classes, norm,
+                                mesh, what="cascade (cheap)", trace=trace)
+  rescore, _ = cascade.route(cheap, band)
+  heatmaps, scores = heat.copy(), cheap.astype(np.float64)
+  full = np.zeros(0)
+  if rescore.any():
+    heat_full, full, _ = score_arrays(config, params, images[rescore], labels[rescore],
+                                      num_classes, norm, mesh, what="cascade (full)")
+    heatmaps[rescore], scores[rescore] = heat_full, full
+  flags, _ = cascade.decide(cheap, full, band, band["threshold"])
+  setting = ["full" if r else "cheap" for r in rescore]
+  return heatmaps, scores, flags, setting, len(images) / max(time.time() - t0, 1e-9)
 
 
 def score_dir_name(folder: str) -> str:
@@ -271,6 +481,25 @@ def score_dir_name(folder: str) -> str:
   path = os.path.abspath(folder)
   digest = hashlib.blake2b(path.encode(), digest_size=4).hexdigest()
   return f"{report.safe_name(os.path.basename(os.path.normpath(path)))}-{digest}"
+
+
+def decision_rule(workdir: str, category: str, current: dict) -> calibration.Decision:
+  """How new images of `category` are decided: at the threshold calibrated on held-out normals
+  (the first calibrated rate; flagged when the score is above it) when <workdir>/calibration.json
+  matches the scorer; else at the F1-optimal threshold of an earlier evaluation (tuned on test
+  labels, flagged at or above it), with a warning; else undecided."""
+  cal, why = calibration.load(workdir, current, CALIBRATION_KEYS)
+  if cal is not None and category in cal["categories"]:
+    rate = cal["rates"][0]
+    return calibration.Decision(calibration.decision_threshold(cal, category),
+                           f"calibrated ({calibration.rate_key(rate)} false alarms)", strict=True,
+                           pixel_threshold=calibration.decision_threshold(cal, category, level="pixel"))
+  threshold = stored_threshold(workdir, category, current)
+  if np.isfinite(threshold):
+    warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of the "
+         "labelled test split, which was tuned on its defects.")
+    return calibration.Decision(threshold, "F1-optimal (test-tuned)", strict=False)
+  return calibration.Decision(float("nan"), "", strict=False)
 
 
 def stored_threshold(workdir: str, category: str, current: dict) -> float:

@@ -1,10 +1,16 @@
 """fmjax entry point.
 
   python -m fmjax.main --config configs/<x>.py --workdir <dir> \
-      [--config.a.b=value ...] [--mode=train|evaluate|train_and_evaluate|describe|score|study]
+      [--config.a.b=value ...]
+      [--mode=train|evaluate|train_and_evaluate|calibrate|export|describe|score|study]
 
   --mode=study runs the ablation named by --config.study.name (compute, aggregators,
   checkpoints, seeds, pooling) on the workdir's trained model: <workdir>/studies/<name>/.
+  --mode=calibrate scores the normal images held out of training (data.val_fraction) and
+  writes per-category thresholds at calibrate.false_alarm_rates to <workdir>/calibration.json
+  (train_and_evaluate does it between training and evaluation).
+  --mode=export writes the scorer as StableHLO with its parameters and thresholds to
+  <workdir>/export/, for fmjax.deploy (no Flax, model code or checkpoint needed there).
   --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
@@ -40,7 +46,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train_and_evaluate",
-                  ["train", "evaluate", "train_and_evaluate", "describe", "score", "study"],
+                  ["train", "evaluate", "train_and_evaluate", "calibrate", "export", "describe",
+                   "score", "study"],
                   "What to run.")
 flags.mark_flags_as_required(["config"])
 
@@ -51,7 +58,7 @@ def run(config, workdir: str | None, mode: str):
     from fmjax.describe import describe
     return describe(config)
   if not workdir:
-    raise ConfigError("--workdir is required for modes train, evaluate, train_and_evaluate, score.")
+    raise ConfigError(f"--workdir is required for --mode={mode}.")
   sharding.initialize_distributed()
   configlib.validate_devices(config)  # before anything is created
   from fmjax.workdir import WorkdirLock, prepare_workdir
@@ -66,6 +73,9 @@ def _run_locked(config, workdir: str, mode: str):
   from fmjax import evaluate, train
   if mode == "score":
     return evaluate.score_folder(config, workdir)
+  if mode == "export":
+    from fmjax.export import export_scorer
+    return export_scorer(config, workdir)
   from fmjax.data import load_dataset
   dataset = load_dataset(config.data)
   result = None
@@ -74,6 +84,9 @@ def _run_locked(config, workdir: str, mode: str):
     return run_study(config, workdir, dataset)
   if mode in ("train", "train_and_evaluate"):
     result = train.train(config, workdir, dataset)
+  if mode == "calibrate" or (mode == "train_and_evaluate" and dataset.val_images is not None
+                             and len(dataset.val_images)):
+    result = evaluate.calibrate(config, workdir, dataset)
   if mode in ("evaluate", "train_and_evaluate"):
     result = evaluate.evaluate(config, workdir, dataset)
   return result

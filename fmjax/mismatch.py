@@ -57,6 +57,12 @@ def image_score(heatmaps: jax.Array, top_fraction: float = 0.01) -> jax.Array:
   return top[:, 0] + jnp.mean(top, axis=1)
 
 
+def _at_most(b, chunk: int) -> int:
+  """min(b, chunk) for a batch size b that may be symbolic (an exported function's batch):
+  a symbolic b keeps `chunk`, so the function serves any batch."""
+  return min(b, chunk) if isinstance(b, int) else chunk
+
+
 def _chunks(total: int, chunk: int) -> tuple[int, int]:
   """(number of chunks, padded total) covering `total` items in pieces of `chunk`."""
   n = -(-total // chunk)
@@ -70,7 +76,7 @@ def map_image_chunks(fn, *per_image: jax.Array, chunk: int) -> jax.Array:
   with zeros and the padding dropped from the result. Returns [B,...].
   """
   b = per_image[0].shape[0]
-  chunk = max(1, min(b, chunk))
+  chunk = max(1, _at_most(b, chunk))
   n, b_pad = _chunks(b, chunk)
   split = lambda a: jnp.pad(a, [(0, b_pad - b)] + [(0, 0)] * (a.ndim - 1)).reshape(
       (n, chunk) + a.shape[1:])
@@ -108,7 +114,7 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
     raise ValueError("The number of seeds K must be >= 1.")
 
   # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
-  img_chunk = max(1, min(b, max_forward_batch // k))
+  img_chunk = max(1, _at_most(b, max_forward_batch // k))
   t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
   n_t, t_pad = _chunks(num_t, t_chunk)
   t_all = jnp.pad(times, (0, t_pad - num_t))

@@ -19,7 +19,7 @@ import shutil
 
 import numpy as np
 
-from fmjax import methods, plots
+from fmjax import calibration, methods, plots
 from fmjax.data import AnomalyDataset
 
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
@@ -39,15 +39,22 @@ def category_scales(dataset: AnomalyDataset, heatmaps: np.ndarray) -> dict:
           for ci in np.unique(dataset.test_classes).tolist()}
 
 
-def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, mask=None):
-  """One image at full size: the image (ground truth outlined) | its heatmap overlay, colour bar."""
+def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, mask=None,
+                   predicted=None):
+  """One image at full size: the image (ground truth outlined) | its heatmap overlay, colour
+  bar; `predicted` [H,W] bool (pixels above a calibrated pixel threshold) outlined in cyan."""
   fig = plots.figure(7.0, 3.6)
   axes = fig.subplots(1, 2)
   plots.show_image(axes[0], image, mask, contour_colour="lime")
   axes[0].set_title("image" + (" + ground truth" if mask is not None and np.any(mask) else ""),
                     fontsize=9)
   plots.show_image(axes[1], plots.overlay(image, heatmap, scale), mask)
-  axes[1].set_title("anomaly heatmap", fontsize=9)
+  has_prediction = predicted is not None and np.any(predicted)
+  if has_prediction:
+    axes[1].contour(np.asarray(predicted, np.float64), levels=[0.5], colors="cyan", linewidths=1.0,
+                    linestyles="--")
+  axes[1].set_title("anomaly heatmap" + (" (cyan: predicted defect)" if has_prediction else ""),
+                    fontsize=9)
   plots.colour_bar(fig, axes[1], scale, "pixel score")
   fig.suptitle(title, fontsize=10)
   return fig
@@ -165,18 +172,68 @@ def metrics_markdown(result: dict) -> str:
       "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
       "Mean = average over categories (the papers' convention).", "",
       metrics_table(result), "",
-      f"All test images pooled into one ranking: {overall}.", ""])
+      f"All test images pooled into one ranking: {overall}.", ""] + ([
+      "## Decisions without test labels", "",
+      "Image thresholds calibrated on normal training images held out of training "
+      "(`calibration.json`; flagged when the score is above the threshold), and what they give "
+      "on this test split. The F1-optimal row is tuned on the test labels themselves: an upper "
+      "reference, not available on a production line.", "",
+      calibrated_table(result), ""] if "calibrated" in result else []) +
+      (cascade_section(result["cascade"]) if "cascade" in result else []))
+
+
+def cascade_section(c: dict) -> list[str]:
+  """Markdown lines: how many images the cascade sent to the full setting, its agreement with
+  full scoring, its throughput."""
+  lines = ["## Cascade scoring", "",
+           f"Every image scored at K = {c['num_seeds']}, T = {c['num_times']}; those whose cheap "
+           f"score fell in the band calibrated on the held-out normals scored again with the full "
+           f"setting: {c['rescored']} of {c['images']} images took the expensive path. Decisions "
+           f"agree with full scoring on {format_percent(c['agreement'])}% of the test images; "
+           f"{c['images_per_s']:.3g} images/s against {c['full_images_per_s']:.3g} for full "
+           f"scoring ({c['speedup']:.2f}x, from the measured cheap and full images/s).", "",
+           "| Category | images | rescored | agreement | band of cheap scores |",
+           "|---|---:|---:|---:|---|"]
+  for name, p in c["per_category"].items():
+    lines.append(f"| {name} | {p['images']} | {p['rescored']} | {format_percent(p['agreement'])} | "
+                 f"{p['band'][0]:.4g} to {p['band'][1]:.4g} |")
+  return lines + [""]
 
 
 def write_scores_csv(path: str, result: dict) -> None:
+  """One row per test image: the decision at the F1-optimal threshold (tuned on the test labels,
+  score >= threshold) and, when calibrated, at the first calibrated rate (score > threshold)."""
+  calibrated = result.get("calibrated")
+  first = calibration.rate_key(calibrated["rates"][0]) if calibrated else None
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["path", "category", "defect", "label", "score", "threshold", "decision"])
+    w.writerow(["path", "category", "defect", "label", "score", "threshold", "decision",
+                "calibrated_threshold", "calibrated_decision"])
     for r in result["images"]:
       t = result["per_category"][r["category"]]["image_f1_threshold"]
       decision = "" if not np.isfinite(t) else ("anomalous" if r["score"] >= t else "normal")
+      cat = calibrated["per_category"].get(r["category"]) if calibrated else None
+      ct = f"{cat['rates'][first]['threshold']:.8g}" if cat else ""
       w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{r['score']:.8g}",
-                  f"{t:.8g}", decision])
+                  f"{t:.8g}", decision, ct, r.get("calibrated_decision", "")])
+
+
+def calibrated_table(result: dict) -> str:
+  """Markdown: per category, each calibrated rate's threshold with the false-alarm rate and
+  recall it gives on the test split, and the F1-optimal threshold's (tuned on test labels)."""
+  cal = result["calibrated"]
+  lines = ["| Category | held-out normals | threshold at | threshold | test false alarms | "
+           "test recall |", "|---|---:|---|---:|---:|---:|"]
+  for name, c in cal["per_category"].items():
+    for k, row in c["rates"].items():
+      rate = f"{100 * float(k):g}% false alarms" + ("" if row["resolved"] else " (unresolved)")
+      lines.append(f"| {name} | {c['num_held_out']} | {rate} | {row['threshold']:.4g} | "
+                   f"{format_percent(row['false_alarm_rate'])} | {format_percent(row['recall'])} |")
+    f1 = c["f1_optimal"]
+    threshold = "-" if f1["threshold"] is None or not np.isfinite(f1["threshold"]) else f"{f1['threshold']:.4g}"
+    lines.append(f"| {name} | | F1-optimal (tuned on the test labels) | {threshold} | "
+                 f"{format_percent(f1['false_alarm_rate'])} | {format_percent(f1['recall'])} |")
+  return "\n".join(lines)
 
 
 def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict):
@@ -271,24 +328,31 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
 
 
 def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
-                           heatmaps: np.ndarray, threshold: float) -> None:
-  """scores.csv (path, category, score, threshold, decision) and a heatmap panel per image."""
+                           heatmaps: np.ndarray, decision: calibration.Decision,
+                           flags=None) -> None:
+  """scores.csv (path, category, score, scored_with, threshold, threshold_kind, decision) and
+  a heatmap panel per image, the predicted defect (pixels above the pixel threshold) outlined.
+  `flags` [M] bool are the decisions (None: undecided)."""
   fresh_dir(os.path.join(out_dir, "heatmaps"))
-  known = np.isfinite(threshold)
+  flags = [None] * len(rows) if flags is None else flags
+  words = ["" if f is None else ("anomalous" if f else "normal") for f in flags]
   with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["path", "category", "score", "threshold", "decision"])
-    for r in rows:
-      decision = ("anomalous" if r["score"] >= threshold else "normal") if known else ""
-      w.writerow([r["path"], r["category"], f"{r['score']:.8g}", f"{threshold:.8g}" if known else "",
-                  decision])
+    w.writerow(["path", "category", "score", "scored_with", "threshold", "threshold_kind",
+                "decision"])
+    for r, word in zip(rows, words):
+      w.writerow([r["path"], r["category"], f"{r['score']:.8g}", r.get("scored_with", "full"),
+                  f"{decision.threshold:.8g}" if decision.known else "", decision.kind, word])
   categories = np.array([r["category"] for r in rows])
   scales = {c: plots.heat_scale(heatmaps[categories == c]) for c in set(categories.tolist())}
-  for i, r in enumerate(rows):
+  pixel = decision.pixel_threshold
+  for i, (r, word) in enumerate(zip(rows, words)):
     stem = safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
-    decision = ("anomalous" if r["score"] >= threshold else "normal") if known else "no threshold"
-    title = f"{os.path.basename(r['path'])[:40]}: score {r['score']:.4g} ({decision})"
-    plots.save(heatmap_figure(images[i], heatmaps[i], scales[r["category"]], title),
+    title = (f"{os.path.basename(r['path'])[:40]}: score {r['score']:.4g} "
+             f"({word or 'no threshold'})")
+    predicted = heatmaps[i] > pixel if np.isfinite(pixel) else None
+    plots.save(heatmap_figure(images[i], heatmaps[i], scales[r["category"]], title,
+                              predicted=predicted),
                os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
 
 
@@ -316,5 +380,17 @@ def summary_lines(result: dict) -> list[str]:
   s = result["settings"]
   lines.append(f"{methods.scorer(s['method']).title}: {scorer_settings(s)}; "
                f"step {s['checkpoint_step']}; {s['images_per_s']:.2f} images/s")
+  for name, c in result.get("calibrated", {}).get("per_category", {}).items():
+    for k, row in c["rates"].items():
+      lines.append(f"{name}: threshold {row['threshold']:.4g} calibrated on {c['num_held_out']} "
+                   f"held-out normals at {100 * float(k):g}% false alarms"
+                   f"{'' if row['resolved'] else ' (unresolved: their maximum)'} -> on the test "
+                   f"split {format_percent(row['false_alarm_rate'])}% false alarms, "
+                   f"{format_percent(row['recall'])}% recall")
+  c = result.get("cascade")
+  if c:
+    lines.append(f"cascade (K={c['num_seeds']}, T={c['num_times']} first): {c['rescored']} of "
+                 f"{c['images']} images rescored at full cost; agreement with full scoring "
+                 f"{format_percent(c['agreement'])}%; {c['speedup']:.2f}x the full images/s")
   return lines
 

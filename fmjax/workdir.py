@@ -193,8 +193,19 @@ def model_meta(config, class_names) -> dict:
 
 
 def state_meta(config) -> dict:
-  """What the rest of the train state holds: EMA parameters, AMSGrad statistics."""
-  return {"ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad)}
+  """What the rest of the train state holds (EMA parameters, AMSGrad statistics) and which
+  normal images training left out (data.val_fraction): a resume must keep all three."""
+  return {"ema": config.train.ema_decay > 0, "amsgrad": bool(config.train.amsgrad),
+          "val_fraction": float(config.data.val_fraction)}
+
+
+def saved_meta(workdir: str, step: int) -> dict:
+  """The metadata saved with the checkpoint at `step` (model, state, norm, ...)."""
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  try:
+    return checkpoint.read_meta(manager, step)
+  finally:
+    manager.close()
 
 
 def class_labels(config, classes: np.ndarray, num_classes: int) -> np.ndarray:

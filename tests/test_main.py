@@ -45,15 +45,27 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
                                       "data.score_category": "weave"}), str(tmp_path), "score")
   assert [r["score"] for r in scored["images"]] == pytest.approx(
       [i["score"] for i in metrics["images"][:4]], rel=1e-5)
-  threshold = metrics["per_category"]["weave"]["image_f1_threshold"]
-  assert scored["threshold"] == threshold
+  # It decides at the threshold calibrated on weave's held-out normals (score above it) ...
+  calibrated = json.loads((tmp_path / "calibration.json").read_text())
+  threshold = calibrated["categories"]["weave"]["image"]["0.01"]["threshold"]
+  assert scored["threshold"] == threshold and scored["threshold_kind"].startswith("calibrated")
   from fmjax.evaluate import score_dir_name
   out = tmp_path / "scores" / score_dir_name(str(folder))
   with open(out / "scores.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["decision"] for r in rows] == [
-      "anomalous" if i["score"] >= threshold else "normal" for i in metrics["images"][:4]]
+      "anomalous" if i["score"] > threshold else "normal" for i in metrics["images"][:4]]
   assert len(os.listdir(out / "heatmaps")) == 4
+  # ... and without a calibration at the evaluation's F1-optimal one (at or above it).
+  os.remove(tmp_path / "calibration.json")
+  scored = fm_main.run(tiny_config(**{"data.score_dir": str(folder), "data.score_category": "weave"}),
+                       str(tmp_path), "score")
+  threshold = metrics["per_category"]["weave"]["image_f1_threshold"]
+  assert scored["threshold"] == threshold and scored["threshold_kind"] == "F1-optimal (test-tuned)"
+  with open(out / "scores.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["decision"] for r in rows] == [
+      "anomalous" if i["score"] >= threshold else "normal" for i in metrics["images"][:4]]
   with pytest.raises(ValueError, match=r"score_category .* one of \['weave', 'brushed', 'tiles'\]"):
     fm_main.run(tiny_config(**{"data.score_dir": str(folder)}), str(tmp_path), "score")
 

@@ -1,6 +1,6 @@
 """Data sources. `load_dataset(config.data)` returns an `AnomalyDataset`."""
 
-from fmjax.data.dataset import AnomalyDataset, NormStats
+from fmjax.data.dataset import AnomalyDataset, NormStats, hold_out_normals
 from fmjax.data.decode import CorruptImageError
 from fmjax.data.sources import MVTEC_CATEGORIES, VISA_CATEGORIES, mvtec_samples, read_samples, visa_samples
 from fmjax.data.synthetic import make_synthetic_dataset
@@ -43,7 +43,12 @@ def load_visa_dataset(root: str, categories=(), image_size: int = 128,
 
 
 def load_dataset(data_config) -> AnomalyDataset:
-  """The dataset named by `config.data.name` at `config.data.image_size`."""
+  """The dataset named by `config.data.name` at `config.data.image_size`, with
+  `data.val_fraction` of each category's normal training images held out (`hold_out_normals`)."""
+  return hold_out_normals(_load_source(data_config), data_config.get("val_fraction", 0.0))
+
+
+def _load_source(data_config) -> AnomalyDataset:
   name = data_config.name
   if name == "synthetic":
     syn = data_config.synthetic

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -29,6 +30,10 @@ class AnomalyDataset:
   test_defects: list[str]
   test_paths: list[str]
   train_paths: list[str] | None = None  # files of the training images, when read from disk
+  # Normal images held out of training (`hold_out_normals`), for calibration and validation.
+  val_images: np.ndarray | None = None  # uint8 [V,H,W,3]
+  val_classes: np.ndarray | None = None  # [V]
+  val_paths: list[str] | None = None
 
   def __post_init__(self):
     n, m = len(self.train_images), len(self.test_images)
@@ -91,6 +96,43 @@ class NormStats:
 
   def to_dict(self):
     return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def held_out_count(n: int, fraction: float) -> int:
+  """How many of a category's n normal images `fraction` holds out: round(fraction * n), at
+  least 1 when fraction > 0, and never all of them (at least one is left to train on)."""
+  if fraction <= 0 or n < 2:
+    return 0
+  return int(min(max(1, np.floor(fraction * n + 0.5)), n - 1))
+
+
+def _content_key(image: np.ndarray) -> bytes:
+  return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest()
+
+
+def hold_out_normals(dataset: AnomalyDataset, fraction: float) -> AnomalyDataset:
+  """The dataset with `held_out_count` normal training images of each category moved to
+  val_images/val_classes/val_paths.
+
+  Which ones depends only on the images' pixels (those with the smallest content hashes),
+  not on file order or on the other categories, so the split is the same on every host and
+  every run, and adding images to a category moves few others.
+  """
+  if fraction <= 0:
+    return dataset
+  held = np.zeros(len(dataset.train_images), bool)
+  for c in np.unique(dataset.train_classes):
+    idx = np.flatnonzero(dataset.train_classes == c)
+    keys = [_content_key(dataset.train_images[i]) for i in idx]
+    order = sorted(range(len(idx)), key=lambda j: (keys[j], j))
+    held[idx[order[:held_out_count(len(idx), fraction)]]] = True
+  keep = ~held
+  paths = dataset.train_paths
+  return dataclasses.replace(
+      dataset, train_images=dataset.train_images[keep], train_classes=dataset.train_classes[keep],
+      train_paths=None if paths is None else [p for p, k in zip(paths, keep) if k],
+      val_images=dataset.train_images[held], val_classes=dataset.train_classes[held],
+      val_paths=None if paths is None else [p for p, h in zip(paths, held) if h])
 
 
 def workdir_stats_path(workdir: str) -> str:

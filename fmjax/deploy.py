@@ -1,0 +1,177 @@
+"""Scoring with an exported scorer (`--mode=export`): jax and numpy only.
+
+  scorer = fmjax.deploy.load("runs/bottle/export")
+  result = scorer(images_uint8_BxSxSx3, category="bottle")
+  result.heatmaps [B,S,S] float32, result.scores [B] float32, result.decisions [B] bool or None
+
+  python -m fmjax.deploy <export dir> <image or folder> [--category=C] [--out=DIR]
+
+The command prints one line per image (score, decision) and writes a heatmap picture per image.
+Neither loading nor scoring imports Flax, the model code or a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from fmjax.ids import image_ids
+
+
+class DeployError(ValueError):
+  """An export that cannot serve this call (wrong folder, image size, platform, category)."""
+
+
+@dataclasses.dataclass
+class Scored:
+  heatmaps: np.ndarray  # float32 [B,S,S]
+  scores: np.ndarray  # float32 [B]
+  decisions: np.ndarray | None  # bool [B] (True: anomalous); None without a threshold
+  threshold: float | None
+  threshold_kind: str
+
+
+class Scorer:
+  """An exported scorer; call it with uint8 images [B,S,S,3] (and their category)."""
+
+  def __init__(self, path: str, manifest: dict, exported, params: list, devices):
+    self.path, self.manifest, self._exported, self._devices = path, manifest, exported, devices
+    self.image_size = manifest["image_size"]
+    self.class_names = manifest["class_names"]
+    if len(devices) > 1:  # data-parallel: the exported one-device function under shard_map
+      mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+      rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      self._data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+      spec = jax.sharding.PartitionSpec("data")
+      self._call = jax.jit(jax.shard_map(exported.call, mesh=mesh,
+                                         in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
+                                         out_specs=(spec, spec)))
+      self._params = jax.device_put(params, rep)
+    else:
+      self._data = devices[0]
+      self._call = jax.jit(exported.call)
+      self._params = jax.device_put(params, devices[0])
+
+  def labels_for(self, category: str | None, count: int) -> np.ndarray:
+    m = self.manifest
+    if category is None:
+      if m["class_conditional"] and len(self.class_names) > 1:
+        raise DeployError(f"The model is class-conditional: give category=, one of {self.class_names}.")
+      category = self.class_names[0]
+    if category not in self.class_names:
+      raise DeployError(f"Unknown category {category!r}: the export knows {self.class_names}.")
+    label = self.class_names.index(category) if m["class_conditional"] else m["null_label"]
+    return np.full(count, label, np.int32)
+
+  def __call__(self, images: np.ndarray, category: str | None = None) -> Scored:
+    images = np.asarray(images)
+    s = self.image_size
+    if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
+      raise DeployError(f"This export scores uint8 images [B,{s},{s},3]; got {images.dtype} "
+                        f"{list(images.shape)}. Resize them to {s}x{s} (`read_images` does) or "
+                        "export the model at this image size.")
+    if category is None and len(self.class_names) == 1:
+      category = self.class_names[0]
+    labels = self.labels_for(category, len(images))
+    ids = image_ids(images)
+    n, pad = len(images), (-len(images)) % len(self._devices)
+    if pad:  # a multiple of the devices: repeat the last image, drop its rows after
+      images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+      labels = np.concatenate([labels, np.repeat(labels[-1:], pad)])
+      ids = np.concatenate([ids, np.repeat(ids[-1:], pad)])
+    put = lambda x: jax.device_put(x, self._data)
+    heat, scores = jax.device_get(self._call(self._params, put(images), put(labels), put(ids)))
+    heat, scores = np.asarray(heat)[:n], np.asarray(scores)[:n]
+    t = self.manifest["thresholds"].get(category or self.class_names[0], {})
+    threshold = t.get("image")
+    if threshold is None:
+      return Scored(heat, scores, None, None, "")
+    decisions = scores > threshold if t["strict"] else scores >= threshold
+    return Scored(heat, scores, decisions, float(threshold), t["kind"])
+
+
+def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
+  """The exported scorer in `path` on `devices` (default: this process's devices of JAX's
+  default backend). DeployError when it was exported for another platform or, with
+  `image_size`, another image size."""
+  manifest_path = os.path.join(path, "manifest.json")
+  if not os.path.isfile(manifest_path):
+    raise DeployError(f"{path} is not an fmjax export (no manifest.json): make one with "
+                      "python -m fmjax.main --config <config> --workdir <dir> --mode=export.")
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  if image_size is not None and image_size != manifest["image_size"]:
+    raise DeployError(f"{path} was exported for {manifest['image_size']}x{manifest['image_size']} "
+                      f"images, not {image_size}x{image_size}: export the model again at "
+                      f"--config.data.image_size={image_size} (a model is trained at one size).")
+  devices = list(devices) if devices is not None else jax.local_devices()
+  platform = devices[0].platform
+  platform = {"gpu": "cuda"}.get(platform, platform)
+  if platform not in manifest["platforms"]:
+    raise DeployError(f"{path} was exported for {', '.join(manifest['platforms'])}, but this "
+                      f"machine runs JAX on {platform}: export again with "
+                      f"--config.export.platforms={','.join(manifest['platforms'] + [platform])}.")
+  with open(os.path.join(path, "scorer.jax"), "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  with np.load(os.path.join(path, "params.npz")) as npz:
+    params = [npz[f"leaf_{i:05d}"] for i in range(manifest["num_param_arrays"])]
+  return Scorer(path, manifest, exported, params, devices)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m fmjax.deploy", description=__doc__.split("\n")[0])
+  parser.add_argument("export_dir")
+  parser.add_argument("images", help="an image file or a folder of images")
+  parser.add_argument("--category", default=None, help="the images' category (class-conditional models)")
+  parser.add_argument("--out", default=None, help="where to write heatmaps (default <export_dir>/scored)")
+  parser.add_argument("--batch", type=int, default=32, help="images per call")
+  args = parser.parse_args(argv)
+  from fmjax.data.decode import IMAGE_EXTENSIONS, read_image  # reading files: PIL and numpy
+  try:
+    scorer = load(args.export_dir)
+    if os.path.isdir(args.images):
+      paths = sorted(os.path.join(args.images, f) for f in os.listdir(args.images)
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+    elif os.path.isfile(args.images):
+      paths = [args.images]
+    else:
+      raise DeployError(f"{args.images} is neither an image file nor a folder.")
+    if not paths:
+      raise DeployError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}.")
+    out = args.out or os.path.join(args.export_dir, "scored")
+    os.makedirs(out, exist_ok=True)
+    from matplotlib.colors import Normalize
+    from PIL import Image
+
+    from fmjax import plots  # matplotlib and numpy
+    for start in range(0, len(paths), args.batch):
+      chunk = paths[start:start + args.batch]
+      images = np.stack([read_image(p, scorer.image_size) for p in chunk])
+      result = scorer(images, args.category)
+      pixel = scorer.manifest["thresholds"].get(args.category or scorer.class_names[0], {}).get("pixel")
+      # Full colour at the calibrated pixel threshold (a predicted defect), else the batch's scale.
+      scale = Normalize(0.0, pixel, clip=True) if pixel else plots.heat_scale(result.heatmaps)
+      for i, p in enumerate(chunk):
+        decided = ("" if result.decisions is None else
+                   " anomalous" if result.decisions[i] else " normal")
+        print(f"{p}\t{result.scores[i]:.6g}{decided}", flush=True)
+        panel = Image.fromarray(plots.overlay(images[i], result.heatmaps[i], scale))
+        zoom = max(1, 256 // scorer.image_size)
+        panel.resize((scorer.image_size * zoom,) * 2, Image.NEAREST).save(
+            os.path.join(out, os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"))
+    if result.threshold is not None:
+      print(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); heatmaps in {out}/")
+    return 0
+  except (DeployError, OSError) as e:
+    print(f"fmjax.deploy: error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

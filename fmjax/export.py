@@ -1,0 +1,97 @@
+"""`--mode=export`: the workdir's scorer as StableHLO, shippable without the training code.
+
+  <workdir>/export/
+    scorer.jax      jax.export serialization of (params, images uint8 [b,S,S,3], labels [b],
+                    ids [b]) -> (heatmaps float32 [b,S,S], scores float32 [b]) for a fixed
+                    image size S and a symbolic batch b; normalisation, the method with its
+                    K, T and seed, and the image score are inside
+    params.npz      the parameters the function takes, as its flat list (leaf_00000, ...)
+    manifest.json   image size, class names and labels, method and options, checkpoint step,
+                    platforms, and per category the decision threshold (calibrated on held-out
+                    normals when available, else the F1-optimal one of the last evaluation)
+
+`fmjax.deploy.load` reads it with jax and numpy only (no Flax, no model code, no checkpoint).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import jax
+import numpy as np
+
+from fmjax import calibration, configlib, evaluate, methods
+from fmjax.errors import ConfigError
+from fmjax.models.unet import build_unet
+from fmjax.workdir import load_params_for_eval, prepare_workdir
+
+FORMAT_VERSION = 1
+
+
+def export_scorer(config, workdir: str) -> str:
+  """Writes <workdir>/export/ (module docstring) for the latest checkpoint; returns its path."""
+  ec = config.evaluate
+  scorer = methods.scorer(ec.method)
+  if scorer.image_score_fitter(methods.scorer_options(ec)) is not None:
+    raise ConfigError(f"evaluate.method={ec.method} with these options fits its image score with "
+                      "scikit-learn on the training images, which cannot be exported as StableHLO; "
+                      f"use the default on-device image score (e.g. evaluate.{ec.method}.image_score"
+                      "=top1).")
+  platforms = configlib.export_platforms(config.export.platforms)
+  params, step, norm, class_names = load_params_for_eval(config, workdir, None, ec.use_ema)
+  model_config = config.model
+  if platforms != ["cuda"] and model_config.attention_impl != "xla":
+    model_config = model_config.copy_and_resolve_references()
+    model_config.attention_impl = "xla"  # cuDNN attention lowers for CUDA only
+  model = build_unet(model_config, len(class_names))
+  leaves, treedef = jax.tree.flatten(jax.device_get(params))
+  score_local = evaluate.local_score_fn(model, norm, ec)
+
+  def exported_fn(flat_params, images, labels, ids):
+    return score_local(jax.tree.unflatten(treedef, flat_params), images, labels, ids)
+
+  size = config.data.image_size
+  (b,) = jax.export.symbolic_shape("b")
+  args = ([jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves],
+          jax.ShapeDtypeStruct((b, size, size, 3), np.uint8),
+          jax.ShapeDtypeStruct((b,), np.int32), jax.ShapeDtypeStruct((b,), np.int32))
+  exported = jax.export.export(jax.jit(exported_fn), platforms=platforms)(*args)
+
+  out_dir = os.path.join(workdir, "export")
+  prepare_workdir(out_dir)
+  if jax.process_index() != 0:
+    return out_dir
+  with open(os.path.join(out_dir, "scorer.jax"), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(out_dir, "params.npz"),
+           **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+  settings = evaluate.scorer_settings(config, step)
+  thresholds = {}
+  for name in class_names:
+    rule = evaluate.decision_rule(workdir, name, settings)
+    thresholds[name] = {"image": rule.threshold if rule.known else None, "kind": rule.kind,
+                        "strict": rule.strict,
+                        "pixel": float(rule.pixel_threshold) if np.isfinite(rule.pixel_threshold)
+                        else None}
+  manifest = {
+      "format_version": FORMAT_VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "image_size": size, "channels": 3, "platforms": platforms,
+      "class_names": list(class_names), "class_conditional": bool(config.data.class_conditional),
+      "null_label": len(class_names), "num_params": int(sum(np.size(x) for x in leaves)),
+      "num_param_arrays": len(leaves), "method": ec.method,
+      "method_options": methods.scorer_options(ec), "seed": ec.seed,
+      "checkpoint_step": int(step), "use_ema": bool(ec.use_ema), "thresholds": thresholds,
+      "calibration_rate": calibration.parse_rates(config.calibrate.false_alarm_rates)[0],
+      "decision": "anomalous when score > threshold (strict: calibrated) or score >= threshold "
+                  "(F1-optimal, tuned on test labels)"}
+  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=1)
+  known = [n for n, t in thresholds.items() if t["image"] is not None]
+  print(f"Exported {ec.method} (step {step}, {size}x{size}, platforms {','.join(platforms)}, "
+        f"{manifest['num_params']:,} parameters) to {out_dir}/; thresholds for "
+        f"{len(known)}/{len(class_names)} categories "
+        f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).", flush=True)
+  return out_dir

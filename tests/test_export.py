@@ -1,0 +1,136 @@
+"""The exported scorer: equal to in-process scoring, free of Flax and the checkpoint, clear refusals."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmjax import deploy, evaluate, sharding
+from fmjax import main as fm_main
+from fmjax.data import load_dataset
+from fmjax.errors import ConfigError
+from fmjax.workdir import class_labels, load_params_for_eval
+
+from conftest import REPO, tiny_config
+
+OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A tiny trained, calibrated, evaluated and exported run; the export copied away from it."""
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(**OVERRIDES)
+  fm_main.run(config, str(workdir), "train_and_evaluate")
+  fm_main.run(config, str(workdir), "export")
+  copy = tmp_path_factory.mktemp("shipped") / "export"
+  shutil.copytree(workdir / "export", copy)
+  return workdir, copy, config
+
+
+def test_exported_scores_equal_in_process_scoring(exported):
+  workdir, path, config = exported
+  dataset = load_dataset(config.data)
+  params, _, norm, _ = load_params_for_eval(config, str(workdir), dataset.class_names)
+  labels = class_labels(config, dataset.test_classes, dataset.num_classes)
+  heat, scores, _ = evaluate.score_arrays(config, params, dataset.test_images, labels,
+                                          dataset.num_classes, norm, sharding.make_mesh(1))
+  scorer = deploy.load(str(path))
+  metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+  calibration = json.loads((workdir / "calibration.json").read_text())
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.test_classes == ci
+    out = scorer(dataset.test_images[sel], name)
+    np.testing.assert_allclose(out.heatmaps, heat[sel], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.scores, scores[sel], rtol=1e-5)
+    assert out.threshold == calibration["categories"][name]["image"]["0.5"]["threshold"]
+    expected = [i["calibrated_decision"] == "anomalous"
+                for i, s in zip(metrics["images"], sel) if s]
+    assert out.decisions.tolist() == expected
+  # Any batch size: one image, and an odd count.
+  one = scorer(dataset.test_images[:1], "weave")
+  np.testing.assert_allclose(one.scores, scores[:1], rtol=1e-5)
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+import fmjax.deploy
+scorer = fmjax.deploy.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out = scorer(images, "weave")
+banned = [m for m in sys.modules if m == "flax" or m.startswith(("flax.", "fmjax.models", "fmjax.train",
+                                                                   "orbax"))]
+print(json.dumps({"scores": out.scores.tolist(), "devices": len(scorer._devices), "banned": banned}))
+"""
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_export_runs_without_flax_or_checkpoint_on_one_and_two_devices(exported, tmp_path, devices):
+  workdir, path, config = exported
+  dataset = load_dataset(config.data)
+  images = dataset.test_images[dataset.test_classes == 0][:3]  # odd: padded for 2 devices
+  np.save(tmp_path / "images.npy", images)
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(tmp_path / "images.npy")],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  child = json.loads(out.stdout.strip().splitlines()[-1])
+  assert child["devices"] == devices and child["banned"] == []
+  expected = deploy.load(str(path))(images, "weave").scores
+  np.testing.assert_allclose(child["scores"], expected, rtol=1e-5)
+
+
+def test_wrong_size_platform_or_category_is_refused(exported, tmp_path):
+  workdir, path, config = exported
+  with pytest.raises(deploy.DeployError, match="exported for 16x16 images, not 32x32"):
+    deploy.load(str(path), image_size=32)
+  scorer = deploy.load(str(path))
+  with pytest.raises(deploy.DeployError, match=r"uint8 images \[B,16,16,3\]; got uint8 \[2, 32, 32, 3\]"):
+    scorer(np.zeros((2, 32, 32, 3), np.uint8), "weave")
+  with pytest.raises(deploy.DeployError, match="class-conditional: give category="):
+    scorer(np.zeros((2, 16, 16, 3), np.uint8))
+  with pytest.raises(deploy.DeployError, match="Unknown category 'cable'"):
+    scorer(np.zeros((2, 16, 16, 3), np.uint8), "cable")
+  with pytest.raises(deploy.DeployError, match="not an fmjax export"):
+    deploy.load(str(tmp_path))
+  # An export for CUDA only, loaded on this CPU.
+  fm_main.run(tiny_config(**OVERRIDES, **{"export.platforms": "cuda"}), str(workdir), "export")
+  with pytest.raises(deploy.DeployError, match="exported for cuda, but this machine runs JAX on cpu"):
+    deploy.load(str(workdir / "export"))
+  with pytest.raises(ConfigError, match="export.platforms must be"):
+    fm_main.run(tiny_config(**{"export.platforms": "gpu"}), str(workdir), "export")
+  radar = tiny_config(**OVERRIDES, **{"evaluate.method": "radar",
+                                      "evaluate.radar.image_score": "isolation_forest"})
+  with pytest.raises(ConfigError, match="cannot be exported"):
+    fm_main.run(radar, str(workdir), "export")
+
+
+def test_deploy_command_prints_scores_and_writes_heatmaps(exported, tmp_path):
+  workdir, path, config = exported
+  dataset = load_dataset(config.data)
+  folder = tmp_path / "line"
+  folder.mkdir()
+  for i in range(3):
+    Image.fromarray(dataset.test_images[i]).save(folder / f"part{i}.png")
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  run = lambda *args: subprocess.run([sys.executable, "-m", "fmjax.deploy", *args], capture_output=True,
+                                     text=True, env=env, timeout=600, cwd=tmp_path)
+  out = run(str(path), str(folder), "--category=weave", f"--out={tmp_path / 'maps'}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [l.split("\t") for l in out.stdout.splitlines() if not l.startswith("#")]
+  expected = deploy.load(str(path))(dataset.test_images[:3], "weave")
+  assert [os.path.basename(p) for p, _ in lines] == ["part0.png", "part1.png", "part2.png"]
+  for (_, said), score, flag in zip(lines, expected.scores, expected.decisions):
+    value, decision = said.split()
+    assert float(value) == pytest.approx(float(score), rel=1e-5)
+    assert decision == ("anomalous" if flag else "normal")
+  assert sorted(os.listdir(tmp_path / "maps")) == [f"part{i}_heatmap.png" for i in range(3)]
+  bad = run(str(path), str(tmp_path / "missing"))
+  assert bad.returncode == 1 and "neither an image file nor a folder" in bad.stderr
