@@ -102,8 +102,8 @@ def test_profile_steps_trace_exactly_the_named_steps(tmp_path):
   config.evaluate.profile_batches = "1,1"
   fm_main.run(config, str(tmp_path), "train_and_evaluate")
   assert _traced_calls(tmp_path / "profile" / "train", "step_fn") == 2  # steps 2 and 3 of 4
-  # Batch 1, and batch 2 already launched while batch 1 is fetched (one batch in flight).
-  assert 1 <= _traced_calls(tmp_path / "profile" / "score", "score_local") <= 2
+  # Scoring batch 1 (its compilation included) is in the trace.
+  assert _traced_calls(tmp_path / "profile" / "score", "score_local") >= 1
 
 
 def test_profile_window_must_be_two_increasing_steps():
