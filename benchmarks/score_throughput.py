@@ -4,7 +4,7 @@
   python benchmarks/score_throughput.py --kt=10x10 --batches=1,32 \
       [--config=configs/mvtec.py] [--config.evaluate.max_forward_batch=800]
 
-Times `fmjax.evaluate.make_score_fn` -- the jitted, sharded function `fmjax.main`
+Times `fmjax.scoring.make_score_fn` -- the jitted, sharded function `fmjax.main`
 scores test splits with (seeds and times folded into forward batches of at most
 `evaluate.max_forward_batch` samples per device, bf16 compute per `model.dtype`,
 cuDNN attention on GPU) -- on random images with randomly initialised weights
@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import describe, evaluate, methods, sharding
+from fmjax import describe, methods, scoring, sharding
 from fmjax.data import NormStats
 
 FLAGS = flags.FLAGS
@@ -70,7 +70,7 @@ def main(argv):
         continue
       ec = config.evaluate
       ec.num_seeds, ec.num_times, ec.batch_size = k, t, batch
-      score = evaluate.make_score_fn(model, norm, ec, mesh)
+      score = scoring.make_score_fn(model, norm, ec, mesh)
       args = (params,
               jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data),
               jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data),

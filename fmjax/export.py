@@ -22,7 +22,7 @@ import os
 import jax
 import numpy as np
 
-from fmjax import calibration, configlib, evaluate, methods
+from fmjax import calibration, configlib, decisions, methods, scoring
 from fmjax.errors import ConfigError
 from fmjax.models.unet import build_unet
 from fmjax.workdir import load_params_for_eval, prepare_workdir
@@ -47,7 +47,7 @@ def export_scorer(config, workdir: str) -> str:
     model_config.attention_impl = "xla"  # cuDNN attention lowers for CUDA only
   model = build_unet(model_config, len(class_names))
   leaves, treedef = jax.tree.flatten(jax.device_get(params))
-  score_local = evaluate.local_score_fn(model, norm, ec)
+  score_local = scoring.local_score_fn(model, norm, ec)
 
   def exported_fn(flat_params, images, labels, ids):
     return score_local(jax.tree.unflatten(treedef, flat_params), images, labels, ids)
@@ -67,10 +67,10 @@ def export_scorer(config, workdir: str) -> str:
     f.write(exported.serialize())
   np.savez(os.path.join(out_dir, "params.npz"),
            **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-  settings = evaluate.scorer_settings(config, step)
+  settings = scoring.scorer_settings(config, step)
   thresholds = {}
   for name in class_names:
-    rule = evaluate.decision_rule(workdir, name, settings)
+    rule = decisions.decision_rule(workdir, name, settings)
     thresholds[name] = {"image": rule.threshold if rule.known else None, "kind": rule.kind,
                         "strict": rule.strict,
                         "pixel": float(rule.pixel_threshold) if np.isfinite(rule.pixel_threshold)

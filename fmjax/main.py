@@ -70,7 +70,7 @@ def run(config, workdir: str | None, mode: str):
 
 
 def _run_locked(config, workdir: str, mode: str):
-  from fmjax import evaluate, train
+  from fmjax import decisions, evaluate, train
   if mode == "score":
     return evaluate.score_folder(config, workdir)
   if mode == "export":
@@ -86,7 +86,7 @@ def _run_locked(config, workdir: str, mode: str):
     result = train.train(config, workdir, dataset)
   if mode == "calibrate" or (mode == "train_and_evaluate" and dataset.val_images is not None
                              and len(dataset.val_images)):
-    result = evaluate.calibrate(config, workdir, dataset)
+    result = decisions.calibrate(config, workdir, dataset)
   if mode in ("evaluate", "train_and_evaluate"):
     result = evaluate.evaluate(config, workdir, dataset)
   return result

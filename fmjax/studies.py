@@ -138,7 +138,7 @@ def _setting_config(config, setting: dict):
 
 def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
   """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
-  from fmjax import evaluate  # pylint: disable=g-import-not-at-top
+  from fmjax import evaluate, scoring  # pylint: disable=g-import-not-at-top
   cfg = _setting_config(config, setting)
   run_dir = _run_dir(config, workdir, setting)
   step = setting.get("step", setting.get("checkpoint_step"))
@@ -147,7 +147,7 @@ def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mes
     loaded[(run_dir, step)] = load_params_for_eval(cfg, run_dir, dataset.class_names,
                                                    cfg.evaluate.use_ema, step)
   params, ckpt_step, norm, _ = loaded[(run_dir, step)]
-  heatmaps, scores, images_per_s = evaluate.score_dataset(cfg, params, dataset, norm, mesh)
+  heatmaps, scores, images_per_s = scoring.score_dataset(cfg, params, dataset, norm, mesh)
   per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   mean = mean_over_categories(per_category)
   return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),

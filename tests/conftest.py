@@ -68,6 +68,7 @@ def shared_data():
 def check_eval_report(eval_dir, categories, with_masks=True):
   """Asserts every report file exists and parses, and metrics.md's table equals metrics.json."""
   import csv
+  import itertools
   import json
   import math
   import re
@@ -89,7 +90,9 @@ def check_eval_report(eval_dir, categories, with_masks=True):
     threshold = metrics["per_category"][row["category"]]["image_f1_threshold"]
     assert row["decision"] == ("anomalous" if img["score"] >= threshold else "normal")
   # metrics.md: one row per category + Mean, percent with one decimal.
-  table = [l for l in (eval_dir / "metrics.md").read_text().splitlines() if l.startswith("|")]
+  text = (eval_dir / "metrics.md").read_text().splitlines()
+  first = next(i for i, l in enumerate(text) if l.startswith("|"))
+  table = list(itertools.takewhile(lambda l: l.startswith("|"), text[first:]))  # the first table
   header = [c.strip() for c in table[0].strip("|").split("|")]
   keys = {"I-AUROC": "image_auroc", "I-AP": "image_ap", "I-F1max": "image_f1_max",
           "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap", "P-F1max": "pixel_f1_max", "PRO": "pixel_aupro"}

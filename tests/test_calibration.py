@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import calibration, evaluate
+from fmjax import calibration, scoring
 from fmjax import main as fm_main
 from fmjax.data import hold_out_normals, load_dataset, pipeline
 from fmjax.data.dataset import held_out_count
@@ -112,7 +112,7 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
   dataset = load_dataset(config.data)
   params, step, norm, _ = load_params_for_eval(config, str(tmp_path), dataset.class_names)
   from fmjax import sharding
-  heat, scores, _ = evaluate.score_arrays(
+  heat, scores, _ = scoring.score_arrays(
       config, params, dataset.val_images, class_labels(config, dataset.val_classes, 3), 3, norm,
       sharding.make_mesh(1))
   for ci, name in enumerate(dataset.class_names):

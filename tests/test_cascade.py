@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import cascade, evaluate, sharding
+from fmjax import cascade, scoring, sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
 from fmjax.workdir import class_labels, load_params_for_eval
@@ -63,9 +63,9 @@ def test_cascade_end_to_end_matches_independent_scoring(tmp_path):
   dataset = load_dataset(config.data)
   params, _, norm, _ = load_params_for_eval(config, str(tmp_path), dataset.class_names)
   mesh = sharding.make_mesh(1)
-  score = lambda cfg, images, classes: evaluate.score_arrays(
+  score = lambda cfg, images, classes: scoring.score_arrays(
       cfg, params, images, class_labels(cfg, classes, 3), 3, norm, mesh)[:2]
-  cheap_cfg = evaluate.cheap_config(config)
+  cheap_cfg = scoring.cheap_config(config)
   assert (cheap_cfg.evaluate.num_seeds, cheap_cfg.evaluate.num_times) == (1, 1)
   _, val_full = score(config, dataset.val_images, dataset.val_classes)
   _, val_cheap = score(cheap_cfg, dataset.val_images, dataset.val_classes)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import deploy, evaluate, sharding
+from fmjax import deploy, scoring, sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
 from fmjax.errors import ConfigError
@@ -38,7 +38,7 @@ def test_exported_scores_equal_in_process_scoring(exported):
   dataset = load_dataset(config.data)
   params, _, norm, _ = load_params_for_eval(config, str(workdir), dataset.class_names)
   labels = class_labels(config, dataset.test_classes, dataset.num_classes)
-  heat, scores, _ = evaluate.score_arrays(config, params, dataset.test_images, labels,
+  heat, scores, _ = scoring.score_arrays(config, params, dataset.test_images, labels,
                                           dataset.num_classes, norm, sharding.make_mesh(1))
   scorer = deploy.load(str(path))
   metrics = json.loads((workdir / "eval" / "metrics.json").read_text())

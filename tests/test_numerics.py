@@ -1,6 +1,6 @@
 """The fast scoring path against the straightforward float32 computation (issue: speed).
 
-The fast path is what `fmjax.main` runs: `evaluate.make_score_fn` with bfloat16
+The fast path is what `fmjax.main` runs: `scoring.make_score_fn` with bfloat16
 compute, seeds and times folded into chunked forward batches, sharded over 2
 devices. The reference is written here independently: the same weights in a
 float32 model, one forward pass per (image, time, seed), the mismatch and the
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fmjax import evaluate, mismatch, sharding
+from fmjax import mismatch, scoring, sharding
 from fmjax.data import NormStats
 from fmjax.data.synthetic import make_synthetic_dataset
 from fmjax.models.unet import build_unet
@@ -86,7 +86,7 @@ def _fast_path(config, num_classes, norm, params, batch, dtype):
   config.model.dtype = dtype
   model = build_unet(config.model, num_classes)
   mesh = sharding.make_mesh(2)
-  score = evaluate.make_score_fn(model, norm, config.evaluate, mesh)
+  score = scoring.make_score_fn(model, norm, config.evaluate, mesh)
   data = sharding.data_sharding(mesh)
   heat, scores = score(params, *(jax.device_put(a, data) for a in batch))
   return np.asarray(heat, np.float64), np.asarray(scores, np.float64)

@@ -87,7 +87,7 @@ def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method)
 
 def test_radar_isolation_forest_scores_per_category(cfm_run):
   from fmjax.data import load_dataset
-  from fmjax import evaluate, sharding
+  from fmjax import scoring, sharding
   from fmjax.methods.radar import isolation_forest_scores
   config = tiny_config(**{"evaluate.method": "radar", "evaluate.radar.image_score": "isolation_forest"})
   result = fm_main.run(config, str(cfm_run), "evaluate")
@@ -97,9 +97,9 @@ def test_radar_isolation_forest_scores_per_category(cfm_run):
   params, _, norm, _ = workdir.load_params_for_eval(config, str(cfm_run), dataset.class_names)
   mesh = sharding.make_mesh(1)
   labels = workdir.class_labels(config, dataset.train_classes, dataset.num_classes)
-  train_maps, _, _ = evaluate.score_arrays(config, params, dataset.train_images, labels,
+  train_maps, _, _ = scoring.score_arrays(config, params, dataset.train_images, labels,
                                            dataset.num_classes, norm, mesh)
-  test_maps, _, _ = evaluate.score_arrays(
+  test_maps, _, _ = scoring.score_arrays(
       config, params, dataset.test_images,
       workdir.class_labels(config, dataset.test_classes, dataset.num_classes),
       dataset.num_classes, norm, mesh)
@@ -123,11 +123,20 @@ def test_evaluation_restores_parameters_only(cfm_run):
     fm_main.run(new_field, str(cfm_run), "evaluate")
 
 
-def test_evaluate_does_not_import_train():
+def test_layers_import_only_downwards():
   import ast
   import pathlib
-  for module in ("evaluate", "workdir", "report", "metrics", "mismatch"):
+  def imports(module):
     tree = ast.parse(pathlib.Path(configlib.__file__).with_name(f"{module}.py").read_text())
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    return ({a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} |
+            {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} |
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
+  for module in ("evaluate", "scoring", "decisions", "export", "workdir", "report", "metrics",
+                 "mismatch", "calibration", "cascade"):
+    imported = imports(module)
     assert "train" not in imported and "fmjax.train" not in imported, module
+  # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand).
+  allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.ids",
+             "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
+             "read_image", "matplotlib.colors", "Normalize", "PIL", "Image", "fmjax", "plots"}
+  assert imports("deploy") <= allowed, imports("deploy") - allowed

@@ -1,0 +1,212 @@
+"""Decisions without test labels: the calibration run, the rule that decides new images,
+and cascade scoring (fmjax/calibration.py and fmjax/cascade.py hold the arithmetic).
+
+  calibrate()       scores the held-out normals; writes <workdir>/calibration.json
+  decision_rule()   the threshold new images of a category are decided with
+  cascade_scores()  cheap setting first, the full one for the band around the threshold
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from fmjax import calibration, cascade, methods, sharding
+from fmjax.data import AnomalyDataset, load_dataset
+from fmjax.errors import CheckpointMismatchError, ConfigError
+from fmjax.metrics import compute_metrics
+from fmjax.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
+                           fit_image_scores, score_arrays, scorer_settings)
+from fmjax.workdir import class_labels, load_params_for_eval, saved_meta, warn
+
+
+def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
+  """Scores the held-out normal images with the latest checkpoint and writes per-category image
+  and pixel thresholds at `calibrate.false_alarm_rates` to <workdir>/calibration.json."""
+  rates = calibration.parse_rates(config.calibrate.false_alarm_rates)
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  if dataset.val_images is None or len(dataset.val_images) == 0:
+    raise ConfigError("data.val_fraction is 0: no normal images are held out of training, so "
+                      "there is nothing to calibrate on. Train a model with "
+                      "--config.data.val_fraction=0.1 (the default) in a new --workdir.")
+  params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
+                                               config.evaluate.use_ema)
+  trained = saved_meta(workdir, step).get("state", {}).get("val_fraction")
+  if trained != float(config.data.val_fraction):
+    raise CheckpointMismatchError(
+        f"The checkpoint at step {step} was trained with data.val_fraction={trained!r}, the "
+        f"config has {config.data.val_fraction!r}: the held-out images would not be the ones "
+        "the model never saw. Calibrate with the val_fraction it was trained with.")
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  labels = class_labels(config, dataset.val_classes, dataset.num_classes)
+  heatmaps, scores, _ = score_arrays(config, params, dataset.val_images, labels,
+                                     dataset.num_classes, norm, mesh, what="calibrate")
+  scores = apply_fitted(fit_image_scores(config, params, dataset, norm, mesh), dataset,
+                        dataset.val_classes, heatmaps, scores)
+  result = {"settings": scorer_settings(config, step), "rates": rates, "categories": {}}
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.val_classes == ci
+    if sel.any():
+      result["categories"][name] = calibration.calibrate_category(scores[sel], heatmaps[sel], rates)
+  cc = config.evaluate.cascade
+  if cc.enabled:  # the band of cheap scores that the full setting scores again
+    _, cheap, _ = score_arrays(cheap_config(config), params, dataset.val_images, labels,
+                               dataset.num_classes, norm, mesh, what="calibrate (cheap)")
+    result["cascade"] = {**cascade.cheap_options(cc), "margin": float(cc.margin), "categories": {
+        name: cascade.band(cheap[dataset.val_classes == ci], scores[dataset.val_classes == ci],
+                           calibration.decision_threshold(result, name), cc.margin)
+        for ci, name in enumerate(dataset.class_names) if name in result["categories"]}}
+  if jax.process_index() == 0:
+    path = calibration.save(workdir, result)
+    print("\n".join(calibration_lines(result)), flush=True)
+    print(f"Calibration written to {path}", flush=True)
+  return result
+
+
+def cascade_in(cal: dict | None, config) -> dict | None:
+  """The calibration's cascade bands when they were made for the configured cheap setting."""
+  cc = config.evaluate.cascade
+  saved = (cal or {}).get("cascade")
+  if saved is None or any(saved[k] != v for k, v in cascade.cheap_options(cc).items()) or \
+      saved["margin"] != float(cc.margin):
+    return None
+  return saved
+
+
+def calibration_lines(result: dict) -> list[str]:
+  """The table printed after calibrating, with a warning per unresolved rate."""
+  keys = [calibration.rate_key(r) for r in result["rates"]]
+  lines = ["category        held out " + " ".join(f"{'thr@' + k:>12s}" for k in keys)]
+  notes = []
+  for name, c in result["categories"].items():
+    lines.append(f"{name[:15]:15s} {c['num_held_out']:8d} " +
+                 " ".join(f"{c['image'][k]['threshold']:12.5g}" for k in keys))
+    for k in keys:
+      if not c["image"][k]["resolved"]:
+        notes.append(f"warning: {name}: {c['num_held_out']} held-out images cannot resolve a "
+                     f"false-alarm rate of {k} (it needs {int(np.ceil(1 / float(k)))}); the "
+                     f"threshold is their maximum, the most conservative choice.")
+  return lines + notes
+
+
+def calibrated_results(cal: dict, dataset: AnomalyDataset, scores: np.ndarray) -> dict:
+  """Per category and calibrated rate: the threshold and what it does on the test split; beside
+  them the F1-optimal threshold's rates (tuned on the test labels)."""
+  out = {"rates": cal["rates"], "per_category": {}}
+  for ci, name in enumerate(dataset.class_names):
+    entry = cal["categories"].get(name)
+    if entry is None:
+      continue
+    sel = dataset.test_classes == ci
+    rows = {}
+    for rate in cal["rates"]:
+      k = calibration.rate_key(rate)
+      t = entry["image"][k]["threshold"]
+      rows[k] = {"threshold": t, "resolved": entry["image"][k]["resolved"],
+                 "pixel_threshold": entry["pixel"][k]["threshold"],
+                 **calibration.test_rates(scores[sel], dataset.test_labels[sel], t)}
+    f1 = compute_metrics(scores[sel], dataset.test_labels[sel])["image_f1_threshold"]
+    out["per_category"][name] = {
+        "num_held_out": entry["num_held_out"], "rates": rows,
+        "f1_optimal": {"threshold": f1, **calibration.test_rates(
+            scores[sel], dataset.test_labels[sel], f1, inclusive=True)}}
+  return out
+
+
+def cascade_results(bands: dict, dataset: AnomalyDataset, cheap: np.ndarray, full: np.ndarray,
+                    cheap_rate: float, full_rate: float) -> dict:
+  """What the cascade does on the test split: per category and overall, how many images its
+  band sends to the full setting and how often its decisions agree with full scoring's (both
+  at the calibrated threshold); its throughput from the measured cheap and full images/s."""
+  per_category, rescored_all, agreed_all = {}, 0, 0
+  for ci, name in enumerate(dataset.class_names):
+    band = bands["categories"].get(name)
+    sel = dataset.test_classes == ci
+    if band is None or not sel.any():
+      continue
+    rescore, _ = cascade.route(cheap[sel], band)
+    anomalous, _ = cascade.decide(cheap[sel], full[sel][rescore], band, band["threshold"])
+    agreed = int(np.sum(anomalous == (full[sel] > band["threshold"])))
+    per_category[name] = {"images": int(sel.sum()), "rescored": int(rescore.sum()),
+                          "agreement": agreed / int(sel.sum()), "band": [band["low"], band["high"]]}
+    rescored_all += int(rescore.sum())
+    agreed_all += agreed
+  n = sum(c["images"] for c in per_category.values())
+  seconds = n / cheap_rate + rescored_all / full_rate
+  return {"num_seeds": bands["num_seeds"], "num_times": bands["num_times"], "images": n,
+          "rescored": rescored_all, "agreement": agreed_all / max(n, 1),
+          "cheap_images_per_s": cheap_rate, "full_images_per_s": full_rate,
+          "images_per_s": n / seconds, "speedup": (n / seconds) / full_rate,
+          "per_category": per_category}
+
+
+def cascade_scores(config, workdir, params, images, labels, num_classes, norm, mesh, category,
+                    settings, trace):
+  """Cascade scoring of new images: heatmaps, scores, decisions, the setting each image's score
+  comes from ("cheap" or "full"), and the images/s of the whole cascade (compilation included)."""
+  cal, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
+  bands = cascade_in(cal, config)
+  if bands is None or category not in bands["categories"]:
+    raise ConfigError("evaluate.cascade.enabled needs a cascade band calibrated for this "
+                      "checkpoint, scorer and cheap setting" + (f" ({why})" if why else "") +
+                      ": run --mode=calibrate with the same --config.evaluate.cascade.* first.")
+  if methods.scorer(config.evaluate.method).image_score_fitter(
+      methods.scorer_options(config.evaluate)) is not None:
+    raise ConfigError("evaluate.cascade works with on-device image scores, not a fitted one.")
+  band = bands["categories"][category]
+  t0 = time.time()
+  heat, cheap, _ = score_arrays(cheap_config(config), params, images, labels, num_classes, norm,
+                                mesh, what="cascade (cheap)", trace=trace)
+  rescore, _ = cascade.route(cheap, band)
+  heatmaps, scores = heat.copy(), cheap.astype(np.float64)
+  full = np.zeros(0)
+  if rescore.any():
+    heat_full, full, _ = score_arrays(config, params, images[rescore], labels[rescore],
+                                      num_classes, norm, mesh, what="cascade (full)")
+    heatmaps[rescore], scores[rescore] = heat_full, full
+  flags, _ = cascade.decide(cheap, full, band, band["threshold"])
+  setting = ["full" if r else "cheap" for r in rescore]
+  return heatmaps, scores, flags, setting, len(images) / max(time.time() - t0, 1e-9)
+
+
+def decision_rule(workdir: str, category: str, current: dict) -> calibration.Decision:
+  """How new images of `category` are decided: at the threshold calibrated on held-out normals
+  (the first calibrated rate; flagged when the score is above it) when <workdir>/calibration.json
+  matches the scorer; else at the F1-optimal threshold of an earlier evaluation (tuned on test
+  labels, flagged at or above it), with a warning; else undecided."""
+  cal, why = calibration.load(workdir, current, CALIBRATION_KEYS)
+  if cal is not None and category in cal["categories"]:
+    rate = cal["rates"][0]
+    return calibration.Decision(calibration.decision_threshold(cal, category),
+                           f"calibrated ({calibration.rate_key(rate)} false alarms)", strict=True,
+                           pixel_threshold=calibration.decision_threshold(cal, category, level="pixel"))
+  threshold = stored_threshold(workdir, category, current)
+  if np.isfinite(threshold):
+    warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of the "
+         "labelled test split, which was tuned on its defects.")
+    return calibration.Decision(threshold, "F1-optimal (test-tuned)", strict=False)
+  return calibration.Decision(float("nan"), "", strict=False)
+
+
+def stored_threshold(workdir: str, category: str, current: dict) -> float:
+  """The category's F1-optimal threshold from <workdir>/eval/metrics.json, or NaN (with the
+  reason) when that evaluation used another checkpoint or scorer than `current`."""
+  path = os.path.join(workdir, "eval", "metrics.json")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(path) as f:
+    saved = json.load(f)
+  settings = saved.get("settings", {})
+  differ = [k for k in THRESHOLD_KEYS if settings.get(k) != current[k]]
+  if differ:
+    warn(f"the F1-optimal thresholds in {path} are not used: that evaluation had " +
+         ", ".join(f"{k}={settings.get(k)!r}" for k in differ) + "; now " +
+         ", ".join(f"{k}={current[k]!r}" for k in differ) + ".")
+    return float("nan")
+  t = saved.get("per_category", {}).get(category, {}).get("image_f1_threshold")
+  return float("nan") if t is None else float(t)
+

@@ -1,0 +1,187 @@
+"""Scoring images with the configured method: the jitted, sharded score function and the loop.
+
+The method (`evaluate.method`, Flow Mismatching by default) comes from the
+`fmjax.methods` registry. Images are scored in fixed-size batches (the last one padded,
+so nothing recompiles) by one jitted function sharded over the "data" mesh axis. Seeds
+depend only on (config.evaluate.seed, a hash of the image's pixels), so scores do not
+depend on the batch size, the number of devices or the order of the images.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import jax
+import numpy as np
+
+from fmjax import cascade, methods, mismatch, sharding
+from fmjax.data import AnomalyDataset, NormStats, load_dataset
+from fmjax.errors import ConfigError, DataLayoutError
+from fmjax.ids import image_ids
+from fmjax.models.unet import build_unet
+from fmjax.progress import Progress
+from fmjax.runlog import StepTrace
+from fmjax.workdir import class_labels
+
+# What a stored threshold depends on: it is used only when these match the current scorer.
+THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
+# A calibration also depends on which normal images were held out of training.
+CALIBRATION_KEYS = THRESHOLD_KEYS + ("val_fraction",)
+
+
+def scorer_settings(config, step: int) -> dict:
+  """The THRESHOLD_KEYS and CALIBRATION_KEYS values of the configured scorer at `step`."""
+  ec = config.evaluate
+  return {"checkpoint_step": int(step), "method": ec.method,
+          "method_options": methods.scorer_options(ec), "use_ema": bool(ec.use_ema),
+          "seed": ec.seed, "val_fraction": float(config.data.val_fraction)}
+
+
+def local_score_fn(model, norm: NormStats, eval_config):
+  """(params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]) on
+  one device (not jitted): normalisation, the configured scorer, the image score.
+
+  `eval_config.method` names the scorer in `fmjax.methods`; its options are
+  `eval_config.<method>.*`. Scores are max + mean of the top 1% of each heatmap.
+  """
+  scorer = methods.scorer(eval_config.method)
+  problems = scorer.check(methods.scorer_options(eval_config))
+  if problems:
+    raise ConfigError("; ".join(problems))
+  ctx = methods.ScoreContext(
+      key=jax.random.key(eval_config.seed), num_seeds=eval_config.num_seeds,
+      num_times=eval_config.num_times, max_forward_batch=max(1, eval_config.max_forward_batch),
+      options=eval_config[scorer.name].to_dict() if scorer.options else {})
+
+  def score_local(params, images, labels, ids):
+    """This device's images: one scorer call, chunked to max_forward_batch forwards."""
+    y = norm.normalize(images)
+    velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
+    heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
+    return heat, mismatch.image_score(heat)
+
+  return score_local
+
+
+def make_score_fn(model, norm: NormStats, eval_config, mesh):
+  """`local_score_fn` jitted and sharded over the mesh's data axis (batch B a multiple of it)."""
+  score_local = local_score_fn(model, norm, eval_config)
+  spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  score = jax.shard_map(score_local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
+                        out_specs=(spec, spec))
+  data = sharding.data_sharding(mesh)
+  rep = sharding.replicated(mesh)
+  return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
+
+
+def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 norm: NormStats, mesh, what: str = "score", trace: StepTrace | None = None):
+  """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M].
+
+  Each image is scored with the seeds of its `image_ids` (its content). `trace` profiles the
+  batches it names (1-based).
+  """
+  ec = config.evaluate
+  batch = ec.batch_size
+  sharding.check_batch_size(batch, mesh, "evaluate.batch_size")
+  model = build_unet(config.model, num_classes)
+  score = make_score_fn(model, norm, ec, mesh)
+  data = sharding.data_sharding(mesh)
+  rows = sharding.host_slice(batch)
+  m = len(images)
+  if m == 0:
+    raise DataLayoutError("There are no images to score.")
+  ids = image_ids(images)
+  heatmaps, scores = [], []
+  settings = methods.scorer_options(ec)
+  progress = Progress(m, f"{what} {ec.method} " + " ".join(
+      f"{methods.base.SHARED_KEYS[k]}={settings[k]}" for k in methods.scorer(ec.method).uses), "img")
+
+  def dispatch(start):
+    """Sends one batch to the devices and starts scoring it (asynchronously)."""
+    if trace is not None:
+      trace.before(start // batch + 1)
+    idx = np.arange(start, start + batch)
+    valid = idx < m
+    idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
+    out = score(params, sharding.to_global(images[idx][rows], data),
+                sharding.to_global(labels[idx][rows], data),
+                sharding.to_global(ids[idx][rows], data))
+    return out, valid
+
+  # One batch in flight while the previous one is fetched: the next batch's transfer and
+  # launch overlap the current one's compute.
+  t0, t_start = None, time.time()
+  starts = list(range(0, m, batch))
+  in_flight = dispatch(starts[0])
+  for i in range(len(starts)):
+    (h, s), valid = in_flight
+    if i + 1 < len(starts):
+      in_flight = dispatch(starts[i + 1])
+    h, s = jax.device_get((h, s))  # host 0 needs all rows: outputs are fully addressable on 1 host
+    if trace is not None:
+      trace.after(i + 1)
+    heatmaps.append(np.asarray(h)[valid])
+    scores.append(np.asarray(s)[valid])
+    if t0 is None:
+      t0, first = time.time(), int(valid.sum())  # exclude compilation from the rate
+    progress.update(int(valid.sum()))
+  progress.close()
+  if trace is not None:
+    trace.close()  # a window past the last batch ends with the scoring
+  elapsed = time.time() - t0
+  timed = m - first
+  if timed > 0 and elapsed > 0:
+    images_per_s = timed / elapsed
+  else:  # one batch only: the rate includes compilation
+    images_per_s = m / max(time.time() - t_start, 1e-9)
+  return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
+
+
+def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh,
+                  trace: StepTrace | None = None):
+  """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
+  labels = class_labels(config, dataset.test_classes, dataset.num_classes)
+  heatmaps, scores, rate = score_arrays(config, params, dataset.test_images, labels,
+                                        dataset.num_classes, norm, mesh, trace=trace)
+  fitted = fit_image_scores(config, params, dataset, norm, mesh)
+  return heatmaps, apply_fitted(fitted, dataset, dataset.test_classes, heatmaps, scores), rate
+
+
+def apply_fitted(fitted, dataset: AnomalyDataset, classes: np.ndarray, heatmaps: np.ndarray,
+                 scores: np.ndarray) -> np.ndarray:
+  """The image scores of `heatmaps` [M,H,W] (classes [M]) under a per-category fit, or `scores`."""
+  if fitted is None:
+    return scores
+  out = np.zeros(len(heatmaps), np.float64)
+  for name, score_fn in fitted.items():
+    sel = classes == dataset.class_names.index(name)
+    if sel.any():
+      out[sel] = score_fn(heatmaps[sel])
+  return out
+
+
+def fit_image_scores(config, params, dataset: AnomalyDataset | None, norm: NormStats, mesh):
+  """{category: heatmaps -> scores} fitted on each category's normal training images when
+  the scorer's options ask for it (e.g. RADAR's Isolation Forest); None otherwise. Without
+  `dataset`, the configured one is loaded (only when a fit is needed)."""
+  ec = config.evaluate
+  fitter = methods.scorer(ec.method).image_score_fitter(methods.scorer_options(ec))
+  if fitter is None:
+    return None
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  labels = class_labels(config, dataset.train_classes, dataset.num_classes)
+  normal, _, _ = score_arrays(config, params, dataset.train_images, labels, dataset.num_classes,
+                              norm, mesh, what="fit on normals:")
+  return {name: fitter(normal[dataset.train_classes == ci], ec.seed)
+          for ci, name in enumerate(dataset.class_names) if np.any(dataset.train_classes == ci)}
+
+
+def cheap_config(config):
+  """The config of the cascade's cheap setting (evaluate.cascade.num_seeds/num_times as K, T)."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    cfg.evaluate.update(cascade.cheap_options(config.evaluate.cascade))
+  return cfg
+
