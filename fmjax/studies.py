@@ -348,6 +348,7 @@ def study_plot(name: str, rows: list[dict]):
         for x, y, kt in points:
           ax.annotate(kt, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
       ax.set_xscale("log")
+      ax.margins(x=0.12)  # room for the KxT labels of the end points
       ax.set_title(f"{title} vs speed", fontsize=10)
       ax.set_xlabel("images/s (log scale)", fontsize=9)
       ax.set_ylabel(f"{title} (%)", fontsize=9)
@@ -372,7 +373,8 @@ def study_plot(name: str, rows: list[dict]):
         ax.set_ylim(max(0.0, min(finite) - 15), 100.5)
       ax.set_title(title, fontsize=10)
       ax.set_ylabel("percent", fontsize=9)
-      plots.legend(ax, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(rows),
+               fontsize=8)
     return fig
   xs = [r["step"] for r in rows] if name == "checkpoints" else list(range(len(rows)))
   fig = plots.figure(max(5.0, 0.9 * len(rows) + 1.5), 4.0)
