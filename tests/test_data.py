@@ -288,6 +288,7 @@ def _tfds_config(name, root, tfds_dir, categories, size):
   c = base_config()
   c.data.name, c.data.root, c.data.tfds_dir = name, root, str(tfds_dir)
   c.data.categories, c.data.image_size = categories, size
+  c.data.val_fraction = 0.0  # the readers are compared, every training image included
   return c
 
 
