@@ -21,18 +21,27 @@ def initialize_distributed() -> None:
   """Starts jax.distributed on multi-host runs (a no-op on one host).
 
   Multi-host launchers set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID (see launch/); on Cloud TPU pods jax finds them itself when
-  FMJAX_DISTRIBUTED=1.
+  JAX_PROCESS_ID (see launch/); on Cloud TPU pods and under SLURM jax finds them itself
+  when FMJAX_DISTRIBUTED=1. FMJAX_DISTRIBUTED_TIMEOUT (seconds, default 300) bounds the
+  wait for the other processes at start-up; a process that dies is noticed after at most
+  min(that, 100) seconds and the others stop.
   """
   if jax.distributed.is_initialized():
     return
+  if not (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("FMJAX_DISTRIBUTED") == "1"):
+    return
+  # CPU devices of several processes talk through gloo (TCP); GPUs and TPUs use their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # How long a process waits for the others to start, and to notice that one has died.
+  timeout = int(os.environ.get("FMJAX_DISTRIBUTED_TIMEOUT", "300"))
+  timeouts = {"initialization_timeout": timeout, "heartbeat_timeout_seconds": min(timeout, 100)}
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("FMJAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+        process_id=int(os.environ["JAX_PROCESS_ID"]), **timeouts)
+  else:
+    jax.distributed.initialize(**timeouts)
 
 
 def make_mesh(num_devices: int = -1) -> Mesh:
@@ -71,3 +80,12 @@ def host_slice(global_batch: int) -> slice:
 def to_global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """This host's rows [b_local,...] -> a global array sharded by `sharding`."""
   return jax.make_array_from_process_local_data(sharding, local)
+
+
+def to_host(tree):
+  """Global arrays -> numpy arrays holding every row, on every process (gathered across
+  processes when the arrays span several)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)

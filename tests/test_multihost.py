@@ -1,0 +1,151 @@
+"""Multi-process runs on localhost: 2 processes x 2 CPU devices against 1 process x 4 devices.
+
+The processes talk through jax.distributed (a coordinator on 127.0.0.1, gloo collectives
+for CPU devices), started the way launch/multihost.sh starts them (JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID). Every process is bounded in time and killed at the end.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fmjax.data import pipeline
+
+from conftest import REPO, TESTS
+
+CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from tiny import tiny_config
+
+def get_config():
+  return tiny_config(**{{"mesh.num_devices": -1, "train.num_steps": 6, "train.batch_size": 8,
+                        "train.checkpoint_every_steps": 3, "evaluate.batch_size": 8}})
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, process: int | None = None, count: int = 1, port: int = 0) -> dict:
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+         "FMJAX_DISTRIBUTED_TIMEOUT": "30"}
+  for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(key, None)
+  if process is not None:
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(count),
+               JAX_PROCESS_ID=str(process))
+  return env
+
+
+def _start(config_path, workdir, processes: int, devices: int, *extra):
+  port = _free_port()
+  cmd = [sys.executable, "-m", "fmjax.main", f"--config={config_path}", f"--workdir={workdir}", *extra]
+  return [subprocess.Popen(cmd, env=_env(devices, i if processes > 1 else None, processes, port),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+          for i in range(processes)]
+
+
+def _finish(procs, timeout: float = 900) -> list[tuple[int, str]]:
+  """Waits for every process (at most `timeout` s in all); kills what is left, always."""
+  deadline = time.time() + timeout
+  out = []
+  try:
+    for p in procs:
+      text, _ = p.communicate(timeout=max(1.0, deadline - time.time()))
+      out.append((p.returncode, text))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return out
+
+
+def _run(config_path, workdir, processes: int, devices: int, *extra):
+  results = _finish(_start(config_path, workdir, processes, devices, *extra))
+  for i, (code, text) in enumerate(results):
+    assert code == 0, f"process {i} of {processes} failed:\n{text[-4000:]}"
+  return results
+
+
+def _lines(path):
+  return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+  path = tmp_path_factory.mktemp("config") / "tiny_multihost.py"
+  path.write_text(CONFIG.format(tests=str(TESTS)))
+  return path
+
+
+def test_two_processes_equal_one_and_hand_over_their_checkpoint(config_path, tmp_path):
+  two, one = tmp_path / "two", tmp_path / "one"
+  out = _run(config_path, two, 2, 2)
+  assert "mesh {'data': 4}" in out[0][1] and "mesh {'data': 4}" in out[1][1]
+  assert "Report written" in out[0][1] and "Report written" not in out[1][1]  # process 0 writes
+  _run(config_path, one, 1, 4)
+  logged2, logged1 = _lines(two / "train_metrics.jsonl"), _lines(one / "train_metrics.jsonl")
+  assert [r["step"] for r in logged2] == [1, 2, 3, 4, 5, 6]  # written once, by process 0
+  for key in ("loss", "grad_norm", "param_norm"):
+    np.testing.assert_allclose([r[key] for r in logged2], [r[key] for r in logged1], rtol=1e-5)
+  assert len(_lines(two / "run_history.jsonl")) == 1
+  m2, m1 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (two, one))
+  np.testing.assert_allclose([i["score"] for i in m2["images"]], [i["score"] for i in m1["images"]],
+                             rtol=1e-5)
+  assert m2["image_auroc"] == pytest.approx(m1["image_auroc"]) and m2["settings"]["num_devices"] == 4
+
+  # The 2-process checkpoint restores in 1 process: the same evaluation, and training resumes.
+  out = _run(config_path, two, 1, 4, "--mode=evaluate")
+  again = json.loads((two / "eval" / "metrics.json").read_text())
+  np.testing.assert_allclose([i["score"] for i in again["images"]],
+                             [i["score"] for i in m2["images"]], rtol=1e-5)
+  out = _run(config_path, two, 1, 2, "--mode=train", "--config.train.num_steps=8")
+  assert "Resuming from step 6" in out[0][1]
+  _run(config_path, one, 1, 4, "--mode=train", "--config.train.num_steps=8")
+  resumed, straight = _lines(two / "train_metrics.jsonl"), _lines(one / "train_metrics.jsonl")
+  assert [r["step"] for r in resumed] == list(range(1, 9))
+  np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-5)
+
+
+def test_each_host_reads_only_its_rows_of_every_batch():
+  images = np.arange(20)[:, None, None, None].astype(np.uint8) * np.ones((1, 2, 2, 3), np.uint8)
+  source = pipeline.ArraySource(images, np.zeros(20, np.int32))
+  whole = pipeline.train_dataset(source, 8, seed=3)
+  hosts = [pipeline.train_dataset(source, 8, seed=3, process_index=p, process_count=2) for p in (0, 1)]
+  for step in range(6):  # past an epoch boundary
+    rows = [hosts[p][step]["image"][:, 0, 0, 0] for p in (0, 1)]
+    assert len(rows[0]) == len(rows[1]) == 4
+    np.testing.assert_array_equal(np.concatenate(rows), whole[step]["image"][:, 0, 0, 0])
+
+
+def test_a_dying_process_stops_the_others(config_path, tmp_path):
+  procs = _start(config_path, tmp_path / "run", 2, 2, "--mode=train", "--config.train.num_steps=100000",
+                 "--config.train.checkpoint_every_steps=100000")
+  try:
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "train_metrics.jsonl").exists():  # both are training
+      assert time.time() < deadline and procs[0].poll() is None, "training never started"
+      time.sleep(1)
+    procs[1].send_signal(signal.SIGKILL)
+    start = time.time()
+    (code, text), _ = _finish(procs, timeout=240)
+    # Within the heartbeat timeout (FMJAX_DISTRIBUTED_TIMEOUT=30), with JAX's reason.
+    assert code != 0 and time.time() - start < 120, text[-3000:]
+    assert "stopped sending heartbeats" in text and "another task died" in text, text[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
