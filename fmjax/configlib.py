@@ -149,6 +149,20 @@ def export_platforms(spec: str) -> list[str]:
   return platforms
 
 
+def quickstart_config() -> ml_collections.ConfigDict:
+  """configs/quickstart.py: the 32x32 CPU recipe on the embedded procedural data, 500 steps,
+  K = T = 4 (also what the notebooks start from)."""
+  config = base_config()
+  config.data.name = "synthetic"
+  small_cpu_unet(config, num_steps=500)
+  config.train.log_every_steps = 25
+  config.train.checkpoint_every_steps = 200
+  config.evaluate.num_seeds = 4
+  config.evaluate.num_times = 4
+  config.evaluate.max_forward_batch = 512
+  return config
+
+
 def renamed_key_errors(keys) -> list[str]:
   """Messages for old flat keys (dotted) among `keys`, naming the key that replaced each."""
   return [f"{k} is now {RENAMED_KEYS[k]}" for k in keys if k in RENAMED_KEYS]
