@@ -60,9 +60,11 @@ def threshold_at(scores: np.ndarray, rate: float) -> dict:
           "resolved": bool(rate * n >= 1 - 1e-9)}
 
 
-def flagged(scores, threshold: float) -> np.ndarray:
-  """bool [...]: the calibrated decision (strictly above the threshold)."""
-  return np.asarray(scores) > threshold
+def flagged(scores, threshold: float, strict: bool = True) -> np.ndarray:
+  """bool [...]: the decision rule. `strict` (calibrated thresholds): above the threshold;
+  otherwise (the F1-optimal threshold): at or above it."""
+  scores = np.asarray(scores)
+  return scores > threshold if strict else scores >= threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +82,7 @@ class Decision:
     return bool(np.isfinite(self.threshold))
 
   def flags(self, scores) -> np.ndarray:
-    scores = np.asarray(scores)
-    return scores > self.threshold if self.strict else scores >= self.threshold
+    return flagged(scores, self.threshold, self.strict)
 
 
 def calibrate_category(image_scores: np.ndarray, heatmaps: np.ndarray, rates) -> dict:
@@ -96,8 +97,8 @@ def test_rates(scores: np.ndarray, labels: np.ndarray, threshold: float,
   """What a threshold does on a labelled split: the false-alarm rate on its normal images and
   the recall on its anomalous ones (NaN when the split has none of them). Flagged: score above
   the threshold, or at or above it when `inclusive` (the F1-optimal threshold's rule)."""
-  scores, labels = np.asarray(scores), np.asarray(labels)
-  decided = scores >= threshold if inclusive else flagged(scores, threshold)
+  labels = np.asarray(labels)
+  decided = flagged(scores, threshold, strict=not inclusive)
   normal, anomalous = labels == 0, labels == 1
   return {"false_alarm_rate": float(decided[normal].mean()) if normal.any() else float("nan"),
           "recall": float(decided[anomalous].mean()) if anomalous.any() else float("nan"),
@@ -113,12 +114,10 @@ def save(workdir: str, calibration: dict) -> str:
   return path
 
 
-def load(workdir: str, current: dict, keys) -> tuple[dict | None, str]:
-  """(the calibration in `workdir`, "") when it was made with the same `keys` of `current`
-  (checkpoint step, scorer, seed, ...); otherwise (None, the reason)."""
-  path = os.path.join(workdir, FILE)
-  if not os.path.exists(path):
-    return None, f"no {path} (run --mode=calibrate)"
+def read_matching(path: str, current: dict, keys) -> tuple[dict | None, str]:
+  """(the JSON record in the existing file `path`, "") when its "settings" have the same `keys`
+  as `current` (checkpoint step, scorer, seed, ...); otherwise (None, the reason). For
+  calibration.json and an evaluation's metrics.json alike."""
   with open(path) as f:
     saved = json.load(f)
   settings = saved.get("settings", {})
@@ -128,6 +127,15 @@ def load(workdir: str, current: dict, keys) -> tuple[dict | None, str]:
                   ", ".join(f"{k}={settings.get(k)!r}" for k in differ) + "; now " +
                   ", ".join(f"{k}={current.get(k)!r}" for k in differ))
   return saved, ""
+
+
+def load(workdir: str, current: dict, keys) -> tuple[dict | None, str]:
+  """(the calibration in `workdir`, "") when it was made with the same `keys` of `current`;
+  otherwise (None, the reason)."""
+  path = os.path.join(workdir, FILE)
+  if not os.path.exists(path):
+    return None, f"no {path} (run --mode=calibrate)"
+  return read_matching(path, current, keys)
 
 
 def decision_threshold(calibration: dict, category: str, rate: float | None = None,

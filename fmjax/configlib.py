@@ -224,16 +224,12 @@ def validate(config) -> None:
       ("evaluate.cascade.margin", ec.cascade.margin, ec.cascade.margin >= 0, ">= 0")]:
     if not ok:
       errors.append(f"{name} must be {rule}, got {value}")
-  for check, spec in ((calibration.parse_rates, config.calibrate.false_alarm_rates),
-                      (export_platforms, config.export.platforms)):
+  for parse, args in ((calibration.parse_rates, (config.calibrate.false_alarm_rates,)),
+                      (export_platforms, (config.export.platforms,)),
+                      (runlog.trace_window, (tc.profile_steps, "train.profile_steps")),
+                      (runlog.trace_window, (ec.profile_batches, "evaluate.profile_batches"))):
     try:
-      check(spec)
-    except ConfigError as e:
-      errors.append(str(e))
-  for key, spec in (("train.profile_steps", tc.profile_steps),
-                    ("evaluate.profile_batches", ec.profile_batches)):
-    try:
-      runlog.trace_window(spec, key)
+      parse(*args)
     except ConfigError as e:
       errors.append(str(e))
   if ec.cascade.enabled and ec.method in methods.SCORERS and not methods.scorer(ec.method).uses:

@@ -8,7 +8,6 @@ and cascade scoring (fmjax/calibration.py and fmjax/cascade.py hold the arithmet
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -18,7 +17,6 @@ import numpy as np
 from fmjax import calibration, cascade, methods, sharding
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.errors import CheckpointMismatchError, ConfigError
-from fmjax.metrics import compute_metrics
 from fmjax.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
                            fit_image_scores, score_arrays, scorer_settings)
 from fmjax.workdir import class_labels, load_params_for_eval, saved_meta, warn
@@ -93,9 +91,10 @@ def calibration_lines(result: dict) -> list[str]:
   return lines + notes
 
 
-def calibrated_results(cal: dict, dataset: AnomalyDataset, scores: np.ndarray) -> dict:
+def calibrated_results(cal: dict, dataset: AnomalyDataset, scores: np.ndarray,
+                       f1_thresholds: dict) -> dict:
   """Per category and calibrated rate: the threshold and what it does on the test split; beside
-  them the F1-optimal threshold's rates (tuned on the test labels)."""
+  them the F1-optimal threshold's (tuned on the test labels; {category: threshold})."""
   out = {"rates": cal["rates"], "per_category": {}}
   for ci, name in enumerate(dataset.class_names):
     entry = cal["categories"].get(name)
@@ -109,7 +108,7 @@ def calibrated_results(cal: dict, dataset: AnomalyDataset, scores: np.ndarray) -
       rows[k] = {"threshold": t, "resolved": entry["image"][k]["resolved"],
                  "pixel_threshold": entry["pixel"][k]["threshold"],
                  **calibration.test_rates(scores[sel], dataset.test_labels[sel], t)}
-    f1 = compute_metrics(scores[sel], dataset.test_labels[sel])["image_f1_threshold"]
+    f1 = f1_thresholds[name]
     out["per_category"][name] = {
         "num_held_out": entry["num_held_out"], "rates": rows,
         "f1_optimal": {"threshold": f1, **calibration.test_rates(
@@ -181,9 +180,10 @@ def decision_rule(workdir: str, category: str, current: dict) -> calibration.Dec
   cal, why = calibration.load(workdir, current, CALIBRATION_KEYS)
   if cal is not None and category in cal["categories"]:
     rate = cal["rates"][0]
-    return calibration.Decision(calibration.decision_threshold(cal, category),
-                           f"calibrated ({calibration.rate_key(rate)} false alarms)", strict=True,
-                           pixel_threshold=calibration.decision_threshold(cal, category, level="pixel"))
+    return calibration.Decision(
+        calibration.decision_threshold(cal, category),
+        f"calibrated ({calibration.rate_key(rate)} false alarms)", strict=True,
+        pixel_threshold=calibration.decision_threshold(cal, category, level="pixel"))
   threshold = stored_threshold(workdir, category, current)
   if np.isfinite(threshold):
     warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of the "
@@ -198,14 +198,9 @@ def stored_threshold(workdir: str, category: str, current: dict) -> float:
   path = os.path.join(workdir, "eval", "metrics.json")
   if not os.path.exists(path):
     return float("nan")
-  with open(path) as f:
-    saved = json.load(f)
-  settings = saved.get("settings", {})
-  differ = [k for k in THRESHOLD_KEYS if settings.get(k) != current[k]]
-  if differ:
-    warn(f"the F1-optimal thresholds in {path} are not used: that evaluation had " +
-         ", ".join(f"{k}={settings.get(k)!r}" for k in differ) + "; now " +
-         ", ".join(f"{k}={current[k]!r}" for k in differ) + ".")
+  saved, why = calibration.read_matching(path, current, THRESHOLD_KEYS)
+  if saved is None:
+    warn(f"the F1-optimal thresholds are not used: {why}.")
     return float("nan")
   t = saved.get("per_category", {}).get(category, {}).get("image_f1_threshold")
   return float("nan") if t is None else float(t)

@@ -58,14 +58,20 @@ class Scorer:
       self._call = jax.jit(exported.call)
       self._params = jax.device_put(params, devices[0])
 
-  def labels_for(self, category: str | None, count: int) -> np.ndarray:
-    m = self.manifest
+  def resolve_category(self, category: str | None) -> str:
+    """The category images are scored as: `category`, or the model's only one, or (pooled
+    model) its first one, whose threshold then decides; DeployError otherwise."""
     if category is None:
-      if m["class_conditional"] and len(self.class_names) > 1:
+      if self.manifest["class_conditional"] and len(self.class_names) > 1:
         raise DeployError(f"The model is class-conditional: give category=, one of {self.class_names}.")
-      category = self.class_names[0]
+      return self.class_names[0]
     if category not in self.class_names:
       raise DeployError(f"Unknown category {category!r}: the export knows {self.class_names}.")
+    return category
+
+  def labels_for(self, category: str, count: int) -> np.ndarray:
+    """Model labels [count] for a resolved category (the null label for a pooled model)."""
+    m = self.manifest
     label = self.class_names.index(category) if m["class_conditional"] else m["null_label"]
     return np.full(count, label, np.int32)
 
@@ -76,8 +82,7 @@ class Scorer:
       raise DeployError(f"This export scores uint8 images [B,{s},{s},3]; got {images.dtype} "
                         f"{list(images.shape)}. Resize them to {s}x{s} (`read_images` does) or "
                         "export the model at this image size.")
-    if category is None and len(self.class_names) == 1:
-      category = self.class_names[0]
+    category = self.resolve_category(category)
     labels = self.labels_for(category, len(images))
     ids = image_ids(images)
     n, pad = len(images), (-len(images)) % len(self._devices)
@@ -88,7 +93,7 @@ class Scorer:
     put = lambda x: jax.device_put(x, self._data)
     heat, scores = jax.device_get(self._call(self._params, put(images), put(labels), put(ids)))
     heat, scores = np.asarray(heat)[:n], np.asarray(scores)[:n]
-    t = self.manifest["thresholds"].get(category or self.class_names[0], {})
+    t = self.manifest["thresholds"].get(category, {})
     threshold = t.get("image")
     if threshold is None:
       return Scored(heat, scores, None, None, "")
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
       chunk = paths[start:start + args.batch]
       images = np.stack([read_image(p, scorer.image_size) for p in chunk])
       result = scorer(images, args.category)
-      pixel = scorer.manifest["thresholds"].get(args.category or scorer.class_names[0], {}).get("pixel")
+      pixel = scorer.manifest["thresholds"].get(scorer.resolve_category(args.category), {}).get("pixel")
       # Full colour at the calibrated pixel threshold (a predicted defect), else the batch's scale.
       scale = Normalize(0.0, pixel, clip=True) if pixel else plots.heat_scale(result.heatmaps)
       for i, p in enumerate(chunk):

@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from fmjax import calibration, decisions, methods, report, sharding
+from fmjax import calibration, decisions, report, sharding
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.sources import folder_images, read_images
 from fmjax.errors import ConfigError
@@ -46,7 +46,8 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   mesh = sharding.make_mesh(config.mesh.num_devices)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
   heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh, trace)
-  calibrated, why = calibration.load(workdir, scorer_settings(config, step), CALIBRATION_KEYS)
+  settings = scorer_settings(config, step)
+  calibrated, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
   cascaded = None
   if config.evaluate.cascade.enabled:
     bands = decisions.cascade_in(calibrated, config)
@@ -70,12 +71,9 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
       **overall,
       "mean": mean_over_categories(per_category),
       "per_category": per_category,
-      "settings": {"dataset": dataset.name, "categories": list(dataset.class_names),
-                   "method": ec.method, "method_options": methods.scorer_options(ec),
-                   "checkpoint_step": int(step), "use_ema": bool(ec.use_ema),
+      "settings": {"dataset": dataset.name, "categories": list(dataset.class_names), **settings,
                    "images_per_s": images_per_s, "num_test_images": int(len(scores)),
-                   "seed": ec.seed, "batch_size": ec.batch_size,
-                   "num_devices": int(mesh.devices.size)},
+                   "batch_size": ec.batch_size, "num_devices": int(mesh.devices.size)},
       "images": [{"path": p, "category": dataset.class_names[c], "defect": d, "label": int(l),
                   "score": float(s)}
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
@@ -84,14 +82,15 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
   if cascaded is not None:
     result["cascade"] = cascaded
   if calibrated is not None:
-    result["calibrated"] = decisions.calibrated_results(calibrated, dataset, scores)
+    result["calibrated"] = decisions.calibrated_results(
+        calibrated, dataset, scores, {n: m["image_f1_threshold"] for n, m in per_category.items()})
     first = calibration.rate_key(calibrated["rates"][0])
     for r in result["images"]:
       cat = result["calibrated"]["per_category"].get(r["category"])
       if cat is not None:
-        r["calibrated_decision"] = ("anomalous" if r["score"] > cat["rates"][first]["threshold"]
-                                    else "normal")
-  elif jax.process_index() == 0:
+        anomalous = calibration.flagged(r["score"], cat["rates"][first]["threshold"])
+        r["calibrated_decision"] = "anomalous" if anomalous else "normal"
+  else:
     print(f"No calibrated thresholds in the report: {why}.", flush=True)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s,

@@ -114,10 +114,10 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
     raise ValueError("The number of seeds K must be >= 1.")
 
   # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
-  # A symbolic batch (an exported scorer) pads to whole chunks: there, a chunk is as many images
-  # as fit with all T times, so little is padded.
-  img_chunk = max(1, _at_most(b, max_forward_batch // k if isinstance(b, int)
-                              else max_forward_batch // (k * num_t)))
+  if isinstance(b, int):
+    img_chunk = max(1, min(b, max_forward_batch // k))
+  else:  # a symbolic batch (an exported scorer) pads to whole chunks: as many images as fit
+    img_chunk = max(1, max_forward_batch // (k * num_t))  # with all T times, so little is padded
   t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
   n_t, t_pad = _chunks(num_t, t_chunk)
   t_all = jnp.pad(times, (0, t_pad - num_t))

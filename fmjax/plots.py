@@ -53,6 +53,12 @@ def heat_scale(heatmaps: np.ndarray) -> Normalize:
   return Normalize(vmin, vmax, clip=True)
 
 
+def heat_scales(keys: np.ndarray, heatmaps: np.ndarray) -> dict:
+  """{key: heat_scale of the heatmaps [M,...] whose keys [M] equal it}: one scale per category."""
+  keys = np.asarray(keys)
+  return {k: heat_scale(heatmaps[keys == k]) for k in np.unique(keys).tolist()}
+
+
 def describe_scale(norm: Normalize) -> str:
   """The colour scale in words, for titles."""
   kind = "log colour scale" if isinstance(norm, LogNorm) else "colour scale"

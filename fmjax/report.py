@@ -33,12 +33,6 @@ def fresh_dir(directory: str) -> None:
   os.makedirs(directory)
 
 
-def category_scales(dataset: AnomalyDataset, heatmaps: np.ndarray) -> dict:
-  """{category index: matplotlib norm}: one colour scale per category (`plots.heat_scale`)."""
-  return {ci: plots.heat_scale(heatmaps[dataset.test_classes == ci])
-          for ci in np.unique(dataset.test_classes).tolist()}
-
-
 def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, mask=None,
                    predicted=None):
   """One image at full size: the image (ground truth outlined) | its heatmap overlay, colour
@@ -61,12 +55,12 @@ def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, ma
 
 
 def write_heatmaps(directory: str, dataset: AnomalyDataset, heatmaps: np.ndarray,
-                   scores: np.ndarray, count: int) -> list[str]:
-  """Saves the `count` highest- and lowest-scoring test images' panels as PNGs; returns paths."""
+                   scores: np.ndarray, count: int, scales: dict) -> list[str]:
+  """Saves the `count` highest- and lowest-scoring test images' panels as PNGs, each on its
+  category's colour scale ({class index: norm}, `plots.heat_scales`); returns the paths."""
   fresh_dir(directory)
   order = np.argsort(-scores)
   chosen = list(dict.fromkeys(list(order[: (count + 1) // 2]) + list(order[::-1][: count // 2])))
-  scales = category_scales(dataset, heatmaps) if chosen else {}
   paths = []
   for rank, i in enumerate(chosen):
     mask = None if dataset.test_masks is None else dataset.test_masks[i]
@@ -99,13 +93,14 @@ def grid_selection(scores: np.ndarray, labels: np.ndarray, columns: int) -> list
 
 
 def category_grid(dataset: AnomalyDataset, heatmaps: np.ndarray, scores: np.ndarray,
-                  category: int, threshold: float, columns: int = 8):
+                  category: int, threshold: float, columns: int = 8, scale=None):
   """A figure of one category's test images in columns (`grid_selection`): the image with the
   ground truth outlined above its heatmap overlay, captioned with defect, score and decision;
-  one colour scale for the category, shown as a colour bar."""
+  one colour scale for the category (`scale`, by default `plots.heat_scale` of its heatmaps),
+  shown as a colour bar."""
   idx = np.flatnonzero(dataset.test_classes == category)
   sel = grid_selection(scores[idx], dataset.test_labels[idx], columns)
-  scale = plots.heat_scale(heatmaps[idx])
+  scale = plots.heat_scale(heatmaps[idx]) if scale is None else scale
   n = max(len(sel), 1)
   fig = plots.figure(1.55 * n + 1.3, 4.3)
   axes = fig.subplots(2, n, squeeze=False)
@@ -314,16 +309,19 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
   with open(path("metrics.md"), "w") as f:
     f.write(metrics_markdown(result))
   write_scores_csv(path("scores.csv"), result)
+  scales = plots.heat_scales(dataset.test_classes, heatmaps)  # one per category, computed once
   for ci, name in enumerate(dataset.class_names):
     threshold = result["per_category"][name]["image_f1_threshold"]
-    plots.save(category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns),
+    plots.save(category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns,
+                             scales.get(ci)),
                path(f"grid_{safe_name(name)}.png"))
   plots.save(histogram_figure(dataset, scores, result), path("score_histogram.png"))
   figure = roc_pr_figure(curves, result)
   if figure is not None:
     plots.save(figure, path("roc_pr.png"))
   # Always: with num_heatmaps = 0 it leaves an empty folder, no stale pictures of an earlier run.
-  write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps)
+  write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps,
+                 scales)
   return written
 
 
@@ -343,8 +341,7 @@ def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
     for r, word in zip(rows, words):
       w.writerow([r["path"], r["category"], f"{r['score']:.8g}", r.get("scored_with", "full"),
                   f"{decision.threshold:.8g}" if decision.known else "", decision.kind, word])
-  categories = np.array([r["category"] for r in rows])
-  scales = {c: plots.heat_scale(heatmaps[categories == c]) for c in set(categories.tolist())}
+  scales = plots.heat_scales([r["category"] for r in rows], heatmaps)
   pixel = decision.pixel_threshold
   for i, (r, word) in enumerate(zip(rows, words)):
     stem = safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
