@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   """The paper's recipe (Appendix C.1) on MVTec AD; configs override what differs."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # What `python -m fmjax.main` runs when --mode is not given ("": train_and_evaluate);
+  # configs/scaling.py sets "scaling".
+  c.mode = ""
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "mvtec"  # synthetic | mvtec | visa | folder
@@ -72,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.amsgrad = True
   c.train.update_rms_clip = 1.0
   c.train.grad_clip_norm = 0.0  # 0: off (the paper's default)
+  c.train.warmup_steps = 0  # linear learning-rate warm-up over this many updates (0: off)
   c.train.ema_decay = 0.0  # 0: off
   c.train.log_every_steps = 50
   c.train.log_every_seconds = 10.0
@@ -112,6 +116,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.study.steps = ""  # checkpoints study: comma-separated steps; empty: every saved checkpoint
   c.study.seeds = "0,1,2"  # seeds study: scoring seeds (evaluate.seed values)
   c.study.methods = "flow_mismatch,reconflow,dflow"  # methods study: scorers on the same model
+
+  # --mode=scaling (fmjax/scaling.py): one training run ("arm") per global batch size, each
+  # scored at the end; the defaults are the paper model's study (configs/scaling.py).
+  c.scaling = ml_collections.ConfigDict()
+  c.scaling.batch_sizes = "32,64,128,256,512,1024,2048,4096"
+  c.scaling.base_batch_size = 32  # train.learning_rate is the rate at this batch size
+  c.scaling.lr_rule = "sqrt"  # none | linear | sqrt: the learning rate at batch B
+  c.scaling.warmup_examples = 20480  # linear warm-up over this many examples (0: none)
+  c.scaling.budget_unit = "epochs"  # examples | epochs | steps: what every arm gets the same of
+  c.scaling.budget = 2000.0
+  c.scaling.val_every_examples = 0  # held-out loss every this many examples (0: budget / 40)
+  c.scaling.val_times = 10  # the held-out loss's fixed time grid: t = (j + 0.5) / val_times
+  c.scaling.val_seed = 0  # its fixed noise
+  c.scaling.noise_scale_every = 10  # gradient noise scale measured every this many steps (0: off)
+  c.scaling.noise_scale_groups = 8  # the batch is split into this many groups (B_small = B / groups)
+  c.scaling.target_val_loss = 0.0  # steps/examples to this held-out loss (0: the loss every arm reaches)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices
@@ -160,6 +180,68 @@ def quickstart_config() -> ml_collections.ConfigDict:
   config.evaluate.num_seeds = 4
   config.evaluate.num_times = 4
   config.evaluate.max_forward_batch = 512
+  return config
+
+
+MODES = ("train", "evaluate", "train_and_evaluate", "calibrate", "export", "describe", "score",
+         "study", "scaling")
+
+
+def scaling_batch_sizes(spec: str) -> list[int]:
+  """"32,64,128" -> [32, 64, 128] (ascending, distinct, >= 1; ConfigError otherwise)."""
+  try:
+    sizes = [int(v) for v in str(spec).split(",") if v.strip()]
+  except ValueError as e:
+    raise ConfigError(f"scaling.batch_sizes must be comma-separated integers, got {spec!r}") from e
+  if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+    raise ConfigError(f"scaling.batch_sizes must be distinct integers >= 1, got {spec!r}")
+  return sorted(sizes)
+
+
+def scaling_errors(sc) -> list[str]:
+  """What is wrong with the config's `scaling` subtree (checked whatever the mode)."""
+  from fmjax.optim import LR_RULES  # pylint: disable=g-import-not-at-top
+  errors = []
+  try:
+    sizes = scaling_batch_sizes(sc.batch_sizes)
+  except ConfigError as e:
+    errors.append(str(e))
+    sizes = []
+  if sc.noise_scale_groups < 2:
+    errors.append(f"scaling.noise_scale_groups must be >= 2, got {sc.noise_scale_groups}")
+  elif sc.noise_scale_every > 0:
+    bad = [b for b in sizes if b % sc.noise_scale_groups]
+    if bad:
+      errors.append(f"scaling.batch_sizes {bad} are not divisible by scaling.noise_scale_groups="
+                    f"{sc.noise_scale_groups}")
+  for name, value, ok, rule in [
+      ("scaling.base_batch_size", sc.base_batch_size, sc.base_batch_size >= 1, ">= 1"),
+      ("scaling.lr_rule", sc.lr_rule, sc.lr_rule in LR_RULES, f"one of {LR_RULES}"),
+      ("scaling.warmup_examples", sc.warmup_examples, sc.warmup_examples >= 0, ">= 0"),
+      ("scaling.budget_unit", sc.budget_unit, sc.budget_unit in ("examples", "epochs", "steps"),
+       "examples, epochs or steps"),
+      ("scaling.budget", sc.budget, sc.budget > 0, "> 0"),
+      ("scaling.val_every_examples", sc.val_every_examples, sc.val_every_examples >= 0, ">= 0"),
+      ("scaling.val_times", sc.val_times, sc.val_times >= 1, ">= 1"),
+      ("scaling.noise_scale_every", sc.noise_scale_every, sc.noise_scale_every >= 0, ">= 0 (0: off)"),
+      ("scaling.target_val_loss", sc.target_val_loss, sc.target_val_loss >= 0, ">= 0 (0: auto)")]:
+    if not ok:
+      errors.append(f"{name} must be {rule}, got {value!r}")
+  return errors
+
+
+def scaling_quickstart_config() -> ml_collections.ConfigDict:
+  """configs/scaling.py:quickstart: a 3-arm compute-scaling study (batch 16, 64, 256; 2048
+  examples each) of the quickstart model on the embedded data, a few minutes on a CPU (also
+  what the scaling notebook starts from)."""
+  config = quickstart_config()
+  config.mode = "scaling"
+  config.data.synthetic.num_train = 100  # per category; data.val_fraction (10%) held out
+  config.scaling.update(batch_sizes="16,64,256", base_batch_size=32, lr_rule="sqrt",
+                        warmup_examples=256, budget_unit="examples", budget=2048,
+                        val_every_examples=128, val_times=4, noise_scale_every=4,
+                        noise_scale_groups=4)
+  config.evaluate.num_heatmaps = 4
   return config
 
 
@@ -215,6 +297,7 @@ def validate(config) -> None:
       ("train.update_rms_clip", tc.update_rms_clip, tc.update_rms_clip >= 0, ">= 0 (0: off)"),
       ("train.grad_clip_norm", tc.grad_clip_norm, tc.grad_clip_norm >= 0, ">= 0 (0: off)"),
       ("train.keep_checkpoints", tc.keep_checkpoints, tc.keep_checkpoints >= 1, ">= 1"),
+      ("train.warmup_steps", tc.warmup_steps, tc.warmup_steps >= 0, ">= 0 (0: off)"),
       ("train.log_every_seconds", tc.log_every_seconds, tc.log_every_seconds >= 0, ">= 0"),
       ("model.num_res_blocks", mc.num_res_blocks, mc.num_res_blocks >= 1, ">= 1"),
       ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)"),
@@ -235,6 +318,9 @@ def validate(config) -> None:
   if ec.cascade.enabled and ec.method in methods.SCORERS and not methods.scorer(ec.method).uses:
     errors.append(f"evaluate.cascade needs a method with K or T to make cheaper; {ec.method} has "
                   "neither")
+  if config.mode not in ("",) + MODES:
+    errors.append(f"mode must be one of {MODES} (or empty), got {config.mode!r}")
+  errors += scaling_errors(config.scaling)
   if tc.num_steps <= 0 and tc.num_epochs <= 0:
     errors.append("set train.num_epochs > 0 or train.num_steps > 0")
   if dc.name not in DATASETS:
@@ -260,16 +346,21 @@ def validate(config) -> None:
     raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
 
 
-def validate_devices(config) -> None:
-  """Batch sizes against the devices and hosts, before any work (ConfigError on a mismatch)."""
+def validate_devices(config, mode: str = "") -> None:
+  """Batch sizes against the devices and hosts, before any work (ConfigError on a mismatch);
+  with mode "scaling", every scaling.batch_sizes value too."""
   available = jax.device_count()
   n = available if config.mesh.num_devices in (-1, None) else config.mesh.num_devices
   errors = []
+  batches = [("train.batch_size", config.train.batch_size),
+             ("evaluate.batch_size", config.evaluate.batch_size)]
+  if mode == "scaling":
+    batches = batches[1:] + [("scaling.batch_sizes value", b)
+                             for b in scaling_batch_sizes(config.scaling.batch_sizes)]
   if not 1 <= n <= available:
     errors.append(f"mesh.num_devices={n}, but {available} devices are available")
   else:
-    for name, batch in (("train.batch_size", config.train.batch_size),
-                        ("evaluate.batch_size", config.evaluate.batch_size)):
+    for name, batch in batches:
       if batch % n or batch % jax.process_count():
         errors.append(f"{name}={batch} must be divisible by the {n} devices (and the "
                       f"{jax.process_count()} hosts); e.g. {n * max(1, round(batch / n))}")

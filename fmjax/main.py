@@ -2,7 +2,7 @@
 
   python -m fmjax.main --config configs/<x>.py --workdir <dir> \
       [--config.a.b=value ...]
-      [--mode=train|evaluate|train_and_evaluate|calibrate|export|describe|score|study]
+      [--mode=train|evaluate|train_and_evaluate|calibrate|export|describe|score|study|scaling]
 
   --mode=study runs the ablation named by --config.study.name (compute, aggregators,
   checkpoints, seeds, pooling) on the workdir's trained model: <workdir>/studies/<name>/.
@@ -11,6 +11,9 @@
   (train_and_evaluate does it between training and evaluation).
   --mode=export writes the scorer as StableHLO with its parameters and thresholds to
   <workdir>/export/, for fmjax.deploy (no Flax, model code or checkpoint needed there).
+  --mode=scaling (the default of configs/scaling.py) trains one arm per global batch size
+  (scaling.batch_sizes) in <workdir>/arms/batch_<B>/ and writes the compute-scaling report to
+  <workdir>/scaling/: held-out loss, gradient noise scale, critical batch size, AUROC per FLOP.
   --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
@@ -45,22 +48,22 @@ from fmjax.errors import ConfigError, UserError  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_enum("mode", "train_and_evaluate",
-                  ["train", "evaluate", "train_and_evaluate", "calibrate", "export", "describe",
-                   "score", "study"],
-                  "What to run.")
+flags.DEFINE_enum("mode", None, list(configlib.MODES),
+                  "What to run (default: the config's `mode`, else train_and_evaluate).")
 flags.mark_flags_as_required(["config"])
 
-def run(config, workdir: str | None, mode: str):
-  """Runs `mode` for `config` in `workdir`; returns what the last phase returned."""
+def run(config, workdir: str | None, mode: str | None = None):
+  """Runs `mode` (default: config.mode, else train_and_evaluate) for `config` in `workdir`;
+  returns what the last phase returned."""
   configlib.validate(config)
+  mode = mode or config.mode or "train_and_evaluate"
   if mode == "describe":
     from fmjax.describe import describe
     return describe(config)
   if not workdir:
     raise ConfigError(f"--workdir is required for --mode={mode}.")
   sharding.initialize_distributed()
-  configlib.validate_devices(config)  # before anything is created
+  configlib.validate_devices(config, mode)  # before anything is created
   from fmjax.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
   with WorkdirLock(workdir, mode):
@@ -82,6 +85,9 @@ def _run_locked(config, workdir: str, mode: str):
   if mode == "study":
     from fmjax.studies import run_study
     return run_study(config, workdir, dataset)
+  if mode == "scaling":
+    from fmjax.scaling import run_scaling
+    return run_scaling(config, workdir, dataset)
   if mode in ("train", "train_and_evaluate"):
     result = train.train(config, workdir, dataset)
   if mode == "calibrate" or (mode == "train_and_evaluate" and dataset.val_images is not None

@@ -8,6 +8,7 @@ as in StableAdamW (Wortsman et al., 2023), then `scale_by_learning_rate`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -60,6 +61,36 @@ def stable_adamw(learning_rate, b1: float = 0.9, b2: float = 0.99, eps: float = 
     direction = clip_by_update_rms(direction, b2, eps, update_rms_clip)
   parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   return optax.chain(*parts, direction, optax.scale_by_learning_rate(learning_rate))
+
+
+LR_RULES = ("none", "linear", "sqrt")
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
+  """The learning rate for `batch_size` under a batch-scaling rule, from `base_lr` at
+  `base_batch_size`: none (base_lr), linear (x B/B0) or sqrt (x sqrt(B/B0), Adam's usual rule)."""
+  ratio = batch_size / base_batch_size
+  if rule == "none":
+    return float(base_lr)
+  if rule == "linear":
+    return float(base_lr * ratio)
+  if rule == "sqrt":
+    return float(base_lr * math.sqrt(ratio))
+  raise ValueError(f"learning-rate rule must be one of {LR_RULES}, got {rule!r}")
+
+
+def warmup_factor(step, warmup_steps: int):
+  """min(1, (step + 1) / warmup_steps): the fraction of the learning rate used by update
+  `step` (0-based; float32); 1 when warmup_steps <= 0.
+
+  The train step multiplies the optimiser's update by it. That equals scheduling the
+  learning rate, because `scale_by_learning_rate` is the optimiser's last, linear stage
+  (weight decay included), and it adds no optimiser state, so checkpoints with and
+  without warm-up have the same layout.
+  """
+  if warmup_steps <= 0:
+    return jnp.float32(1.0)
+  return jnp.minimum(1.0, (jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps)
 
 
 def build_optimizer(train_config) -> optax.GradientTransformation:

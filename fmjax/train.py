@@ -25,7 +25,7 @@ from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.errors import NonFiniteError
 from fmjax.models.unet import build_unet, count_params, init_params
-from fmjax.optim import build_optimizer
+from fmjax.optim import build_optimizer, warmup_factor
 from fmjax.progress import Progress
 from fmjax.runlog import MetricWriter, StepTrace
 from fmjax.workdir import class_labels, model_meta, prepare_workdir, restore_newest, state_meta
@@ -67,15 +67,16 @@ def abstract_train_state(model, optimizer, image_shape, num_classes: int, ema: b
 
 def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float,
                   objective: str = "cfm", objective_options: dict | None = None,
-                  learning_rate=None):
+                  learning_rate=None, warmup_steps: int = 0):
   """The pure step (state, images uint8 [B,H,W,3], labels [B]) -> (state, metrics).
 
   `objective` names a training objective of `fmjax.methods` (default: flow matching)
-  and `objective_options` its options (default: the objective's defaults). Metrics
-  (float32 scalars): loss (the batch mean), grad_norm (global L2 norm of the
-  gradient), param_norm (of the parameters after the update), update_rms (root mean
-  square of the parameter change over all parameters) and, when `learning_rate` (a
-  number or a schedule of the step) is given, learning_rate.
+  and `objective_options` its options (default: the objective's defaults).
+  `warmup_steps` > 0 scales the first updates by `optim.warmup_factor` (a linear
+  learning-rate warm-up). Metrics (float32 scalars): loss (the batch mean), grad_norm
+  (global L2 norm of the gradient), param_norm (of the parameters after the update),
+  update_rms (root mean square of the parameter change over all parameters) and, when
+  `learning_rate` (the optimiser's) is given, learning_rate (warm-up included).
   """
   base_key = jax.random.key(seed)
   loss_of = methods.objective(objective)
@@ -93,6 +94,9 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    warmup = warmup_factor(state.step, warmup_steps)
+    if warmup_steps > 0:
+      updates = jax.tree.map(lambda u: u * warmup.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema:
@@ -102,8 +106,7 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
                "param_norm": optax.global_norm(params),
                "update_rms": optax.global_norm(updates) / jnp.sqrt(jnp.float32(size))}
     if learning_rate is not None:
-      metrics["learning_rate"] = jnp.asarray(
-          learning_rate(state.step) if callable(learning_rate) else learning_rate, jnp.float32)
+      metrics["learning_rate"] = jnp.asarray(learning_rate, jnp.float32) * warmup
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     return new_state, metrics
 
@@ -112,12 +115,12 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
 
 def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: float, mesh,
                     objective: str = "cfm", objective_options: dict | None = None,
-                    learning_rate=None):
+                    learning_rate=None, warmup_steps: int = 0):
   """`train_step_fn` jitted over `mesh`: batch split on "data", state replicated and donated."""
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
   return jax.jit(train_step_fn(model, optimizer, norm, seed, ema_decay, objective, objective_options,
-                               learning_rate),
+                               learning_rate, warmup_steps),
                  in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -150,8 +153,33 @@ def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   return stats
 
 
-def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainState:
-  """Trains (or resumes) the velocity model in `workdir`; returns the final state."""
+class TrainHook:
+  """Work done inside the training loop besides the update (e.g. `fmjax.validation`'s held-out
+  loss, `fmjax.noise_scale`'s gradient noise scale). Subclasses override what they need.
+
+  Steps are 1-based update counts; `state` is the train state (do not keep it: the next
+  step donates its buffers).
+  """
+
+  def start(self, step: int, state: TrainState) -> None:
+    """Before the first update of this run; `step` is 0 when fresh, else the resumed step."""
+
+  def before_step(self, step: int, state: TrainState, images: jax.Array, labels: jax.Array) -> None:
+    """Before update `step`, with its batch (global arrays) and the parameters it starts from."""
+
+  def after_step(self, step: int, state: TrainState) -> None:
+    """After update `step` (before the checkpoint of that step is written)."""
+
+  def close(self) -> None:
+    """At the end of the run, also when it fails."""
+
+
+def train(config, workdir: str, dataset: AnomalyDataset | None = None,
+          hooks: tuple[TrainHook, ...] = ()) -> TrainState:
+  """Trains (or resumes) the velocity model in `workdir`; returns the final state.
+
+  `hooks` run inside the loop (see `TrainHook`); none run when training is already done.
+  """
   prepare_workdir(workdir)
   dataset = dataset if dataset is not None else load_dataset(config.data)
   mesh = sharding.make_mesh(config.mesh.num_devices)
@@ -192,7 +220,8 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
   start = int(jax.device_get(state.step))
   objective = (config.train.objective, methods.objective_options(config.train))
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
-                               *objective, learning_rate=config.train.learning_rate)
+                               *objective, learning_rate=config.train.learning_rate,
+                               warmup_steps=config.train.warmup_steps)
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   workers = config.data.loader_workers
   full_meta = {"model": meta, "state": train_meta, "norm": norm.to_dict(),
@@ -221,12 +250,18 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
                                      start=start)
   batches = pipeline.DevicePrefetcher(iterator, mesh, total - start)
   try:
+    for hook in hooks:
+      hook.start(start, state)
     pending, t_last = [], time.time()
     for step in range(start + 1, total + 1):
       images, batch_labels = batches.next()
+      for hook in hooks:
+        hook.before_step(step, state, images, batch_labels)
       trace.before(step)
       state, step_metrics = train_step(state, images, batch_labels)
       trace.after(step, step_metrics)
+      for hook in hooks:
+        hook.after_step(step, state)
       pending.append(step_metrics)
       last = step == total
       save_now = step % config.train.checkpoint_every_steps == 0 or last
@@ -249,6 +284,8 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None) -> TrainS
         if save_now:
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
   finally:
+    for hook in hooks:
+      hook.close()
     trace.close()
     progress.close()
     batches.close()

@@ -10,6 +10,8 @@
 #   bash launch/gpu_suite.sh mtd        # the same recipe on magnetic tile (44,625 steps:
 #                                       # rerun the same command to resume where it stopped)
 #   bash launch/gpu_suite.sh transistor # the same recipe on transistor (image labels only)
+#   bash launch/gpu_suite.sh scaling    # compute-scaling study on bottle, batch 32..1024
+#                                       # (resumable: rerun to continue with the next arm)
 set -euo pipefail
 OUT="${OUT:-runs/gpu}"; DATA="${DATA:-.data}"
 mkdir -p "$OUT"
@@ -18,7 +20,7 @@ run() {  # runs a command, logging it and its wall time to $OUT/commands.txt
   echo "+ $*" >> "$OUT/commands.txt"; local t0=$SECONDS
   "$@"; echo "wall $((SECONDS - t0)) s: $*" | tee -a "$OUT/commands.txt"
 }
-case "${1:?part: speed|loader|bottle|studies|mtd|transistor}" in
+case "${1:?part: speed|loader|bottle|studies|mtd|transistor|scaling}" in
   speed)
     run python -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$OUT/describe.txt"
     run python benchmarks/score_throughput.py --kt=10x10,5x5,2x2,20x20 --batches=1,8,32,128 \
@@ -42,5 +44,9 @@ case "${1:?part: speed|loader|bottle|studies|mtd|transistor}" in
   transistor)
     run python -m fmjax.main --config configs/folder.py --workdir "$OUT/transistor" \
         --config.data.root="$DATA/mvtec_images_only" --config.data.image_level_only=True ;;
+  scaling)
+    run python -m fmjax.main --config configs/scaling.py --workdir "$OUT/scaling_bottle" \
+        --config.data.root="$DATA/mvtec" --config.data.categories=bottle \
+        --config.scaling.batch_sizes=32,64,128,256,512,1024 ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac

@@ -45,7 +45,7 @@ def _text(nb) -> str:
 
 def test_committed_notebooks_are_clean():
   assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "train_mvtec.ipynb",
-                                         "explore_flow_mismatch.ipynb"}
+                                         "explore_flow_mismatch.ipynb", "scaling_study.ipynb"}
   for path in NOTEBOOKS:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -90,3 +90,19 @@ def test_train_mvtec_notebook_runs_on_an_mvtec_layout_folder(tmp_path):
                                       "OVERRIDES": overrides}, tmp_path)
   text = _text(nb)
   assert "['widget']" in text and "calibrated" in text
+
+
+def test_scaling_study_notebook_runs(tmp_path):
+  workdir = str(tmp_path / "study")
+  overrides = {**{k: v for k, v in TINY.items() if not k.startswith("train.")},
+               "scaling.batch_sizes": "8,16", "scaling.base_batch_size": 8,
+               "scaling.budget": 32, "scaling.warmup_examples": 8, "scaling.val_times": 2,
+               "scaling.noise_scale_every": 2, "scaling.noise_scale_groups": 2,
+               "train.checkpoint_every_steps": 4, "train.log_every_steps": 2}
+  nb = _execute("scaling_study.ipynb", {"WORKDIR": workdir, "OVERRIDES": overrides}, tmp_path)
+  results = json.loads(open(os.path.join(workdir, "scaling", "results.json")).read())
+  assert [a["batch_size"] for a in results["arms"]] == [8, 16]
+  assert all(a["examples"] == 32 for a in results["arms"])
+  text = _text(nb)
+  assert "critical batch size:" in text
+  assert json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"]).count("image/png") >= 5

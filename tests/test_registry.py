@@ -135,6 +135,11 @@ def test_layers_import_only_downwards():
                  "mismatch", "calibration", "cascade"):
     imported = imports(module)
     assert "train" not in imported and "fmjax.train" not in imported, module
+  # The trainer and its hooks sit below evaluation and the studies.
+  for module in ("train", "validation", "noise_scale", "optim"):
+    imported = imports(module)
+    assert not imported & {"evaluate", "scoring", "report", "studies", "scaling", "decisions",
+                           "fmjax.evaluate", "fmjax.scaling"}, module
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand).
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
