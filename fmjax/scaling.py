@@ -325,6 +325,15 @@ def _colours(n: int):
   return [plots.PALETTE[i % len(plots.PALETTE)] for i in range(n)]
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+  """Axis labels, title, a light grid and the legend."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  plots.legend(ax, loc="best")
+
+
 def _plain_log_ticks(axis) -> None:
   """Major ticks of a log axis as plain numbers, minor ones unlabelled (no crowded 10^x labels)."""
   axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -418,11 +427,8 @@ def auroc_flops_figure(results: dict):
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     if flops:
       ax.set_xlim(min(flops) * 0.97, max(flops) * 1.03)
-  ax.set_xlabel("training FLOPs (XLA count of the updates)")
-  ax.set_ylabel("AUROC (%)")
-  ax.set_title("Anomaly detection against training compute")
-  ax.grid(True, alpha=0.3)
-  plots.legend(ax, loc="best")
+  _finish(ax, "training FLOPs (XLA count of the updates)", "AUROC (%)",
+          "Anomaly detection against training compute")
   return fig
 
 
@@ -439,13 +445,10 @@ def noise_scale_figure(results: dict):
       ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, label=f"B={a['batch_size']}")
   if any_line:
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
   else:
     ax.text(0.5, 0.5, "no positive estimate yet", transform=ax.transAxes, ha="center")
-  ax.set_xlabel("training examples")
-  ax.set_ylabel("B_simple = tr(Sigma) / |G|^2")
-  ax.set_title("Gradient noise scale")
-  ax.grid(True, alpha=0.3)
-  plots.legend(ax, loc="best")
+  _finish(ax, "training examples", "B_simple = tr(Sigma) / |G|^2", "Gradient noise scale")
   return fig
 
 
