@@ -17,16 +17,14 @@ parallelism (the two batch sizes of the paper's estimator).
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fmjax import methods, sharding
 from fmjax.data import NormStats
-from fmjax.runlog import MetricWriter
+from fmjax.runlog import MetricWriter, read_metrics
 from fmjax.train import TrainHook
 
 
@@ -50,7 +48,7 @@ def group_gradient_sq_norms(loss_fn, params, batch, groups: int):
     total, sq = carry
     g = jax.grad(loss_fn)(params, jax.tree.map(lambda a: a[i], grouped), i)
     g = jax.tree.map(lambda x: x.astype(jnp.float32), g)
-    sq = sq + sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g))
+    sq = sq + optax.tree.norm(g, squared=True)
     return (jax.tree.map(jnp.add, total, g), sq), None
 
   # XLA:CPU runs convolutions inside loops several times slower (4 groups of 16 images of the
@@ -59,7 +57,7 @@ def group_gradient_sq_norms(loss_fn, params, batch, groups: int):
   (total, sq), _ = jax.lax.scan(body, (zeros, jnp.float32(0.0)), jnp.arange(groups, dtype=jnp.int32),
                                 unroll=unroll)
   mean = jax.tree.map(lambda t: t / groups, total)
-  return sq / groups, sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(mean))
+  return sq / groups, optax.tree.norm(mean, squared=True)
 
 
 def estimate(small_sq, big_sq, b_small: float, b_big: float) -> tuple[float, float]:
@@ -122,11 +120,8 @@ class NoiseScale(TrainHook):
 
   def start(self, step, state):
     self._writer = MetricWriter(self._workdir, "noise", resume_from=step)
-    path = os.path.join(self._workdir, "noise_metrics.jsonl")
-    if step and os.path.exists(path):
-      with open(path) as f:
-        rows = [json.loads(l) for l in f if l.strip()]
-      self._recent = [(r["trace_sigma"], r["grad_sq"]) for r in rows
+    if step:  # the window continues from the records the resumed run kept
+      self._recent = [(r["trace_sigma"], r["grad_sq"]) for r in read_metrics(self._workdir, "noise")
                       if "trace_sigma" in r and "grad_sq" in r][-self._window:]
 
   def before_step(self, step, state, images, labels):

@@ -62,17 +62,27 @@ def write_run_record(workdir: str, config, mode: str, argv: list[str] | None = N
   started = datetime.datetime.now().isoformat(timespec="seconds")
   record = {"mode": mode, "command": command, "started": started,
             "config": json.loads(config.to_json())}
-  _write_json(os.path.join(workdir, "config.json"), record)
-  _write_json(os.path.join(workdir, "environment.json"), environment())
+  write_json(os.path.join(workdir, "config.json"), record)
+  write_json(os.path.join(workdir, "environment.json"), environment())
   with open(os.path.join(workdir, "run_history.jsonl"), "a") as f:
     f.write(json.dumps({"started": started, "mode": mode, "command": command}) + "\n")
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """`obj` as indented JSON at `path`, replaced atomically (a reader never sees half a file)."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
   os.replace(tmp, path)
+
+
+def read_metrics(workdir: str, name: str) -> list[dict]:
+  """The records of <workdir>/<name>_metrics.jsonl in step order ([] when there is none)."""
+  path = os.path.join(workdir, f"{name}_metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return sorted((json.loads(l) for l in f if l.strip()), key=lambda r: r["step"])
 
 
 class MetricWriter:

@@ -40,7 +40,7 @@ from fmjax.errors import ConfigError
 from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer, scaled_learning_rate
 from fmjax.report import format_percent, json_safe
-from fmjax.runlog import write_run_record
+from fmjax.runlog import read_metrics, write_json, write_run_record
 from fmjax.workdir import class_labels, prepare_workdir
 
 # What an arm's results depend on: a rerun with other values is refused.
@@ -111,19 +111,9 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(json_safe(obj), f, indent=1)
-  os.replace(tmp, path)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return sorted((json.loads(l) for l in f if l.strip()), key=lambda r: r["step"])
+  """Strict JSON (NaN -> null), written by process 0 only."""
+  if jax.process_index() == 0:
+    write_json(path, json_safe(obj))
 
 
 def _check_same(saved: dict, arm: dict, where: str) -> None:
@@ -203,9 +193,9 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   step_flops = train_step_flops(model, build_optimizer(cfg.train), arm["batch_size"],
                                 cfg.data.image_size, cfg.train.ema_decay, cfg.train.objective,
                                 methods.objective_options(cfg.train))
-  train_log = _read_jsonl(os.path.join(directory, "train_metrics.jsonl"))
-  val_log = _read_jsonl(os.path.join(directory, "val_metrics.jsonl"))
-  noise_log = _read_jsonl(os.path.join(directory, "noise_metrics.jsonl"))
+  train_log = read_metrics(directory, "train")
+  val_log = read_metrics(directory, "val")
+  noise_log = read_metrics(directory, "noise")
   mean = result["mean"]
   record = {
       **arm, "examples": arm["steps"] * arm["batch_size"],

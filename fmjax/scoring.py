@@ -88,7 +88,6 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   model = build_unet(config.model, num_classes)
   score = make_score_fn(model, norm, ec, mesh)
   data = sharding.data_sharding(mesh)
-  rows = sharding.host_slice(batch)
   m = len(images)
   if m == 0:
     raise DataLayoutError("There are no images to score.")
@@ -102,13 +101,8 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
     """Sends one batch to the devices and starts scoring it (asynchronously)."""
     if trace is not None:
       trace.before(start // batch + 1)
-    idx = np.arange(start, start + batch)
-    valid = idx < m
-    idx = np.where(valid, idx, m - 1)  # pad the last batch by repeating the last image
-    out = score(params, sharding.to_global(images[idx][rows], data),
-                sharding.to_global(labels[idx][rows], data),
-                sharding.to_global(ids[idx][rows], data))
-    return out, valid
+    arrays, valid = sharding.padded_batch((images, labels, ids), start, batch, data)
+    return score(params, *arrays), valid
 
   # One batch in flight while the previous one is fetched: the next batch's transfer and
   # launch overlap the current one's compute.

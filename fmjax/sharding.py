@@ -82,6 +82,18 @@ def to_global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local)
 
 
+def padded_batch(arrays, start: int, batch: int, target: NamedSharding):
+  """Rows start .. start + batch of each host array [M,...] as global arrays sharded by
+  `target` (each host giving its own rows), the last batch padded by repeating row M - 1;
+  returns (the global arrays, valid bool [batch]: which rows are real)."""
+  m = len(arrays[0])
+  idx = np.arange(start, start + batch)
+  valid = idx < m
+  idx = np.where(valid, idx, m - 1)
+  rows = host_slice(batch)
+  return [to_global(np.asarray(a)[idx][rows], target) for a in arrays], valid
+
+
 def to_host(tree):
   """Global arrays -> numpy arrays holding every row, on every process (gathered across
   processes when the arrays span several)."""

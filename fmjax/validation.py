@@ -71,19 +71,13 @@ def validation_loss(loss_fn, params, images: np.ndarray, labels: np.ndarray, bat
   `batch_size` (a multiple of the mesh's devices and hosts); summed in float64."""
   sharding.check_batch_size(batch_size, mesh, "evaluate.batch_size")
   data = sharding.data_sharding(mesh)
-  rows = sharding.host_slice(batch_size)
-  ids = image_ids(images)
-  m = len(images)
+  arrays = (images, np.asarray(labels, np.int32), image_ids(images))
   total = 0.0
-  for start in range(0, m, batch_size):
-    idx = np.arange(start, start + batch_size)
-    valid = idx < m
-    idx = np.where(valid, idx, m - 1)
-    out = loss_fn(params, sharding.to_global(images[idx][rows], data),
-                  sharding.to_global(np.asarray(labels[idx][rows], np.int32), data),
-                  sharding.to_global(ids[idx][rows], data))
+  for start in range(0, len(images), batch_size):
+    batch, valid = sharding.padded_batch(arrays, start, batch_size, data)
+    out = loss_fn(params, *batch)
     total += float(np.sum(np.asarray(sharding.to_host(out), np.float64)[valid]))
-  return total / m
+  return total / len(images)
 
 
 def eval_steps(batch_size: int, every_examples: int, total_steps: int) -> list[int]:
@@ -105,7 +99,7 @@ class ValidationLoss(TrainHook):
   <workdir>/val_metrics.jsonl: at step 0 of a fresh run and after each step of `steps`.
 
   `images`/`labels`: the held-out uint8 images [V,H,W,3] and model labels [V]. Records are
-  {step, examples = step * batch_size, val_loss}; `history` holds this run's.
+  {step, examples = step * batch_size, val_loss}.
   """
 
   def __init__(self, workdir: str, model, norm: NormStats, images: np.ndarray, labels: np.ndarray,
@@ -118,14 +112,11 @@ class ValidationLoss(TrainHook):
     self._steps, self._use_ema = set(steps), use_ema
     self._fn = make_val_loss_fn(model, norm, num_times, seed, mesh)
     self._writer = None
-    self.history: list[dict] = []
 
   def _log(self, step: int, state) -> None:
     params = state.ema_params if (self._use_ema and state.ema_params) else state.params
     loss = validation_loss(self._fn, params, self._images, self._labels, self._batch, self._mesh)
-    record = {"step": step, "examples": step * self._train_batch, "val_loss": loss}
-    self.history.append(record)
-    self._writer.write(step, examples=record["examples"], val_loss=loss)
+    self._writer.write(step, examples=step * self._train_batch, val_loss=loss)
 
   def start(self, step, state):
     # A fresh run drops every old record (-1), step 0's included; a resumed one those after `step`.
