@@ -15,12 +15,12 @@ held-out score, the most conservative choice, and the result says the rate is no
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
 import numpy as np
 
+from fmjax import files
 from fmjax.errors import ConfigError
 
 FILE = "calibration.json"
@@ -107,10 +107,7 @@ def test_rates(scores: np.ndarray, labels: np.ndarray, threshold: float,
 
 def save(workdir: str, calibration: dict) -> str:
   path = os.path.join(workdir, FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(calibration, f, indent=1)
-  os.replace(tmp, path)  # never a half-written file
+  files.write_json(path, calibration)  # never a half-written file
   return path
 
 
@@ -118,8 +115,7 @@ def read_matching(path: str, current: dict, keys) -> tuple[dict | None, str]:
   """(the JSON record in the existing file `path`, "") when its "settings" have the same `keys`
   as `current` (checkpoint step, scorer, seed, ...); otherwise (None, the reason). For
   calibration.json and an evaluation's metrics.json alike."""
-  with open(path) as f:
-    saved = json.load(f)
+  saved = files.read_json(path)
   settings = saved.get("settings", {})
   differ = [k for k in keys if settings.get(k) != current.get(k)]
   if differ:
@@ -133,7 +129,7 @@ def load(workdir: str, current: dict, keys) -> tuple[dict | None, str]:
   """(the calibration in `workdir`, "") when it was made with the same `keys` of `current`;
   otherwise (None, the reason)."""
   path = os.path.join(workdir, FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None, f"no {path} (run --mode=calibrate)"
   return read_matching(path, current, keys)
 

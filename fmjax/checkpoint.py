@@ -15,7 +15,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from fmjax.errors import CheckpointMismatchError
+from fmjax import files
+from fmjax.errors import CheckpointMismatchError, WorkdirError
 
 
 class _QuietReadOnly(logging.Filter):
@@ -30,7 +31,7 @@ logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return os.path.join(files.absolute(workdir), "checkpoints")
 
 
 def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -41,8 +42,12 @@ def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Ch
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "meta"))
+  try:
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_names=("state", "meta"))
+  except ImportError as e:  # gs:// without google-cloud-storage (Orbax asks the bucket's layout)
+    raise WorkdirError(f"Checkpoints in {checkpoint_dir(workdir)} need a library that is not "
+                       f"installed ({e}). For gs:// install: pip install 'fmjax[gcs]'.") from e
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from fmjax import calibration, cascade, methods, sharding
+from fmjax import calibration, cascade, files, methods, sharding
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.errors import CheckpointMismatchError, ConfigError
 from fmjax.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
@@ -196,7 +196,7 @@ def stored_threshold(workdir: str, category: str, current: dict) -> float:
   """The category's F1-optimal threshold from <workdir>/eval/metrics.json, or NaN (with the
   reason) when that evaluation used another checkpoint or scorer than `current`."""
   path = os.path.join(workdir, "eval", "metrics.json")
-  if not os.path.exists(path):
+  if not files.exists(path):
     return float("nan")
   saved, why = calibration.read_matching(path, current, THRESHOLD_KEYS)
   if saved is None:

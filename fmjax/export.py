@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 import datetime
-import json
+import io
 import os
 
 import jax
 import numpy as np
 
-from fmjax import calibration, configlib, decisions, methods, scoring
+from fmjax import calibration, configlib, decisions, files, methods, scoring
 from fmjax.errors import ConfigError
 from fmjax.models.unet import build_unet
 from fmjax.workdir import load_params_for_eval, prepare_workdir
@@ -63,10 +63,10 @@ def export_scorer(config, workdir: str) -> str:
   prepare_workdir(out_dir)
   if jax.process_index() != 0:
     return out_dir
-  with open(os.path.join(out_dir, "scorer.jax"), "wb") as f:
-    f.write(exported.serialize())
-  np.savez(os.path.join(out_dir, "params.npz"),
-           **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+  files.write_bytes(os.path.join(out_dir, "scorer.jax"), bytes(exported.serialize()))
+  buffer = io.BytesIO()
+  np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+  files.write_bytes(os.path.join(out_dir, "params.npz"), buffer.getvalue())
   settings = scoring.scorer_settings(config, step)
   thresholds = {}
   for name in class_names:
@@ -87,8 +87,7 @@ def export_scorer(config, workdir: str) -> str:
       "calibration_rate": calibration.parse_rates(config.calibrate.false_alarm_rates)[0],
       "decision": "anomalous when score > threshold (strict: calibrated) or score >= threshold "
                   "(F1-optimal, tuned on test labels)"}
-  with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-    json.dump(manifest, f, indent=1)
+  files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
   known = [n for n, t in thresholds.items() if t["image"] is not None]
   print(f"Exported {ec.method} (step {step}, {size}x{size}, platforms {','.join(platforms)}, "
         f"{manifest['num_params']:,} parameters) to {out_dir}/; thresholds for "

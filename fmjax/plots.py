@@ -7,11 +7,15 @@ the same figures inline. Sizes are fixed (inches at `DPI`), so a PNG's pixel siz
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+
+from fmjax import files
 
 DPI = 100
 CMAP = "inferno"  # perceptually uniform, dark (low) to bright yellow (high)
@@ -26,8 +30,10 @@ def figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, path: str) -> None:
-  """Writes `fig` as a PNG of exactly figsize * DPI pixels."""
-  fig.savefig(path, dpi=DPI, format="png", facecolor="white")
+  """Writes `fig` as a PNG of exactly figsize * DPI pixels (a local path or a bucket's)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=DPI, format="png", facecolor="white")
+  files.write_bytes(path, buffer.getvalue())
 
 
 def pixel_size(fig: Figure) -> tuple[int, int]:

@@ -11,15 +11,12 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import shutil
 
 import numpy as np
 
-from fmjax import calibration, methods, plots
+from fmjax import calibration, files, methods, plots
 from fmjax.data import AnomalyDataset
 
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
@@ -29,8 +26,8 @@ TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_ma
 
 def fresh_dir(directory: str) -> None:
   """An empty `directory`: a rerun's pictures replace the earlier ones, none are mixed in."""
-  shutil.rmtree(directory, ignore_errors=True)
-  os.makedirs(directory)
+  files.rmtree(directory)
+  files.makedirs(directory)
 
 
 def heatmap_figure(image: np.ndarray, heatmap: np.ndarray, scale, title: str, mask=None,
@@ -200,17 +197,16 @@ def write_scores_csv(path: str, result: dict) -> None:
   score >= threshold) and, when calibrated, at the first calibrated rate (score > threshold)."""
   calibrated = result.get("calibrated")
   first = calibration.rate_key(calibrated["rates"][0]) if calibrated else None
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["path", "category", "defect", "label", "score", "threshold", "decision",
-                "calibrated_threshold", "calibrated_decision"])
-    for r in result["images"]:
-      t = result["per_category"][r["category"]]["image_f1_threshold"]
-      decision = "" if not np.isfinite(t) else ("anomalous" if r["score"] >= t else "normal")
-      cat = calibrated["per_category"].get(r["category"]) if calibrated else None
-      ct = f"{cat['rates'][first]['threshold']:.8g}" if cat else ""
-      w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{r['score']:.8g}",
-                  f"{t:.8g}", decision, ct, r.get("calibrated_decision", "")])
+  rows = [["path", "category", "defect", "label", "score", "threshold", "decision",
+           "calibrated_threshold", "calibrated_decision"]]
+  for r in result["images"]:
+    t = result["per_category"][r["category"]]["image_f1_threshold"]
+    decision = "" if not np.isfinite(t) else ("anomalous" if r["score"] >= t else "normal")
+    cat = calibrated["per_category"].get(r["category"]) if calibrated else None
+    ct = f"{cat['rates'][first]['threshold']:.8g}" if cat else ""
+    rows.append([r["path"], r["category"], r["defect"], r["label"], f"{r['score']:.8g}",
+                 f"{t:.8g}", decision, ct, r.get("calibrated_decision", "")])
+  files.write_text(path, files.csv_text(rows))
 
 
 def calibrated_table(result: dict) -> str:
@@ -297,17 +293,15 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
                  scores: np.ndarray, curves: dict, num_heatmaps: int = 12,
                  grid_columns: int = 8) -> list[str]:
   """Writes every file listed in the module docstring; returns their paths."""
-  os.makedirs(eval_dir, exist_ok=True)
+  files.makedirs(eval_dir)
   written = []
 
   def path(name):
     written.append(os.path.join(eval_dir, name))
     return written[-1]
 
-  with open(path("metrics.json"), "w") as f:
-    json.dump(json_safe(result), f, indent=1)
-  with open(path("metrics.md"), "w") as f:
-    f.write(metrics_markdown(result))
+  files.write_json(path("metrics.json"), json_safe(result))
+  files.write_text(path("metrics.md"), metrics_markdown(result))
   write_scores_csv(path("scores.csv"), result)
   scales = plots.heat_scales(dataset.test_classes, heatmaps)  # one per category, computed once
   for ci, name in enumerate(dataset.class_names):
@@ -334,13 +328,12 @@ def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
   fresh_dir(os.path.join(out_dir, "heatmaps"))
   flags = [None] * len(rows) if flags is None else flags
   words = ["" if f is None else ("anomalous" if f else "normal") for f in flags]
-  with open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["path", "category", "score", "scored_with", "threshold", "threshold_kind",
-                "decision"])
-    for r, word in zip(rows, words):
-      w.writerow([r["path"], r["category"], f"{r['score']:.8g}", r.get("scored_with", "full"),
+  table = [["path", "category", "score", "scored_with", "threshold", "threshold_kind",
+            "decision"]]
+  for r, word in zip(rows, words):
+    table.append([r["path"], r["category"], f"{r['score']:.8g}", r.get("scored_with", "full"),
                   f"{decision.threshold:.8g}" if decision.known else "", decision.kind, word])
+  files.write_text(os.path.join(out_dir, "scores.csv"), files.csv_text(table))
   scales = plots.heat_scales([r["category"] for r in rows], heatmaps)
   pixel = decision.pixel_threshold
   for i, (r, word) in enumerate(zip(rows, words)):

@@ -22,11 +22,14 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
+import tempfile
 
 import jax
 
+from fmjax import files
 from fmjax.errors import ConfigError
 
 
@@ -62,27 +65,19 @@ def write_run_record(workdir: str, config, mode: str, argv: list[str] | None = N
   started = datetime.datetime.now().isoformat(timespec="seconds")
   record = {"mode": mode, "command": command, "started": started,
             "config": json.loads(config.to_json())}
-  write_json(os.path.join(workdir, "config.json"), record)
-  write_json(os.path.join(workdir, "environment.json"), environment())
-  with open(os.path.join(workdir, "run_history.jsonl"), "a") as f:
-    f.write(json.dumps({"started": started, "mode": mode, "command": command}) + "\n")
-
-
-def write_json(path: str, obj) -> None:
-  """`obj` as indented JSON at `path`, replaced atomically (a reader never sees half a file)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  files.write_json(os.path.join(workdir, "config.json"), record)
+  files.write_json(os.path.join(workdir, "environment.json"), environment())
+  files.append_text(os.path.join(workdir, "run_history.jsonl"),
+                    json.dumps({"started": started, "mode": mode, "command": command}) + "\n")
 
 
 def read_metrics(workdir: str, name: str) -> list[dict]:
   """The records of <workdir>/<name>_metrics.jsonl in step order ([] when there is none)."""
   path = os.path.join(workdir, f"{name}_metrics.jsonl")
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
-  with open(path) as f:
-    return sorted((json.loads(l) for l in f if l.strip()), key=lambda r: r["step"])
+  lines = files.read_text(path).splitlines()
+  return sorted((json.loads(l) for l in lines if l.strip()), key=lambda r: r["step"])
 
 
 class MetricWriter:
@@ -94,6 +89,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, name: str, resume_from: int | None = None):
     self.path = os.path.join(workdir, f"{name}_metrics.jsonl")
+    self._log = files.LineLog(self.path)
     self.tb_dir = os.path.join(workdir, "tensorboard", name)
     self._tb = None
     self._purge = None if not resume_from else resume_from + 1
@@ -101,15 +97,12 @@ class MetricWriter:
       self._drop_after(resume_from)
 
   def _drop_after(self, step: int) -> None:
-    if not _is_writer() or not os.path.exists(self.path):
+    if not _is_writer() or not files.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = f.readlines()
+    lines = files.read_text(self.path).splitlines(keepends=True)
     kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
     if len(kept) != len(lines):
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
+      self._log.replace("".join(kept))
 
   def _tensorboard(self):
     if self._tb is None:
@@ -129,14 +122,21 @@ class MetricWriter:
       return
     values = {k: float(v) for k, v in scalars.items()
               if v is not None and math.isfinite(float(v))}  # undefined metrics are left out
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._log.append(json.dumps({"step": int(step), **values}) + "\n")
     tb = self._tensorboard()
     if tb:
       for k, v in values.items():
         tb.add_scalar(k, v, int(step))
 
+  def flush(self) -> None:
+    """Makes every record written so far visible in the files (a bucket's JSONL is buffered)."""
+    if _is_writer():
+      self._log.flush()
+      if self._tb:
+        self._tb.flush()
+
   def close(self) -> None:
+    self.flush()
     if self._tb:
       self._tb.close()
     self._tb = None
@@ -169,10 +169,13 @@ class StepTrace:
     self.window = trace_window(spec, key)
     self.directory = os.path.join(workdir, "profile", name)
     self.active = False
+    self._local = None  # for a bucket workdir: the local folder traced into, then uploaded
 
   def before(self, step: int) -> None:
     if self.window and not self.active and self.window[0] <= step <= self.window[1]:
-      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      if files.is_remote(self.directory):
+        self._local = tempfile.mkdtemp(prefix="fmjax-profile-")
+      jax.profiler.start_trace(self._local or self.directory, create_perfetto_trace=True)
       self.active = True
 
   def after(self, step: int, outputs=None) -> None:
@@ -185,6 +188,10 @@ class StepTrace:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
+      if self._local:
+        files.upload_tree(self._local, self.directory)
+        shutil.rmtree(self._local, ignore_errors=True)
+        self._local = None
       if _is_writer():
         print(f"Profiler trace ({self.window[0]}..{self.window[1]}) written to {self.directory}/ "
               f"(tensorboard --logdir {os.path.dirname(self.directory)}, or its "

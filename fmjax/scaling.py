@@ -24,7 +24,6 @@ B_crit = E_min / S_min.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import statistics
@@ -34,13 +33,14 @@ import numpy as np
 import scipy.optimize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fmjax import configlib, evaluate, methods, noise_scale, plots, sharding, train, validation
+from fmjax import (configlib, evaluate, files, methods, noise_scale, plots, sharding, train,
+                   validation)
 from fmjax.data import AnomalyDataset
 from fmjax.errors import ConfigError
 from fmjax.models.unet import build_unet
 from fmjax.optim import build_optimizer, scaled_learning_rate
 from fmjax.report import format_percent, json_safe
-from fmjax.runlog import read_metrics, write_json, write_run_record
+from fmjax.runlog import read_metrics, write_run_record
 from fmjax.workdir import class_labels, prepare_workdir
 
 # What an arm's results depend on: a rerun with other values is refused.
@@ -105,15 +105,10 @@ def arm_dir(workdir: str, batch_size: int) -> str:
   return os.path.join(workdir, "arms", f"batch_{batch_size}")
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
 def _write_json(path: str, obj) -> None:
   """Strict JSON (NaN -> null), written by process 0 only."""
   if jax.process_index() == 0:
-    write_json(path, json_safe(obj))
+    files.write_json(path, json_safe(obj))
 
 
 def _check_same(saved: dict, arm: dict, where: str) -> None:
@@ -156,15 +151,15 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   """Trains (or resumes) and evaluates one arm; returns its record (None on processes > 0)."""
   directory = arm_dir(workdir, arm["batch_size"])
   record_path = os.path.join(directory, "arm.json")
-  if os.path.exists(record_path):
-    record = _read_json(record_path)
+  if files.exists(record_path):
+    record = files.read_json(record_path)
     _check_same(record, arm, directory)
     print(f"scaling: batch {arm['batch_size']} already done ({directory}/arm.json)", flush=True)
     return record
   prepare_workdir(directory)
   settings_path = os.path.join(directory, "arm_settings.json")
-  if os.path.exists(settings_path):
-    _check_same(_read_json(settings_path), arm, directory)
+  if files.exists(settings_path):
+    _check_same(files.read_json(settings_path), arm, directory)
   _write_json(settings_path, arm)
   cfg = arm_config(config, arm)
   write_run_record(directory, cfg, "scaling arm")
@@ -447,10 +442,9 @@ FIGURES = {"val_loss.png": val_loss_figure, "batch_scaling.png": batch_scaling_f
 
 
 def write_report(results: dict, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   _write_json(os.path.join(out_dir, "results.json"), results)
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(results_table(results))
+  files.write_text(os.path.join(out_dir, "results.md"), results_table(results))
   for name, draw in FIGURES.items():
     plots.save(draw(results), os.path.join(out_dir, name))
 

@@ -17,13 +17,12 @@ saved as they finish and skipped when the study is run again, so a long study re
 from __future__ import annotations
 
 import copy
-import json
 import os
 
 import jax
 import numpy as np
 
-from fmjax import methods, plots, sharding
+from fmjax import files, methods, plots, sharding
 from fmjax.errors import ConfigError, MissingCheckpointError
 from fmjax.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report import format_percent, json_safe, present_columns
@@ -196,12 +195,11 @@ def run_study(config, workdir: str, dataset) -> dict:
     steps = saved_or_listed_steps(config, workdir, saved_steps(workdir))
     settings = [{"step": s} for s in steps]
   out_dir = os.path.join(workdir, "studies", name)
-  os.makedirs(out_dir, exist_ok=True)
+  files.makedirs(out_dir)
   results_path = os.path.join(out_dir, "results.json")
   rows = []
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      rows = json.load(f)["rows"]
+  if files.exists(results_path):
+    rows = files.read_json(results_path)["rows"]
   mesh = sharding.make_mesh(config.mesh.num_devices)
   loaded: dict = {}
   for i, setting in enumerate(settings):
@@ -216,8 +214,7 @@ def run_study(config, workdir: str, dataset) -> dict:
   extra = {"spread": seed_spread(rows)} if name == "seeds" else {}
   if jax.process_index() == 0:
     _write_rows(results_path, name, rows, **extra)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-      f.write(results_table(name, rows))
+    files.write_text(os.path.join(out_dir, "results.md"), results_table(name, rows))
     plots.save(study_plot(name, rows), os.path.join(out_dir, "plot.png"))
     print(results_table(name, rows), flush=True)
     print(f"Study written to {out_dir}/ (results.md, results.json, plot.png).", flush=True)
@@ -237,8 +234,7 @@ def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
 
 def _write_rows(path: str, name: str, rows: list[dict], **extra) -> None:
   """results.json as strict JSON (undefined metrics -> null)."""
-  with open(path, "w") as f:
-    json.dump(json_safe({"study": name, "rows": rows, **extra}), f, indent=1)
+  files.write_json(path, json_safe({"study": name, "rows": rows, **extra}))
 
 
 def seed_spread(rows: list[dict]) -> dict:

@@ -11,7 +11,6 @@ an uninterrupted one would.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import flax.struct
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmjax import checkpoint, methods, sharding
+from fmjax import checkpoint, files, methods, sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.errors import NonFiniteError
@@ -145,7 +144,7 @@ def _check_finite(pending: list, step: int, dtype: str) -> dict:
 def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   """The workdir's stored statistics, or fresh ones from the normal training images."""
   path = workdir_stats_path(workdir)
-  if os.path.exists(path):
+  if files.exists(path):
     return NormStats.load(path)
   stats = NormStats.of(dataset.train_images)
   if jax.process_index() == 0:
@@ -283,6 +282,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
               f"{_nan_advice(config.model.dtype)}")
         if save_now:
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
+          writer.flush()  # the log reaches the checkpoint (a bucket's JSONL is buffered)
   finally:
     for hook in hooks:
       hook.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -20,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from fmjax import checkpoint, sharding
+from fmjax import checkpoint, files, sharding
 from fmjax.data import NormStats
 from fmjax.errors import MissingCheckpointError, UserError, WorkdirError
 from fmjax.models.unet import build_unet, init_params
@@ -40,18 +39,26 @@ def warn(message: str) -> None:
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` (or an output folder in it); refuses a file or a place that cannot be
-  created or written, with the reason, before any expensive work."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
+  created or written, with the reason, before any expensive work. A bucket (gs://) is
+  written through etils.epath (see fmjax.files); other URLs are refused."""
+  scheme = files.unsupported_url(workdir)
+  if scheme:
+    raise WorkdirError(f"--workdir {workdir!r}: {scheme}:// is not supported; use a local or "
+                       "shared folder, or a gs:// bucket (pip install 'fmjax[gcs]').")
   try:
-    os.makedirs(workdir, exist_ok=True)
+    if files.exists(workdir) and not files.isdir(workdir):
+      raise WorkdirError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
+    files.makedirs(workdir)
+  except ImportError as e:
+    raise WorkdirError(f"--workdir {workdir!r} needs a filesystem library that is not "
+                       f"installed ({e}). For gs:// install them with: pip install "
+                       "'fmjax[gcs]'.") from e
   except OSError as e:
     raise WorkdirError(f"Cannot create {workdir!r}: {e.strerror or e}.") from e
-  probe = os.path.join(workdir, f".fmjax-write-test-{os.getpid()}")
+  probe = os.path.join(workdir, f".fmjax-write-test-{socket.gethostname()}-{os.getpid()}")
   try:
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    files.write_text(probe, "ok")
+    files.remove(probe)
   except OSError as e:
     raise WorkdirError(f"Cannot write into {workdir!r}: {e.strerror or e}. Use a writable "
                        "--workdir (copy the run there to evaluate it).") from e
@@ -83,8 +90,7 @@ class WorkdirLock:
   def _holder(self) -> dict | None:
     for _ in range(3):  # a holder may be between creating the file and writing it
       try:
-        with open(self.path) as f:
-          return json.load(f)
+        return json.loads(files.read_text(self.path))
       except FileNotFoundError:
         return None
       except (OSError, ValueError):
@@ -98,41 +104,31 @@ class WorkdirLock:
           "started": datetime.datetime.now().isoformat(timespec="seconds")}
     for _ in range(3):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        holder = self._holder()
-        if holder is None:
-          continue  # released meanwhile
-        pid, host = holder.get("pid"), holder.get("host")
-        stale = (host == me["host"] and isinstance(pid, int) and
-                 (pid == me["pid"] or not _pid_alive(pid))) or holder == {}
-        if not stale:
-          raise WorkdirError(
-              f"workdir {self.workdir} in use by pid {pid} on host {host} (--mode="
-              f"{holder.get('mode')}, since {holder.get('started')}). Wait for that run, or "
-              f"remove {self.path} if it is gone.") from None
-        warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
-             "(that process is gone).")
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
-        continue
+        if files.create_exclusive(self.path, json.dumps(me)):
+          self.held = True
+          return self
       except OSError as e:
         raise WorkdirError(f"Cannot write into {self.workdir!r}: {e.strerror or e}.") from e
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-      self.held = True
-      return self
+      holder = self._holder()
+      if holder is None:
+        continue  # released meanwhile
+      pid, host = holder.get("pid"), holder.get("host")
+      stale = (host == me["host"] and isinstance(pid, int) and
+               (pid == me["pid"] or not _pid_alive(pid))) or holder == {}
+      if not stale:
+        raise WorkdirError(
+            f"workdir {self.workdir} in use by pid {pid} on host {host} (--mode="
+            f"{holder.get('mode')}, since {holder.get('started')}). Wait for that run, or "
+            f"remove {self.path} if it is gone.")
+      warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
+           "(that process is gone).")
+      files.remove(self.path)
     raise WorkdirError(f"Could not take the lock {self.path}; try again.")
 
   def __exit__(self, *exc):
     if self.held:
       self.held = False
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      files.remove(self.path)
     return False
 
 
@@ -164,9 +160,8 @@ def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = Fa
     if failed and move_aside:
       manager.close()
       for bad, _ in failed:
-        aside = os.path.join(workdir, CORRUPT_DIR, f"{bad}-{int(time.time())}")
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.move(os.path.join(checkpoint.checkpoint_dir(workdir), str(bad)), aside)
+        aside = os.path.join(files.absolute(workdir), CORRUPT_DIR, f"{bad}-{int(time.time())}")
+        files.move(os.path.join(checkpoint.checkpoint_dir(workdir), str(bad)), aside)
         warn(f"moved the unrestorable step {bad} to {aside} (kept for inspection).")
       manager = checkpoint.make_manager(workdir, keep, read_only=read_only)
     return manager, step, result

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements of the issue tracker, one part per call (each fits in 10 minutes on
-# one H100). Results and logs go to $OUT (default runs/gpu); data is read from $DATA
-# (default .data, a copy of ../shared/data in MVTec layout).
+# The GPU measurements of the issue tracker, one part per call. Runs and logs go to $RUNS
+# (default runs/gpu, kept while the machine stays warm); data is read from $DATA (default
+# .data, a copy of ../shared/data in MVTec layout).
 #
+#   bash launch/gpu_suite.sh prepare    # HERE, beside ../shared: wheels -> .whl/, data -> .data/
+#                                       # (git-ignored; carry both to the GPU machine)
 #   bash launch/gpu_suite.sh speed      # describe + scoring and training throughput
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
 #   bash launch/gpu_suite.sh bottle     # paper recipe on MVTec bottle (resumable), evaluate
@@ -12,41 +14,115 @@
 #   bash launch/gpu_suite.sh transistor # the same recipe on transistor (image labels only)
 #   bash launch/gpu_suite.sh scaling    # compute-scaling study on bottle, batch 32..1024
 #                                       # (resumable: rerun to continue with the next arm)
+#   bash launch/gpu_suite.sh start PART # PART detached (setsid): it outlives the call, log in
+#                                       # $RUNS/PART.log; follow it with the next calls
+#   bash launch/gpu_suite.sh follow [S] # waits up to S seconds (default 540) while started
+#                                       # parts run, printing their progress, then collects
+#   bash launch/gpu_suite.sh collect    # $RUNS's small files (JSON, JSONL, Markdown, CSV,
+#                                       # logs, PNG; no checkpoints) -> $OUT/results.tar.gz
+#
+# Every part on the GPU machine first installs the carried wheels (.whl/) into /tmp/site once.
+# A run longer than one call (10 minutes) is started, then followed by calls made within the
+# machine's 30 s idle time, e.g. (device tool, carry [".whl", ".data"]):
+#   call 1: bash launch/gpu_suite.sh speed; bash launch/gpu_suite.sh start bottle; bash launch/gpu_suite.sh follow 240
+#   call 2..: bash launch/gpu_suite.sh follow 560
 set -euo pipefail
-OUT="${OUT:-runs/gpu}"; DATA="${DATA:-.data}"
-mkdir -p "$OUT"
+RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
+PARTS="speed|loader|bottle|studies|mtd|transistor|scaling"
 export PYTHONUNBUFFERED=1
-run() {  # runs a command, logging it and its wall time to $OUT/commands.txt
-  echo "+ $*" >> "$OUT/commands.txt"; local t0=$SECONDS
-  "$@"; echo "wall $((SECONDS - t0)) s: $*" | tee -a "$OUT/commands.txt"
+
+device_env() {  # the carried wheels, installed once per machine; fmjax from this tree
+  if [[ -d .whl ]] && ! [[ -f /tmp/site/.fmjax-installed ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && touch /tmp/site/.fmjax-installed
+  fi
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 }
-case "${1:?part: speed|loader|bottle|studies|mtd|transistor|scaling}" in
+run() {  # runs a command, logging it and its wall time to $RUNS/commands.txt
+  echo "+ $*" >> "$RUNS/commands.txt"; local t0=$SECONDS
+  "$@"; echo "wall $((SECONDS - t0)) s: $*" | tee -a "$RUNS/commands.txt"
+}
+alive() {  # the started parts still running
+  local f; for f in "$RUNS"/*.pid; do
+    [[ -e "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && basename "$f" .pid
+  done; return 0
+}
+collect() {
+  [[ -n "${OUT:-}" ]] || { echo "collect: OUT is not set (the device tool sets it)" >&2; return 0; }
+  (cd "$RUNS" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' \
+      -o -name '*.csv' -o -name '*.txt' -o -name '*.log' -o -name '*.png' \) \
+      -not -path '*/checkpoints/*' -not -path '*/tensorboard/*' -not -path '*/profile/*' \
+      -print0 | tar czf "$OUT/results.tar.gz" --null -T -)
+  ls -l "$OUT/results.tar.gz"
+}
+
+part="${1:?part: prepare|$PARTS|start PART|follow [S]|collect}"
+if [[ "$part" != prepare ]]; then mkdir -p "$RUNS"; fi
+case "$part" in
+  prepare)  # .whl/ and .data/ are in .gitignore
+    mkdir -p .whl .data && cp "$SHARED"/device/wheels/*.whl .whl/
+    # Not in the GPU machine's image (pure Python; its needs, protobuf and numpy, are there).
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp -d .whl "tensorboardX==2.6.4"
+    for d in mvtec mtd mvtec_images_only; do rm -rf ".data/$d"; cp -r "$SHARED/data/$d" .data/; done
+    du -sh .whl .data ;;
   speed)
-    run python -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$OUT/describe.txt"
-    run python benchmarks/score_throughput.py --kt=10x10,5x5,2x2,20x20 --batches=1,8,32,128 \
-        --seconds=2 --output="$OUT/score.jsonl"
-    run python benchmarks/train_throughput.py --batches=32,128,256 --output="$OUT/train.jsonl" ;;
+    device_env
+    run python3 -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$RUNS/describe.txt"
+    run python3 benchmarks/score_throughput.py --kt=10x10,5x5,2x2,20x20 --batches=1,8,32,128 \
+        --seconds=2 --output="$RUNS/score.jsonl"
+    run python3 benchmarks/train_throughput.py --batches=32,128,256 --output="$RUNS/train.jsonl" ;;
   loader)
-    run python benchmarks/loader_throughput.py --root "$DATA/mvtec" --category bottle \
-        --batch_size 128 --workers 0,4,8,15 --seconds 20 | tee "$OUT/loader.jsonl" ;;
+    device_env
+    run python3 benchmarks/loader_throughput.py --root "$DATA/mvtec" --category bottle \
+        --batch_size 128 --workers 0,4,8,15 --seconds 20 | tee "$RUNS/loader.jsonl" ;;
   bottle)
-    run python -m fmjax.main --config configs/mvtec.py --workdir "$OUT/bottle" \
+    device_env
+    run python3 -m fmjax.main --config configs/mvtec.py --workdir "$RUNS/bottle" \
         --config.data.root="$DATA/mvtec" --config.data.categories=bottle \
         --config.train.keep_checkpoints=20 ;;
   studies)
+    device_env
     for s in compute aggregators checkpoints seeds methods; do
-      run python -m fmjax.main --config "configs/studies.py:$s" --workdir "$OUT/bottle" \
+      run python3 -m fmjax.main --config "configs/studies.py:$s" --workdir "$RUNS/bottle" \
           --mode=study --config.data.root="$DATA/mvtec" --config.data.categories=bottle
     done ;;
   mtd)
-    run python -m fmjax.main --config configs/folder.py --workdir "$OUT/mtd" \
+    device_env
+    run python3 -m fmjax.main --config configs/folder.py --workdir "$RUNS/mtd" \
         --config.data.root="$DATA/mtd" ;;
   transistor)
-    run python -m fmjax.main --config configs/folder.py --workdir "$OUT/transistor" \
+    device_env
+    run python3 -m fmjax.main --config configs/folder.py --workdir "$RUNS/transistor" \
         --config.data.root="$DATA/mvtec_images_only" --config.data.image_level_only=True ;;
   scaling)
-    run python -m fmjax.main --config configs/scaling.py --workdir "$OUT/scaling_bottle" \
+    device_env
+    run python3 -m fmjax.main --config configs/scaling.py --workdir "$RUNS/scaling_bottle" \
         --config.data.root="$DATA/mvtec" --config.data.categories=bottle \
         --config.scaling.batch_sizes=32,64,128,256,512,1024 ;;
-  *) echo "unknown part $1" >&2; exit 2 ;;
+  start)
+    target="${2:?start PART ($PARTS)}"
+    [[ "|$PARTS|" == *"|$target|"* ]] || { echo "unknown part $target" >&2; exit 2; }
+    if alive | grep -qx "$target"; then echo "$target is already running"; exit 0; fi
+    setsid nohup bash "$0" "$target" > "$RUNS/$target.log" 2>&1 < /dev/null &
+    echo $! > "$RUNS/$target.pid"
+    echo "started $target (pid $!), log $RUNS/$target.log" ;;
+  follow)
+    limit="${2:-540}"; t0=$SECONDS; last=-60
+    while [[ -n "$(alive)" ]] && (( SECONDS - t0 < limit )); do
+      if (( SECONDS - last >= 60 )); then
+        last=$SECONDS
+        for p in $(alive); do echo "[$((SECONDS - t0)) s] $p: $(tail -c 300 "$RUNS/$p.log" | tr '\r' '\n' | tail -n 1)"; done
+      fi
+      sleep 5
+    done
+    for f in "$RUNS"/*.log; do
+      [[ -e "$f" ]] || continue
+      p=$(basename "$f" .log)
+      if alive | grep -qx "$p"; then state=running; else state=ended; fi
+      echo "== $p ($state)"; tail -c 2000 "$f" | tr '\r' '\n' | tail -n 8
+    done
+    collect ;;
+  collect) collect ;;
+  *) echo "unknown part $part" >&2; exit 2 ;;
 esac

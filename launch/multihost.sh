@@ -2,7 +2,8 @@
 # Runs fmjax on one host of a multi-host job (any machines that reach each other over TCP).
 # Start it on every host with the same arguments; each host reads its own rows of every
 # global batch, process 0 writes the logs and reports, all hosts write their checkpoint shards
-# (so --workdir must be a folder every host sees: NFS, Filestore, a gcsfuse mount).
+# (so --workdir must be a folder every host sees: NFS, Filestore, or a gs:// bucket with
+# fmjax[gcs] installed).
 #
 #   COORDINATOR=10.0.0.1:1234 NUM_HOSTS=4 HOST_ID=<0..3> bash launch/multihost.sh [--dry-run] \
 #       --config configs/mvtec.py --workdir /shared/runs/mvtec --config.data.root=/data/mvtec_ad

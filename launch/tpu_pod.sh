@@ -2,25 +2,26 @@
 # fmjax on a Cloud TPU VM pod slice (all workers run one process each; JAX finds the
 # coordinator and the worker ranks itself when FMJAX_DISTRIBUTED=1).
 #
-#   TPU=fmjax-v4 ZONE=us-central2-b ACCELERATOR=v4-32 BUCKET=my-bucket \
-#     DATA=gs://my-bucket/mvtec_ad bash launch/tpu_pod.sh [--dry-run] <step> [fmjax arguments]
+#   TPU=fmjax-v4 ZONE=us-central2-b ACCELERATOR=v4-32 DATA=gs://my-bucket/mvtec_ad \
+#     bash launch/tpu_pod.sh [--dry-run] <step> [fmjax arguments]
 #
 # Steps, in order:
 #   create   create the TPU VM slice (RUNTIME, default tpu-ubuntu2204-base)
-#   setup    on every worker: copy this checkout (or clone REPO_URL), install fmjax with
-#            jax[tpu], mount the workdir bucket with gcsfuse at /mnt/fmjax, and copy DATA
-#            (a gs:// folder) to the worker's own disk at /tmp/fmjax-data; leave DATA empty when
-#            the data lives in the bucket (then pass --config.data.root=/mnt/fmjax/<path>)
+#   setup    on every worker: copy this checkout (or clone REPO_URL), install fmjax[gcs] (gcsfs
+#            and google-cloud-storage, for a gs:// workdir) with jax[tpu], and copy DATA (a gs://
+#            folder) to the worker's own disk at /tmp/fmjax-data. Without DATA the dataset is
+#            read from a bucket mount instead: BUCKET is mounted read-only with gcsfuse at
+#            /mnt/fmjax (then pass --config.data.root=/mnt/fmjax/<path>)
 #   run      run python -m fmjax.main on every worker, e.g.
 #              bash launch/tpu_pod.sh run --config configs/mvtec.py \
-#                  --workdir /mnt/fmjax/runs/mvtec --config.data.root=/tmp/fmjax-data
+#                  --workdir gs://my-bucket/runs/mvtec --config.data.root=/tmp/fmjax-data
 #            (rerunning resumes from the latest checkpoint in the bucket)
 #   delete   delete the slice
 #
-# The workdir must be one folder every worker sees: the gcsfuse mount of BUCKET. Each worker
-# reads its own rows of every batch from its local copy of the data; process 0 writes the
-# logs and reports; every worker writes its checkpoint shards through Orbax.
-# --dry-run prints the gcloud commands instead of running them.
+# The workdir is a gs:// folder, written directly (fmjax.files and Orbax go through
+# etils.epath and TensorStore; no mount): every worker writes its checkpoint shards there and
+# process 0 the logs and reports. Each worker reads its own rows of every batch from its copy
+# of the data (or the read-only mount). --dry-run prints the gcloud commands instead.
 set -euo pipefail
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
@@ -45,7 +46,9 @@ case "$STEP" in
     do_ gcloud compute tpus tpu-vm create "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" \
         --accelerator-type "$ACCELERATOR" --version "$RUNTIME" ;;
   setup)
-    : "${BUCKET:?set BUCKET (a gs bucket name for the workdir, without gs://)}"
+    if [[ -z "${DATA:-}" ]]; then
+      : "${BUCKET:?set DATA (a gs:// folder copied to every worker) or BUCKET (mounted at /mnt/fmjax)}"
+    fi
     if [[ -n "${REPO_URL:-}" ]]; then
       on_all "rm -rf fmjax && git clone --depth 1 $REPO_URL fmjax"
     else
@@ -55,11 +58,12 @@ case "$STEP" in
           "${PROJECT_FLAG[@]}" --worker=all
       on_all "rm -rf fmjax && mkdir fmjax && tar xzf fmjax-code.tar.gz -C fmjax"
     fi
-    on_all "cd fmjax && pip install -q -e . && pip install -q -U 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
-    on_all "command -v gcsfuse || (echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse)"
-    on_all "sudo mkdir -p /mnt/fmjax && sudo chown \$USER /mnt/fmjax && (mountpoint -q /mnt/fmjax || gcsfuse --implicit-dirs $BUCKET /mnt/fmjax)"
+    on_all "cd fmjax && pip install -q -e '.[gcs]' && pip install -q -U 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     if [[ -n "${DATA:-}" ]]; then
       on_all "mkdir -p /tmp/fmjax-data && gsutil -m -q rsync -r $DATA /tmp/fmjax-data"
+    else
+      on_all "command -v gcsfuse || (echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse)"
+      on_all "sudo mkdir -p /mnt/fmjax && sudo chown \$USER /mnt/fmjax && (mountpoint -q /mnt/fmjax || gcsfuse --implicit-dirs -o ro $BUCKET /mnt/fmjax)"
     fi ;;
   run)
     on_all "cd fmjax && FMJAX_DISTRIBUTED=1 PYTHONUNBUFFERED=1 python -m fmjax.main $*" ;;

@@ -102,6 +102,9 @@ def test_missing_root_and_category(tmp_path):
   (tmp_path / "a" / "train" / "good").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match=r"not found under .*found \['a'\]"):
     load_folder_dataset(str(tmp_path), ["bottle"])
+  # A bucket URL is not read directly: the message says how to make it a folder.
+  with pytest.raises(FileNotFoundError, match=r"'gs://b/mvtec' is a URL, .*gcloud storage cp -r"):
+    load_folder_dataset("gs://b/mvtec", ["bottle"])
 
 
 # --- Small trees written by the tests ---------------------------------------------------------

@@ -7,6 +7,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID). Every process is bounded in time and killed 
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from fmjax.data import pipeline
+from fmjax.workdir import LOCK_NAME
 
 from conftest import REPO, TESTS
 
@@ -49,12 +51,20 @@ def _env(devices: int, process: int | None = None, count: int = 1, port: int = 0
   return env
 
 
-def _start(config_path, workdir, processes: int, devices: int, *extra):
+def _start(config_path, workdir, processes: int, devices: int, *extra, bucket=None):
+  """`processes` runs of fmjax.main; with `bucket` (a local folder) gs:// paths are served from
+  it in every process (tests/bucket_main.py)."""
   port = _free_port()
-  cmd = [sys.executable, "-m", "fmjax.main", f"--config={config_path}", f"--workdir={workdir}", *extra]
-  return [subprocess.Popen(cmd, env=_env(devices, i if processes > 1 else None, processes, port),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-          for i in range(processes)]
+  entry = ["-m", "fmjax.main"] if bucket is None else [str(TESTS / "bucket_main.py")]
+  cmd = [sys.executable, *entry, f"--config={config_path}", f"--workdir={workdir}", *extra]
+  procs = []
+  for i in range(processes):
+    env = _env(devices, i if processes > 1 else None, processes, port)
+    if bucket is not None:
+      env["FMJAX_TEST_BUCKET"] = str(bucket)
+    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, cwd=REPO))
+  return procs
 
 
 def _finish(procs, timeout: float = 900) -> list[tuple[int, str]]:
@@ -73,8 +83,8 @@ def _finish(procs, timeout: float = 900) -> list[tuple[int, str]]:
   return out
 
 
-def _run(config_path, workdir, processes: int, devices: int, *extra):
-  results = _finish(_start(config_path, workdir, processes, devices, *extra))
+def _run(config_path, workdir, processes: int, devices: int, *extra, bucket=None):
+  results = _finish(_start(config_path, workdir, processes, devices, *extra, bucket=bucket))
   for i, (code, text) in enumerate(results):
     assert code == 0, f"process {i} of {processes} failed:\n{text[-4000:]}"
   return results
@@ -118,6 +128,42 @@ def test_two_processes_equal_one_and_hand_over_their_checkpoint(config_path, tmp
   resumed, straight = _lines(two / "train_metrics.jsonl"), _lines(one / "train_metrics.jsonl")
   assert [r["step"] for r in resumed] == list(range(1, 9))
   np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-5)
+
+
+def test_two_processes_share_a_bucket_workdir(config_path, tmp_path, monkeypatch):
+  """2 processes x 2 devices with --workdir gs://...: every process writes its checkpoint shards
+  into the bucket, process 0 the logs and report; the result equals 1 process x 4 devices in a
+  local folder, and the bucket's checkpoint resumes in this (one) process."""
+  from fake_bucket import local_bucket, local_path
+  from fmjax import main as fm_main
+  from tiny import tiny_config
+
+  root, local = tmp_path / "bucket", tmp_path / "local"
+  monkeypatch.chdir(tmp_path)  # a gs:// path taken for a local one would appear here
+  remote = "gs://fmjax-test/two"
+  out = _run(config_path, remote, 2, 2, bucket=root)
+  assert "Report written" in out[0][1] and "Report written" not in out[1][1]
+  with local_bucket(str(root)):
+    stored = pathlib.Path(local_path(remote))
+    overrides = {"mesh.num_devices": 4, "train.num_steps": 6, "train.batch_size": 8,
+                 "train.checkpoint_every_steps": 3, "evaluate.batch_size": 8}
+    fm_main.run(tiny_config(**overrides), str(local), "train_and_evaluate")
+    logged2, logged1 = _lines(stored / "train_metrics.jsonl"), _lines(local / "train_metrics.jsonl")
+    assert [r["step"] for r in logged2] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in logged2], [r["loss"] for r in logged1], rtol=1e-5)
+    m2, m1 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (stored, local))
+    np.testing.assert_allclose([i["score"] for i in m2["images"]],
+                               [i["score"] for i in m1["images"]], rtol=1e-5)
+    assert sorted(os.listdir(stored / "checkpoints")) == ["3", "6"]
+    assert not (stored / LOCK_NAME).exists() and not (tmp_path / "gs:").exists()
+    # Resumed here, in one process, from the step-6 checkpoint the two processes wrote.
+    longer = {**overrides, "train.num_steps": 8}
+    for workdir in (remote, str(local)):
+      fm_main.run(tiny_config(**longer), workdir, "train")
+    resumed, straight = _lines(stored / "train_metrics.jsonl"), _lines(local / "train_metrics.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight],
+                               rtol=1e-5)
 
 
 def test_each_host_reads_only_its_rows_of_every_batch():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import numpy as np
 
+from fmjax import files
 from fmjax.errors import DataLayoutError
 
 
@@ -81,13 +81,11 @@ class NormStats:
     return np.asarray(x) * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
 
   def save(self, path: str) -> None:
-    with open(path, "w") as f:
-      json.dump(dataclasses.asdict(self), f, indent=1)
+    files.write_json(path, dataclasses.asdict(self))
 
   @classmethod
   def load(cls, path: str) -> "NormStats":
-    with open(path) as f:
-      d = json.load(f)
+    d = files.read_json(path)
     return cls(tuple(d["mean"]), tuple(d["std"]))
 
   @classmethod

@@ -49,9 +49,19 @@ def _list_images(folder: str) -> list[str]:
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
+def _no_folder(path: str, what: str = "Data root") -> DataLayoutError:
+  """The error for a data folder that is not there (a URL gets the way to make it a folder)."""
+  if "://" in path:
+    return DataLayoutError(
+        f"{what} {path!r} is a URL, but images are read from a folder: copy them to the disk "
+        "(gcloud storage cp -r <url> /data) or mount the bucket (gcsfuse), and give that folder.")
+  return DataLayoutError(f"{what} {path!r} does not exist"
+                         + (" (set --config.data.root)." if what == "Data root" else "."))
+
+
 def _resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
   if not os.path.isdir(root):
-    raise DataLayoutError(f"Data root {root!r} does not exist (set --config.data.root).")
+    raise _no_folder(root)
   categories = list(wanted) or found
   if not categories:
     raise DataLayoutError(f"No categories in {layout} layout under {root}.")
@@ -112,7 +122,7 @@ def visa_samples(root: str, categories=(), split_csv: str = "split_csv/1cls.csv"
   """(categories, samples) of VisA as distributed, split by the official CSV."""
   csv_path = split_csv if os.path.isabs(split_csv) else os.path.join(root, split_csv)
   if not os.path.isdir(root):
-    raise DataLayoutError(f"Data root {root!r} does not exist (set --config.data.root).")
+    raise _no_folder(root)
   if not os.path.isfile(csv_path):
     raise DataLayoutError(f"VisA split file {csv_path} not found (the official split_csv/1cls.csv "
                           "that ships with VisA; or set --config.data.visa_split_csv).")
@@ -218,7 +228,7 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
 def folder_images(folder: str) -> list[str]:
   """Every image file under `folder` (recursively), sorted; an error if there are none."""
   if not os.path.isdir(folder):
-    raise DataLayoutError(f"Folder {folder!r} does not exist.")
+    raise _no_folder(folder, "Folder")
   paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
   if not paths:

@@ -1,0 +1,210 @@
+"""Files of a workdir on a local disk or in a Google Cloud Storage bucket (gs://), via etils.epath.
+
+Orbax writes checkpoints through the same library, so `--workdir gs://bucket/run` keeps every
+file of a run in the bucket with no mount (`pip install "fmjax[gcs]"` adds gcsfs and
+google-cloud-storage, which epath and Orbax use for gs://). What differs on a bucket is handled
+here, once:
+
+- an object cannot be appended to (gcsfs silently overwrites instead): `append_text` rewrites
+  the object and `LineLog` buffers lines, rewriting the object at most every `flush_secs`;
+- an object is replaced whole by one write, so `write_text` needs no temporary file there
+  (locally: a temporary file and `os.replace`, so a reader never sees half a file);
+- there is no O_EXCL: `create_exclusive` uses the object store's create-only-if-absent write;
+- other hosts write the same workdir, so gcsfs is told not to cache directory listings (by
+  default it keeps them, never expiring), unless the user's fsspec configuration says so.
+
+Paths stay strings everywhere else; `os.path.join` joins them (buckets use "/" too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import time
+
+import fsspec
+from etils import epath
+
+REMOTE_PREFIXES = ("gs://",)  # Orbax writes checkpoints to local paths and gs:// only
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# A default for the gcsfs filesystem epath creates (fsspec config; the user's own wins).
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+
+
+def is_remote(path) -> bool:
+  """True for a bucket path (gs://)."""
+  return str(path).startswith(REMOTE_PREFIXES)
+
+
+def unsupported_url(path) -> str | None:
+  """The scheme of a URL other than gs:// ("s3", "http", ...), else None."""
+  m = _URL.match(str(path))
+  return None if m is None or is_remote(path) else m.group(0)[:-3]
+
+
+def absolute(path: str) -> str:
+  """`path` made absolute (a bucket path is already)."""
+  return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def isdir(path: str) -> bool:
+  return epath.Path(path).is_dir()
+
+
+def makedirs(path: str) -> None:
+  """Creates `path` and its parents (nothing to do on a bucket, where folders are prefixes)."""
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def remove(path: str) -> None:
+  """Removes the file `path`, if there is one."""
+  epath.Path(path).unlink(missing_ok=True)
+
+
+def rmtree(path: str) -> None:
+  """Removes the folder `path` and all in it, if it exists."""
+  if is_remote(path):
+    if exists(path):
+      epath.Path(path).rmtree(missing_ok=True)
+  else:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def move(src: str, dst: str) -> None:
+  """Moves a file or folder (on a bucket: copied, then deleted)."""
+  makedirs(os.path.dirname(dst))
+  if is_remote(src) or is_remote(dst):
+    epath.Path(src).rename(dst)
+  else:
+    shutil.move(src, dst)
+
+
+def read_text(path: str) -> str:
+  return epath.Path(path).read_text()
+
+
+def read_json(path: str):
+  return json.loads(read_text(path))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """`data` at `path`, replacing it whole (a reader sees the old or the new file)."""
+  if is_remote(path):
+    epath.Path(path).write_bytes(data)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  """`text` at `path`, replacing it whole (a reader sees the old or the new file)."""
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+  """`obj` as indented JSON at `path`, replaced whole."""
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def append_text(path: str, text: str) -> None:
+  """Adds `text` at the end of `path` (created if absent). On a bucket the object is read and
+  rewritten: use it for files written a few times per run, `LineLog` for logs."""
+  if is_remote(path):
+    old = read_text(path) if exists(path) else ""
+    write_text(path, old + text)
+  else:
+    with open(path, "a") as f:
+      f.write(text)
+
+
+def create_exclusive(path: str, text: str) -> bool:
+  """Writes `text` to `path` only if nothing is there; False (nothing written) if something is.
+  Locally O_EXCL; on a bucket a create-only-if-absent write (gcsfs: ifGenerationMatch=0)."""
+  if not is_remote(path):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+  if exists(path):
+    return False
+  fs, name = fsspec.core.url_to_fs(path)
+  try:
+    with fs.open(name, "xb") as f:
+      f.write(text.encode("utf-8"))
+  except FileExistsError:
+    return False
+  except OSError:
+    if exists(path):  # another writer won (the store refused the write at upload)
+      return False
+    raise
+  return True
+
+
+def upload_tree(local_dir: str, dst_dir: str) -> None:
+  """Copies every file under the local folder `local_dir` to `dst_dir` (local or a bucket)."""
+  for root, _, names in os.walk(local_dir):
+    rel = os.path.relpath(root, local_dir)
+    target = dst_dir if rel == "." else os.path.join(dst_dir, rel)
+    makedirs(target)
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        write_bytes(os.path.join(target, name), f.read())
+
+
+def csv_text(rows) -> str:
+  """Rows (lists of values) as CSV text (the csv module's default dialect, "\\r\\n" lines)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  buffer = io.StringIO()
+  csv.writer(buffer).writerows(rows)
+  return buffer.getvalue()
+
+
+class LineLog:
+  """Lines appended to a text file (a JSONL log).
+
+  Locally each `append` goes to the file at once. On a bucket, where an object can only be
+  replaced whole (and one object takes about one write per second), the lines are kept and the
+  object is rewritten when `flush_secs` have passed since the last write, and on `flush`.
+  """
+
+  def __init__(self, path: str, flush_secs: float = 5.0):
+    self.path, self.flush_secs = path, flush_secs
+    self.remote = is_remote(path)
+    self._text: str | None = None  # on a bucket: the whole content, read on first use
+    self._dirty, self._last = False, float("-inf")
+
+  def append(self, line: str) -> None:
+    if not self.remote:
+      with open(self.path, "a") as f:
+        f.write(line)
+      return
+    if self._text is None:
+      self._text = read_text(self.path) if exists(self.path) else ""
+    self._text += line
+    self._dirty = True
+    if time.monotonic() - self._last >= self.flush_secs:
+      self.flush()
+
+  def replace(self, text: str) -> None:
+    """The file's whole content becomes `text` (written at once)."""
+    write_text(self.path, text)
+    if self.remote:
+      self._text, self._dirty, self._last = text, False, time.monotonic()
+
+  def flush(self) -> None:
+    if self.remote and self._dirty:
+      write_text(self.path, self._text)
+      self._dirty, self._last = False, time.monotonic()
