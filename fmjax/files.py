@@ -25,14 +25,17 @@ import re
 import shutil
 import time
 
-import fsspec
 from etils import epath
+
+try:  # only gs:// needs fsspec (fmjax[gcs] brings it with gcsfs); local runs do without
+  import fsspec
+except ImportError:
+  fsspec = None
+else:  # a default for the gcsfs filesystem epath creates (fsspec config; the user's own wins)
+  fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 REMOTE_PREFIXES = ("gs://",)  # Orbax writes checkpoints to local paths and gs:// only
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-# A default for the gcsfs filesystem epath creates (fsspec config; the user's own wins).
-fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(path) -> bool:
@@ -72,18 +75,23 @@ def remove(path: str) -> None:
 def rmtree(path: str) -> None:
   """Removes the folder `path` and all in it, if it exists."""
   if is_remote(path):
-    if exists(path):
-      epath.Path(path).rmtree(missing_ok=True)
+    for _ in range(2):  # a second pass for what a folder placeholder object kept (as Orbax does)
+      if exists(path):
+        epath.Path(path).rmtree(missing_ok=True)
   else:
     shutil.rmtree(path, ignore_errors=True)
 
 
 def move(src: str, dst: str) -> None:
-  """Moves a file or folder (on a bucket: copied, then deleted)."""
-  makedirs(os.path.dirname(dst))
-  if is_remote(src) or is_remote(dst):
-    epath.Path(src).rename(dst)
+  """Moves a file or folder within one filesystem (on a bucket: its objects copied, then
+  deleted; no folder needs to exist there first)."""
+  if is_remote(src) != is_remote(dst):
+    raise ValueError(f"move: {src} and {dst} are not on the same filesystem")
+  if is_remote(src):
+    fs, name = fsspec.core.url_to_fs(src)
+    fs.mv(name, fsspec.core.url_to_fs(dst)[1], recursive=True)
   else:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
     shutil.move(src, dst)
 
 
@@ -101,9 +109,14 @@ def write_bytes(path: str, data: bytes) -> None:
     epath.Path(path).write_bytes(data)
     return
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_text(path: str, text: str) -> None:

@@ -134,6 +134,10 @@ class NoiseScale(TrainHook):
     self._writer.write(step, examples=(step - 1) * self._batch, trace_sigma=trace_sigma,
                        grad_sq=grad_sq, gradient_noise_scale=running)
 
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
   def close(self):
     if self._writer is not None:
       self._writer.close()

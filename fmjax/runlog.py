@@ -189,9 +189,11 @@ class StepTrace:
       jax.profiler.stop_trace()
       self.active = False
       if self._local:
-        files.upload_tree(self._local, self.directory)
-        shutil.rmtree(self._local, ignore_errors=True)
-        self._local = None
+        try:
+          files.upload_tree(self._local, self.directory)
+        finally:
+          shutil.rmtree(self._local, ignore_errors=True)
+          self._local = None
       if _is_writer():
         print(f"Profiler trace ({self.window[0]}..{self.window[1]}) written to {self.directory}/ "
               f"(tensorboard --logdir {os.path.dirname(self.directory)}, or its "

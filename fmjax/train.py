@@ -169,6 +169,10 @@ class TrainHook:
   def after_step(self, step: int, state: TrainState) -> None:
     """After update `step` (before the checkpoint of that step is written)."""
 
+  def flush(self) -> None:
+    """After a checkpoint is written: make what was logged so far visible in the files (a
+    bucket's JSONL logs are buffered), so that a run killed later resumes with all of it."""
+
   def close(self) -> None:
     """At the end of the run, also when it fails."""
 
@@ -282,7 +286,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
               f"{_nan_advice(config.model.dtype)}")
         if save_now:
           checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
-          writer.flush()  # the log reaches the checkpoint (a bucket's JSONL is buffered)
+          writer.flush()  # the logs reach the checkpoint (a bucket's JSONL is buffered)
+          for hook in hooks:
+            hook.flush()
   finally:
     for hook in hooks:
       hook.close()

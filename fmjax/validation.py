@@ -128,6 +128,10 @@ class ValidationLoss(TrainHook):
     if step in self._steps:
       self._log(step, state)
 
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
   def close(self):
     if self._writer is not None:
       self._writer.close()

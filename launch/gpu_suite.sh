@@ -23,9 +23,12 @@
 #
 # Every part on the GPU machine first installs the carried wheels (.whl/) into /tmp/site once.
 # A run longer than one call (10 minutes) is started, then followed by calls made within the
-# machine's 30 s idle time, e.g. (device tool, carry [".whl", ".data"]):
-#   call 1: bash launch/gpu_suite.sh speed; bash launch/gpu_suite.sh start bottle; bash launch/gpu_suite.sh follow 240
-#   call 2..: bash launch/gpu_suite.sh follow 560
+# machine's 30 s idle time. With little device time (15 minutes a session, start-up included)
+# the bottle run goes first and the speed tables after it, on the same warm machine (device
+# tool, carry [".whl", ".data"]):
+#   call 1: bash launch/gpu_suite.sh start bottle; bash launch/gpu_suite.sh follow 560
+#   call 2: bash launch/gpu_suite.sh follow 560   (until "== bottle (ended)")
+#   call 3: bash launch/gpu_suite.sh speed; bash launch/gpu_suite.sh collect
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
 PARTS="speed|loader|bottle|studies|mtd|transistor|scaling"

@@ -3,14 +3,19 @@
 It stands in for Google Cloud Storage at the three places a run reaches it: etils.epath
 (through fsspec's "gcs" protocol, which gcsfs provides in real use), Orbax's TensorStore
 arrays (its GCS key-value store spec becomes a file one) and the bucket's layout query
-(no hierarchical namespace), and tensorboardX's gs:// event writer. It keeps the object
-store's rule that code must respect: an object cannot be appended to (gcsfs would silently
-overwrite it; here it is an error).
+(no hierarchical namespace), and tensorboardX's gs:// event writer (replaced by one that
+rewrites the object whole, as tensorboardX's own does). It keeps the object store's rules
+that code must respect, where gcsfs differs from a local filesystem:
+- an object cannot be appended to (gcsfs would silently overwrite it; here it is an error);
+- there are no folders: making one does nothing (a prefix exists once an object is under it);
+- a move copies each object, then deletes it (no rename);
+- a create-only write ("xb") is refused when the object is uploaded, at close.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 
@@ -54,7 +59,37 @@ class LocalBucketFS(DirFileSystem):
   def open(self, path, mode="rb", *args, **kwargs):
     if "a" in mode:
       raise NotImplementedError(f"{path}: an object in a bucket cannot be appended to")
+    if "x" in mode:
+      return _CreateOnly(self, path)
     return super().open(path, mode, *args, **kwargs)
+
+  def mkdir(self, path, create_parents=True, **kwargs):
+    pass  # folders are prefixes
+
+  def makedirs(self, path, exist_ok=False):
+    pass
+
+  def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+    self.copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error="raise")
+    self.rm(path1, recursive=recursive)
+
+
+class _CreateOnly(io.BytesIO):
+  """An "xb" upload: refused at close when the object exists by then (GCS answers 412)."""
+
+  def __init__(self, fs, path):
+    super().__init__()
+    self.fs, self.target = fs, path
+
+  def close(self):
+    if self.closed:
+      return
+    data = self.getvalue()
+    super().close()
+    if self.fs.exists(self.target):
+      raise FileExistsError(self.target)
+    with self.fs.open(self.target, "wb") as f:
+      f.write(data)
 
 
 class _EventFile:

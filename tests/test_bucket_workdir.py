@@ -152,6 +152,26 @@ def test_bucket_logs_are_rewritten_whole_and_buffered(bucket):
     fsspec.filesystem("gcs").open(path, "a")
 
 
+def test_bucket_moves_and_exclusive_creates_follow_object_store_rules(bucket, monkeypatch):
+  from etils import epath
+  files.write_text(f"{bucket}/a/step/x.bin", "1")
+  files.write_text(f"{bucket}/a/step/sub/y.bin", "2")
+  assert not files.exists(f"{bucket}/aside")  # a prefix without objects is not there
+  with pytest.raises(FileNotFoundError):  # what a rename into it does (so files.move copies)
+    epath.Path(f"{bucket}/a/step").rename(f"{bucket}/aside/step-1")
+  files.move(f"{bucket}/a/step", f"{bucket}/aside/step-1")
+  assert not files.exists(f"{bucket}/a/step")
+  assert files.read_text(f"{bucket}/aside/step-1/x.bin") == "1"
+  assert files.read_text(f"{bucket}/aside/step-1/sub/y.bin") == "2"
+  with pytest.raises(ValueError, match="not on the same filesystem"):
+    files.move(f"{bucket}/aside", "/tmp/elsewhere")
+  # Another writer creates the lock between the check and the upload: refused at upload.
+  files.write_text(f"{bucket}/lock", "theirs")
+  monkeypatch.setattr(files, "exists", lambda path: False)
+  assert not files.create_exclusive(f"{bucket}/lock", "mine")
+  assert files.read_text(f"{bucket}/lock") == "theirs"
+
+
 def test_local_writes_replace_whole_files(tmp_path):
   path = str(tmp_path / "a.json")
   files.write_json(path, {"x": [1, 2]})
@@ -161,6 +181,10 @@ def test_local_writes_replace_whole_files(tmp_path):
   log = files.LineLog(str(tmp_path / "l.jsonl"), flush_secs=3600)
   log.append("1\n")
   assert (tmp_path / "l.jsonl").read_text() == "1\n"  # locally: at once
+  with pytest.raises(TypeError):  # a failed write leaves the old file and no temporary one
+    files.write_bytes(path, "not bytes")
+  assert json.loads(pathlib.Path(path).read_text()) == {"x": [3]}
+  assert sorted(os.listdir(tmp_path)) == ["a.json", "l.jsonl"]
   assert files.create_exclusive(str(tmp_path / "lock"), "me")
   assert not files.create_exclusive(str(tmp_path / "lock"), "you")
   assert (tmp_path / "lock").read_text() == "me"
@@ -184,3 +208,25 @@ def test_other_urls_are_refused_before_anything_is_written(url, tmp_path, monkey
                                          r"folder, or a gs:// bucket"):
     fm_main.run(tiny_config(), url, "train")
   assert os.listdir(tmp_path) == []  # no "s3:" folder made on the local disk
+
+
+def test_hooks_flush_their_logs_after_every_checkpoint(bucket):
+  from fmjax import train
+
+  class Recorder(train.TrainHook):
+    def __init__(self):
+      self.calls = []
+
+    def after_step(self, step, state):
+      self.calls.append(("step", step))
+
+    def flush(self):
+      self.calls.append(("flush", None))
+
+    def close(self):
+      self.calls.append(("close", None))
+
+  hook = Recorder()
+  train.train(tiny_config(), f"{bucket}/hooked", hooks=(hook,))  # checkpoints at steps 2 and 4
+  assert hook.calls == [("step", 1), ("step", 2), ("flush", None), ("step", 3), ("step", 4),
+                        ("flush", None), ("close", None)]

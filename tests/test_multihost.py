@@ -51,9 +51,9 @@ def _env(devices: int, process: int | None = None, count: int = 1, port: int = 0
   return env
 
 
-def _start(config_path, workdir, processes: int, devices: int, *extra, bucket=None):
-  """`processes` runs of fmjax.main; with `bucket` (a local folder) gs:// paths are served from
-  it in every process (tests/bucket_main.py)."""
+def _start(config_path, workdir, processes: int, devices: int, *extra, bucket=None, cwd=REPO):
+  """`processes` runs of fmjax.main in `cwd`; with `bucket` (a local folder) gs:// paths are
+  served from it in every process (tests/bucket_main.py)."""
   port = _free_port()
   entry = ["-m", "fmjax.main"] if bucket is None else [str(TESTS / "bucket_main.py")]
   cmd = [sys.executable, *entry, f"--config={config_path}", f"--workdir={workdir}", *extra]
@@ -63,7 +63,7 @@ def _start(config_path, workdir, processes: int, devices: int, *extra, bucket=No
     if bucket is not None:
       env["FMJAX_TEST_BUCKET"] = str(bucket)
     procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, cwd=REPO))
+                                  text=True, cwd=cwd))
   return procs
 
 
@@ -83,8 +83,9 @@ def _finish(procs, timeout: float = 900) -> list[tuple[int, str]]:
   return out
 
 
-def _run(config_path, workdir, processes: int, devices: int, *extra, bucket=None):
-  results = _finish(_start(config_path, workdir, processes, devices, *extra, bucket=bucket))
+def _run(config_path, workdir, processes: int, devices: int, *extra, bucket=None, cwd=REPO):
+  results = _finish(_start(config_path, workdir, processes, devices, *extra, bucket=bucket,
+                           cwd=cwd))
   for i, (code, text) in enumerate(results):
     assert code == 0, f"process {i} of {processes} failed:\n{text[-4000:]}"
   return results
@@ -139,9 +140,9 @@ def test_two_processes_share_a_bucket_workdir(config_path, tmp_path, monkeypatch
   from tiny import tiny_config
 
   root, local = tmp_path / "bucket", tmp_path / "local"
-  monkeypatch.chdir(tmp_path)  # a gs:// path taken for a local one would appear here
+  monkeypatch.chdir(tmp_path)  # a gs:// path taken for a local one would appear here, as "gs:"
   remote = "gs://fmjax-test/two"
-  out = _run(config_path, remote, 2, 2, bucket=root)
+  out = _run(config_path, remote, 2, 2, bucket=root, cwd=tmp_path)
   assert "Report written" in out[0][1] and "Report written" not in out[1][1]
   with local_bucket(str(root)):
     stored = pathlib.Path(local_path(remote))
@@ -164,6 +165,7 @@ def test_two_processes_share_a_bucket_workdir(config_path, tmp_path, monkeypatch
     assert [r["step"] for r in resumed] == list(range(1, 9))
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight],
                                rtol=1e-5)
+  assert sorted(os.listdir(tmp_path)) == ["bucket", "local"]  # nothing else on the local disk
 
 
 def test_each_host_reads_only_its_rows_of_every_batch():
