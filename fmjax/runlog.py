@@ -175,7 +175,10 @@ class StepTrace:
     if self.window and not self.active and self.window[0] <= step <= self.window[1]:
       if files.is_remote(self.directory):
         self._local = tempfile.mkdtemp(prefix="fmjax-profile-")
-      jax.profiler.start_trace(self._local or self.directory, create_perfetto_trace=True)
+      options = jax.profiler.ProfileOptions()
+      options.python_tracer_level = 0  # device ops and JAX's own host events, not every Python call
+      jax.profiler.start_trace(self._local or self.directory, create_perfetto_trace=True,
+                               profiler_options=options)
       self.active = True
 
   def after(self, step: int, outputs=None) -> None:

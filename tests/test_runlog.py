@@ -88,12 +88,22 @@ def test_a_run_leaves_its_config_environment_and_tensorboard_files(tmp_path):
 
 
 def _traced_calls(directory, function):
-  """How many times the jitted `function` ran inside the one Perfetto trace under `directory`."""
+  """How many times the jitted `function` ran inside the one Perfetto trace under `directory`:
+  its outermost events (jax 0.11 records each call as two nested events of the same name)."""
   (path,) = list(directory.glob("plugins/profile/*/perfetto_trace.json.gz"))
   assert list(path.parent.glob("*.xplane.pb")), "no xplane file for TensorBoard's profile plugin"
   trace = json.loads(gzip.decompress(path.read_bytes()))
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  return sum(e.get("ph") == "X" and e.get("name") == f"PjitFunction({function})" for e in events)
+  calls = sorted(((e["pid"], e["tid"]), e["ts"], e["ts"] + e["dur"]) for e in events
+                 if e.get("ph") == "X" and e.get("name") == f"PjitFunction({function})")
+  outermost, end = 0, {}
+  for thread, start, stop in calls:
+    if start >= end.get(thread, float("-inf")):  # not inside the previous call on its thread
+      outermost += 1
+      end[thread] = stop
+    else:
+      end[thread] = max(end[thread], stop)
+  return outermost
 
 
 def test_profile_steps_trace_exactly_the_named_steps(tmp_path):
