@@ -103,6 +103,10 @@ def read_json(path: str):
   return json.loads(read_text(path))
 
 
+def _text_or_empty(path: str) -> str:
+  return read_text(path) if exists(path) else ""
+
+
 def write_bytes(path: str, data: bytes) -> None:
   """`data` at `path`, replacing it whole (a reader sees the old or the new file)."""
   if is_remote(path):
@@ -133,8 +137,7 @@ def append_text(path: str, text: str) -> None:
   """Adds `text` at the end of `path` (created if absent). On a bucket the object is read and
   rewritten: use it for files written a few times per run, `LineLog` for logs."""
   if is_remote(path):
-    old = read_text(path) if exists(path) else ""
-    write_text(path, old + text)
+    write_text(path, _text_or_empty(path) + text)
   else:
     with open(path, "a") as f:
       f.write(text)
@@ -201,11 +204,10 @@ class LineLog:
 
   def append(self, line: str) -> None:
     if not self.remote:
-      with open(self.path, "a") as f:
-        f.write(line)
+      append_text(self.path, line)
       return
     if self._text is None:
-      self._text = read_text(self.path) if exists(self.path) else ""
+      self._text = _text_or_empty(self.path)
     self._text += line
     self._dirty = True
     if time.monotonic() - self._last >= self.flush_secs:
