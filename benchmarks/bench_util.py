@@ -27,7 +27,7 @@ def peak_tflops(device=None) -> float | None:
 
 def environment() -> dict:
   """Versions and device facts printed with every result (from the run record's environment)."""
-  from fmjax import runlog  # pylint: disable=g-import-not-at-top
+  from fmjax.core import runlog  # pylint: disable=g-import-not-at-top
   env = runlog.environment()
   v = env["versions"]
   return {"device": env["device_kind"], "platform": env["platform"],
@@ -110,8 +110,9 @@ def emit(row: dict, output: str = "") -> None:
 def model_and_mesh(config):
   """(U-Net, number of classes, mesh) for a benchmark config; library logs quietened."""
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from fmjax import describe, sharding  # pylint: disable=g-import-not-at-top
-  from fmjax.models.unet import build_unet  # pylint: disable=g-import-not-at-top
+  from fmjax.studies import describe  # pylint: disable=g-import-not-at-top
+  from fmjax.core import sharding
+  from fmjax.model.unet import build_unet  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   num_classes = describe.num_classes_of(config)
   return (build_unet(config.model, num_classes), num_classes,

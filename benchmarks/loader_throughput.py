@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from fmjax import sharding
+from fmjax.core import sharding
 from fmjax.data import mvtec_samples, pipeline, read_samples
 
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from fmjax import metrics
+from fmjax.report import metrics
 
 
 def synthetic_split(num_maps: int, size: int, seed: int = 0):

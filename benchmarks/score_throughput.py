@@ -4,13 +4,13 @@
   python benchmarks/score_throughput.py --kt=10x10 --batches=1,32 \
       [--config=configs/mvtec.py] [--config.evaluate.max_forward_batch=800]
 
-Times `fmjax.scoring.make_score_fn` -- the jitted, sharded function `fmjax.main`
+Times `fmjax.score.scoring.make_score_fn` -- the jitted, sharded function `fmjax.main`
 scores test splits with (seeds and times folded into forward batches of at most
 `evaluate.max_forward_batch` samples per device, bf16 compute per `model.dtype`,
 cuDNN attention on GPU) -- on random images with randomly initialised weights
 (speed does not depend on the values). Compilation is timed separately and
 excluded. FLOPs per image = K * T * one forward pass, from XLA's cost analysis of
-the forward lowered for the CPU backend (`fmjax.describe.forward_flops`; the GPU
+the forward lowered for the CPU backend (`fmjax.studies.describe.forward_flops`; the GPU
 backend does not count cuDNN convolutions).
 """
 
@@ -23,7 +23,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import describe, methods, scoring, sharding
+from fmjax import methods
+from fmjax.studies import describe
+from fmjax.score import scoring
+from fmjax.core import sharding
 from fmjax.data import NormStats
 
 FLAGS = flags.FLAGS

@@ -4,13 +4,13 @@
   python benchmarks/train_throughput.py --batches=128 [--config=configs/mvtec.py] \
       [--config.train.ema_decay=0.9999]
 
-Times `fmjax.train.make_train_step` -- the jitted, sharded, state-donating step
+Times `fmjax.train.loop.make_train_step` -- the jitted, sharded, state-donating step
 `fmjax.main` trains with (CFM loss, StableAdamW + AMSGrad, bf16 compute per
 `model.dtype`, float32 parameters) -- on random uint8 batches already on the
 device (the input pipeline is measured by loader_throughput.py). Compilation is
 timed separately and excluded. FLOPs per step: XLA's cost analysis of the same
 step function lowered for the CPU backend at the same batch size
-(`fmjax.describe.train_step_flops`).
+(`fmjax.studies.describe.train_step_flops`).
 """
 
 import time
@@ -21,9 +21,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import describe, methods, sharding, train
+from fmjax import methods
+from fmjax.studies import describe
+from fmjax.core import sharding
+from fmjax.train import loop as train
 from fmjax.data import NormStats
-from fmjax.optim import build_optimizer
+from fmjax.model.optim import build_optimizer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/mvtec.py", "Model/train config.",

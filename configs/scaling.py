@@ -1,4 +1,4 @@
-"""Compute-scaling study: one training run per global batch size (fmjax/scaling.py).
+"""Compute-scaling study: one training run per global batch size (fmjax/studies/scaling.py).
 
   python -m fmjax.main --config configs/scaling.py --workdir runs/scaling_bottle \
       [--config.data.categories=bottle] [--config.scaling.batch_sizes=32,64,...,1024]
@@ -12,7 +12,7 @@ quickstart model on the embedded data (a few minutes on a CPU). The config's `mo
 plots); each arm is a complete workdir in <workdir>/arms/batch_<B>/.
 """
 
-from fmjax import configlib
+from fmjax.core import configlib
 
 
 def get_config(variant: str = "paper"):

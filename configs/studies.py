@@ -1,4 +1,4 @@
-"""The paper's ablations on a trained MVTec-layout run, one command each (fmjax/studies.py).
+"""The paper's ablations on a trained MVTec-layout run, one command each (fmjax/studies/ablations.py).
 
   python -m fmjax.main --config configs/studies.py:compute --workdir runs/bottle --mode=study \
       --config.data.categories=bottle
@@ -15,7 +15,7 @@ The model and data settings must be the ones the workdir was trained with (here 
 paper's, as in configs/mvtec.py). Results: <workdir>/studies/<name>/results.{md,json}, plot.png.
 """
 
-from fmjax import configlib
+from fmjax.core import configlib
 
 
 def get_config(study: str = "compute"):

@@ -21,7 +21,7 @@ import sys
 import jax
 import numpy as np
 
-from fmjax.ids import image_ids
+from fmjax.core.ids import image_ids
 
 
 class DeployError(ValueError):
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     from matplotlib.colors import Normalize
     from PIL import Image
 
-    from fmjax import plots  # matplotlib and numpy
+    from fmjax.core import plots  # matplotlib and numpy
     for start in range(0, len(paths), args.batch):
       chunk = paths[start:start + args.batch]
       images = np.stack([read_image(p, scorer.image_size) for p in chunk])

@@ -42,8 +42,8 @@ _split_cpu_into_devices()
 from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set)
 from ml_collections import config_flags
 
-from fmjax import configlib, sharding  # noqa: E402
-from fmjax.errors import ConfigError, UserError  # noqa: E402
+from fmjax.core import configlib, sharding  # noqa: E402
+from fmjax.core.errors import ConfigError, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -58,35 +58,37 @@ def run(config, workdir: str | None, mode: str | None = None):
   configlib.validate(config)
   mode = mode or config.mode or "train_and_evaluate"
   if mode == "describe":
-    from fmjax.describe import describe
+    from fmjax.studies.describe import describe
     return describe(config)
   if not workdir:
     raise ConfigError(f"--workdir is required for --mode={mode}.")
   sharding.initialize_distributed()
   configlib.validate_devices(config, mode)  # before anything is created
-  from fmjax.workdir import WorkdirLock, prepare_workdir
+  from fmjax.core.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
   with WorkdirLock(workdir, mode):
-    from fmjax.runlog import write_run_record
+    from fmjax.core.runlog import write_run_record
     write_run_record(workdir, config, mode)
     return _run_locked(config, workdir, mode)
 
 
 def _run_locked(config, workdir: str, mode: str):
-  from fmjax import decisions, evaluate, train
+  from fmjax.decide import decisions
+  from fmjax.report import evaluate
+  from fmjax.train import loop as train
   if mode == "score":
     return evaluate.score_folder(config, workdir)
   if mode == "export":
-    from fmjax.export import export_scorer
+    from fmjax.decide.export import export_scorer
     return export_scorer(config, workdir)
   from fmjax.data import load_dataset
   dataset = load_dataset(config.data)
   result = None
   if mode == "study":
-    from fmjax.studies import run_study
+    from fmjax.studies.ablations import run_study
     return run_study(config, workdir, dataset)
   if mode == "scaling":
-    from fmjax.scaling import run_scaling
+    from fmjax.studies.scaling import run_scaling
     return run_scaling(config, workdir, dataset)
   if mode in ("train", "train_and_evaluate"):
     result = train.train(config, workdir, dataset)

@@ -18,7 +18,7 @@
 #            (rerunning resumes from the latest checkpoint in the bucket)
 #   delete   delete the slice
 #
-# The workdir is a gs:// folder, written directly (fmjax.files and Orbax go through
+# The workdir is a gs:// folder, written directly (fmjax.core.files and Orbax go through
 # etils.epath and TensorStore; no mount): every worker writes its checkpoint shards there and
 # process 0 the logs and reports. Each worker reads its own rows of every batch from its copy
 # of the data (or the read-only mount). --dry-run prints the gcloud commands instead.

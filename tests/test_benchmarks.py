@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fmjax import describe
-from fmjax.models.unet import build_unet
-from fmjax.optim import build_optimizer
+from fmjax.studies import describe
+from fmjax.model.unet import build_unet
+from fmjax.model.optim import build_optimizer
 
 from conftest import REPO, tiny_config
 

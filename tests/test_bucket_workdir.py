@@ -18,12 +18,14 @@ from PIL import Image
 
 from conftest import check_eval_report, tiny_config
 from fake_bucket import LocalBucketFS, local_bucket, local_path
-from fmjax import deploy, files
+from fmjax import deploy
+from fmjax.core import files
 from fmjax.data import load_dataset
-from fmjax.evaluate import score_dir_name
+from fmjax.report.evaluate import score_dir_name
 from fmjax import main as fm_main
-from fmjax.errors import WorkdirError
-from fmjax.workdir import CORRUPT_DIR, LOCK_NAME, WorkdirLock, prepare_workdir
+from fmjax.core.errors import WorkdirError
+from fmjax.core.workdir import LOCK_NAME, WorkdirLock, prepare_workdir
+from fmjax.train.restore import CORRUPT_DIR
 
 
 @pytest.fixture
@@ -211,7 +213,7 @@ def test_other_urls_are_refused_before_anything_is_written(url, tmp_path, monkey
 
 
 def test_hooks_flush_their_logs_after_every_checkpoint(bucket):
-  from fmjax import train
+  from fmjax.train import loop as train
 
   class Recorder(train.TrainHook):
     def __init__(self):

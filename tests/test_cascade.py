@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import cascade, scoring, sharding
+from fmjax.decide import cascade
+from fmjax.score import scoring
+from fmjax.core import sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
-from fmjax.workdir import class_labels, load_params_for_eval
+from fmjax.train.restore import class_labels, load_params_for_eval
 
 from conftest import tiny_config
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import deploy, scoring, sharding
+from fmjax import deploy
+from fmjax.score import scoring
+from fmjax.core import sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
-from fmjax.errors import ConfigError
-from fmjax.workdir import class_labels, load_params_for_eval
+from fmjax.core.errors import ConfigError
+from fmjax.train.restore import class_labels, load_params_for_eval
 
 from conftest import REPO, tiny_config
 
@@ -64,7 +66,7 @@ import fmjax.deploy
 scorer = fmjax.deploy.load(sys.argv[1])
 images = np.load(sys.argv[2])
 out = scorer(images, "weave")
-banned = [m for m in sys.modules if m == "flax" or m.startswith(("flax.", "fmjax.models", "fmjax.train",
+banned = [m for m in sys.modules if m == "flax" or m.startswith(("flax.", "fmjax.models", "fmjax.train.loop",
                                                                    "orbax"))]
 print(json.dumps({"scores": out.scores.tolist(), "devices": len(scorer._devices), "banned": banned}))
 """

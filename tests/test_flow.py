@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import flow
+from fmjax.model import flow
 
 
 def test_interpolate_endpoints_and_midpoint():

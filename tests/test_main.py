@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fmjax import main as fm_main
-from fmjax.metrics import METRIC_KEYS
+from fmjax.report.metrics import METRIC_KEYS
 
 from conftest import REPO, check_eval_report, tiny_config
 
@@ -49,7 +49,7 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   calibrated = json.loads((tmp_path / "calibration.json").read_text())
   threshold = calibrated["categories"]["weave"]["image"]["0.01"]["threshold"]
   assert scored["threshold"] == threshold and scored["threshold_kind"].startswith("calibrated")
-  from fmjax.evaluate import score_dir_name
+  from fmjax.report.evaluate import score_dir_name
   out = tmp_path / "scores" / score_dir_name(str(folder))
   with open(out / "scores.csv") as f:
     rows = list(csv.DictReader(f))

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from fmjax import flow, mismatch
+from fmjax.model import flow
+from fmjax.methods import mismatch
 from fmjax.methods import dflow, reconflow, reflect, tccm, wtflow
 
 from test_mismatch import _velocity
@@ -160,7 +161,7 @@ def test_training_modified_methods_train_and_evaluate_end_to_end(tmp_path, name,
   assert set(saved["method_options"]) == set(methods.scorer(name).uses)  # and nothing else
   with pytest.raises(ValueError, match="needs a model trained with train.objective=cfm"):
     fm_main.run(tiny_config(**{"train.objective": name}), str(tmp_path), "evaluate")
-  from fmjax.checkpoint import CheckpointMismatchError
+  from fmjax.train.checkpoint import CheckpointMismatchError
   with pytest.raises(CheckpointMismatchError, match=f"objective: checkpoint has '{name}'"):
     fm_main.run(tiny_config(**{"train.num_steps": 2}), str(tmp_path), "evaluate")
 

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from fmjax.metrics import (METRIC_KEYS, aupro, binary_curves, compute_metrics, descending_order,
+from fmjax.report.metrics import (METRIC_KEYS, aupro, binary_curves, compute_metrics, descending_order,
                            mean_over_categories, pixel_metrics)
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import mismatch
+from fmjax.methods import mismatch
 
 
 def _velocity(x, t, labels=None):

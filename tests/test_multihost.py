@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fmjax.data import pipeline
-from fmjax.workdir import LOCK_NAME
+from fmjax.core.workdir import LOCK_NAME
 
 from conftest import REPO, TESTS
 

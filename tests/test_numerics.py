@@ -22,10 +22,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fmjax import mismatch, scoring, sharding
+from fmjax.methods import mismatch
+from fmjax.score import scoring
+from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.data.synthetic import make_synthetic_dataset
-from fmjax.models.unet import build_unet
+from fmjax.model.unet import build_unet
 
 from conftest import tiny_config
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.optim import stable_adamw
+from fmjax.model.optim import stable_adamw
 
 
 def _numpy_stable_adamw(params, grads_seq, lr, b1, b2, eps, wd, amsgrad, clip):

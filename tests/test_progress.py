@@ -3,7 +3,7 @@
 import io
 import re
 
-from fmjax.progress import Progress
+from fmjax.core.progress import Progress
 
 
 class _Terminal(io.StringIO):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from fmjax.metrics import METRIC_KEYS
+from fmjax.report.metrics import METRIC_KEYS
 
 from conftest import REPO, check_eval_report
 

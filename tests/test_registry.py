@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from fmjax import configlib, methods, workdir
+from fmjax.core import configlib
+from fmjax.train import restore
+from fmjax import methods
 from fmjax import main as fm_main
-from fmjax.errors import CheckpointMismatchError, ConfigError
+from fmjax.core.errors import CheckpointMismatchError, ConfigError
 
 from conftest import tiny_config
 from test_main import _cli
@@ -87,21 +89,22 @@ def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method)
 
 def test_radar_isolation_forest_scores_per_category(cfm_run):
   from fmjax.data import load_dataset
-  from fmjax import scoring, sharding
+  from fmjax.score import scoring
+  from fmjax.core import sharding
   from fmjax.methods.radar import isolation_forest_scores
   config = tiny_config(**{"evaluate.method": "radar", "evaluate.radar.image_score": "isolation_forest"})
   result = fm_main.run(config, str(cfm_run), "evaluate")
   assert result["settings"]["method_options"]["image_score"] == "isolation_forest"
   # The same scores from the maps: one forest per category, fitted on its normal training maps.
   dataset = load_dataset(config.data)
-  params, _, norm, _ = workdir.load_params_for_eval(config, str(cfm_run), dataset.class_names)
+  params, _, norm, _ = restore.load_params_for_eval(config, str(cfm_run), dataset.class_names)
   mesh = sharding.make_mesh(1)
-  labels = workdir.class_labels(config, dataset.train_classes, dataset.num_classes)
+  labels = restore.class_labels(config, dataset.train_classes, dataset.num_classes)
   train_maps, _, _ = scoring.score_arrays(config, params, dataset.train_images, labels,
                                            dataset.num_classes, norm, mesh)
   test_maps, _, _ = scoring.score_arrays(
       config, params, dataset.test_images,
-      workdir.class_labels(config, dataset.test_classes, dataset.num_classes),
+      restore.class_labels(config, dataset.test_classes, dataset.num_classes),
       dataset.num_classes, norm, mesh)
   for ci in range(dataset.num_classes):
     forest = isolation_forest_scores(train_maps[dataset.train_classes == ci], config.evaluate.seed)
@@ -118,30 +121,57 @@ def test_evaluation_restores_parameters_only(cfm_run):
   assert fm_main.run(config, str(cfm_run), "evaluate")["settings"]["checkpoint_step"] == 4
   new_field = tiny_config()
   new_field.model.skip_scale = 0.7
-  assert workdir.model_meta(new_field, ["a"])["skip_scale"] == 0.7
+  assert restore.model_meta(new_field, ["a"])["skip_scale"] == 0.7
   with pytest.raises(CheckpointMismatchError, match="skip_scale: checkpoint has None, config has 0.7"):
     fm_main.run(new_field, str(cfm_run), "evaluate")
 
 
+# The packages of fmjax/ in data-flow order: a module imports only from its own package or
+# from those before it. main, deploy and describe (the entry points) sit above them all.
+LAYERS = ("core", "data", "model", "methods", "train", "score", "decide", "report", "studies")
+
+
+def _fmjax_imports(path):
+  """The fmjax modules a file imports, as dotted names (`from fmjax.x import y` gives fmjax.x.y
+  too, since y may be a module)."""
+  import ast
+  tree = ast.parse(path.read_text())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fmjax"):
+      names.add(node.module)
+      names.update(f"{node.module}.{a.name}" for a in node.names)
+    elif isinstance(node, ast.Import):
+      names.update(a.name for a in node.names if a.name.startswith("fmjax"))
+  return names
+
+
 def test_layers_import_only_downwards():
+  import pathlib
+  package_root = pathlib.Path(configlib.__file__).parents[1]
+  modules = sorted(package_root.rglob("*.py"))
+  assert {p.parent.name for p in modules if p.parent != package_root} == set(LAYERS)
+  upward = []
+  for path in modules:
+    if path.parent == package_root:
+      continue  # the entry points
+    own = LAYERS.index(path.parent.name)
+    for name in _fmjax_imports(path):
+      parts = name.split(".")
+      if len(parts) > 1 and (parts[1] not in LAYERS or LAYERS.index(parts[1]) > own):
+        upward.append(f"{path.relative_to(package_root)} imports {name}")
+  assert not upward, upward
+
+
+def test_deploy_needs_jax_and_numpy_only():
   import ast
   import pathlib
-  def imports(module):
-    tree = ast.parse(pathlib.Path(configlib.__file__).with_name(f"{module}.py").read_text())
-    return ({a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} |
-            {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} |
-            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
-  for module in ("evaluate", "scoring", "decisions", "export", "workdir", "report", "metrics",
-                 "mismatch", "calibration", "cascade"):
-    imported = imports(module)
-    assert "train" not in imported and "fmjax.train" not in imported, module
-  # The trainer and its hooks sit below evaluation and the studies.
-  for module in ("train", "validation", "noise_scale", "optim"):
-    imported = imports(module)
-    assert not imported & {"evaluate", "scoring", "report", "studies", "scaling", "decisions",
-                           "fmjax.evaluate", "fmjax.scaling"}, module
+  tree = ast.parse(pathlib.Path(fm_main.__file__).with_name("deploy.py").read_text())
+  imported = ({a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} |
+              {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} |
+              {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand).
-  allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.ids",
+  allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
-             "read_image", "matplotlib.colors", "Normalize", "PIL", "Image", "fmjax", "plots"}
-  assert imports("deploy") <= allowed, imports("deploy") - allowed
+             "read_image", "matplotlib.colors", "Normalize", "PIL", "Image", "fmjax.core", "plots"}
+  assert imported <= allowed, imported - allowed

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import checkpoint, evaluate
+from fmjax.train import checkpoint
+from fmjax.report import evaluate
 from fmjax import main as fm_main
-from fmjax import workdir as wd
-from fmjax.errors import ConfigError, MissingCheckpointError, WorkdirError
+from fmjax.core import workdir as wd
+from fmjax.train import restore
+from fmjax.core.errors import ConfigError, MissingCheckpointError, WorkdirError
 
 from conftest import tiny_config
 from test_main import _cli
@@ -83,12 +85,12 @@ def test_training_falls_back_past_a_corrupt_checkpoint(tmp_path, uninterrupted, 
   # run ends, bit for bit.
   state = fm_main.run(tiny_config(), str(run), "train")
   err = capsys.readouterr().err
-  aside = list((run / wd.CORRUPT_DIR).iterdir())
+  aside = list((run / restore.CORRUPT_DIR).iterdir())
   assert len(aside) == 1 and aside[0].name.startswith("4-") and "moved the unrestorable step 4" in err
   assert int(state.step) == 4
   manager = checkpoint.make_manager(str(run), read_only=True)
   assert manager.all_steps() == [2, 4]
-  params, _, _, _ = wd.load_params_for_eval(tiny_config(), str(uninterrupted), use_ema=False)
+  params, _, _, _ = restore.load_params_for_eval(tiny_config(), str(uninterrupted), use_ema=False)
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(params))):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(l)["step"] for l in (run / "train_metrics.jsonl").read_text().splitlines()]
@@ -101,7 +103,7 @@ def test_no_restorable_checkpoint_is_one_error_and_nothing_moves(tmp_path):
   _corrupt(run / "checkpoints" / "2", "state")
   with pytest.raises(MissingCheckpointError, match="No checkpoint in .* restores: step 2"):
     fm_main.run(tiny_config(), str(run), "train")
-  assert (run / "checkpoints" / "2").exists() and not (run / wd.CORRUPT_DIR).exists()
+  assert (run / "checkpoints" / "2").exists() and not (run / restore.CORRUPT_DIR).exists()
 
 
 # ---- one run per workdir --------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 from matplotlib.colors import LogNorm, Normalize
 from PIL import Image
 
-from fmjax import metrics, plots, report
+from fmjax.report import metrics, writer as report
+from fmjax.core import plots
 from fmjax.data.synthetic import make_synthetic_dataset
 
 

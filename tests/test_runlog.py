@@ -11,11 +11,13 @@ import optax
 import pytest
 
 from fmjax import main as fm_main
-from fmjax import configlib, methods, runlog, train
+from fmjax.core import configlib, runlog
+from fmjax import methods
+from fmjax.train import loop as train
 from fmjax.data import NormStats, load_dataset, pipeline
-from fmjax.errors import ConfigError
-from fmjax.models.unet import build_unet
-from fmjax.optim import build_optimizer
+from fmjax.core.errors import ConfigError
+from fmjax.model.unet import build_unet
+from fmjax.model.optim import build_optimizer
 
 from conftest import tiny_config
 

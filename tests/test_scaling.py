@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import configlib, noise_scale, optim, scaling, sharding, train, validation
+from fmjax.core import configlib, sharding
+from fmjax.studies import noise_scale, scaling, validation
+from fmjax.model import optim
+from fmjax.train import loop as train
 from fmjax.data import NormStats
-from fmjax.errors import ConfigError
-from fmjax.ids import image_ids
-from fmjax.models.unet import build_unet, init_params
+from fmjax.core.errors import ConfigError
+from fmjax.core.ids import image_ids
+from fmjax.model.unet import build_unet, init_params
 from tiny import tiny_config
 
 

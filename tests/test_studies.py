@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from fmjax import main as fm_main
-from fmjax import plots, studies
+from fmjax.core import plots
+from fmjax.studies import ablations as studies
 
 from conftest import tiny_config
 
@@ -144,6 +145,6 @@ def test_pooling_study_trains_the_other_kind_and_compares(tmp_path, capsys):
   fm_main.run(config, run, "study")
   assert not [l for l in capsys.readouterr().out.splitlines() if l.startswith("study pooling: 1/")]
   # A conditional checkpoint is not evaluated as a pooled model.
-  from fmjax.checkpoint import CheckpointMismatchError
+  from fmjax.train.checkpoint import CheckpointMismatchError
   with pytest.raises(CheckpointMismatchError, match="class_conditional: checkpoint has True"):
     fm_main.run(tiny_config(**{"data.class_conditional": False}), run, "evaluate")

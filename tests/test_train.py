@@ -4,11 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax import checkpoint, sharding, train
-from fmjax.workdir import load_params_for_eval
+from fmjax.train import checkpoint, loop as train
+from fmjax.core import sharding
+from fmjax.train.restore import load_params_for_eval
 from fmjax.data import NormStats, load_dataset, pipeline
-from fmjax.models.unet import build_unet
-from fmjax.optim import build_optimizer
+from fmjax.model.unet import build_unet
+from fmjax.model.optim import build_optimizer
 
 from conftest import tiny_config
 

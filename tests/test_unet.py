@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import configlib
+from fmjax.core import configlib
 from fmjax.data import categories_of
-from fmjax.models.unet import UNet, build_unet, count_params, timestep_embedding
+from fmjax.model.unet import UNet, build_unet, count_params, timestep_embedding
 
 
 def _param_count(model, size=128):

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from fmjax import files
-from fmjax.errors import DataLayoutError
+from fmjax.core import files
+from fmjax.core.errors import DataLayoutError
 
 
 @dataclasses.dataclass

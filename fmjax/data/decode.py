@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from fmjax.errors import CorruptDataError
+from fmjax.core.errors import CorruptDataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

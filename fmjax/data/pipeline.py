@@ -26,9 +26,9 @@ import grain
 import numpy as np
 from absl import flags
 
-from fmjax import sharding
+from fmjax.core import sharding
 from fmjax.data.decode import read_image
-from fmjax.errors import ConfigError
+from fmjax.core.errors import ConfigError
 
 
 class ArraySource(grain.sources.RandomAccessDataSource):

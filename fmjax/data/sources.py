@@ -23,7 +23,7 @@ import grain
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
-from fmjax.errors import DataLayoutError
+from fmjax.core.errors import DataLayoutError
 from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, read_image_and_size, read_mask
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",

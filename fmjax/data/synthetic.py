@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
-from fmjax.errors import ConfigError
+from fmjax.core.errors import ConfigError
 
 CATEGORIES = ("weave", "brushed", "tiles")
 DEFECTS = ("scratch", "spot", "crack", "patch")

@@ -23,7 +23,7 @@ import numpy as np
 from fmjax.data.dataset import AnomalyDataset
 from fmjax.data.decode import read_image_and_size, read_mask
 from fmjax.data.sources import Sample, mvtec_samples, visa_samples
-from fmjax.errors import ConfigError, DataLayoutError
+from fmjax.core.errors import ConfigError, DataLayoutError
 
 
 def _tfds():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from fmjax.errors import ConfigError
+from fmjax.core.errors import ConfigError
 from fmjax.methods.base import Objective, ScoreContext, Scorer  # noqa: F401  (re-exported)
 
 # The registry line: each module defines SCORER, OBJECTIVE or both.

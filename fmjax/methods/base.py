@@ -5,7 +5,7 @@ A `Scorer` turns test images into heatmaps with a trained velocity model; an
 config value), a title and a one-line description for reports, and their
 options with defaults, stated once here and placed in the config at
 `evaluate.<name>.*` (scorers) or `train.<name>.*` (objectives) by
-`fmjax.configlib`.
+`fmjax.core.configlib`.
 
 The velocity signature is the same everywhere:
   velocity(x [N,H,W,C] float32, t [N] float32, labels [N] int32) -> v [N,H,W,C]
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from fmjax.mismatch import map_image_chunks
+from fmjax.methods.mismatch import map_image_chunks
 
 Velocity = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # Shared evaluate keys a scorer may read; the rest of its options live under evaluate.<name>.

@@ -1,8 +1,8 @@
-"""Conditional flow matching (the paper's training objective): `fmjax.flow.cfm_loss`."""
+"""Conditional flow matching (the paper's training objective): `fmjax.model.flow.cfm_loss`."""
 
 from __future__ import annotations
 
-from fmjax import flow
+from fmjax.model import flow
 from fmjax.methods.base import Objective
 
 OBJECTIVE = Objective(

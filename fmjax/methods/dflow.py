@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmjax import flow, mismatch
+from fmjax.model import flow
+from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, pixel_norm
 
 

@@ -1,4 +1,4 @@
-"""Flow Mismatching (the paper's method, Section 3): the kernel is `fmjax.mismatch.flow_mismatch`.
+"""Flow Mismatching (the paper's method, Section 3): the kernel is `fmjax.methods.mismatch.flow_mismatch`.
 
 K seeds x0^k per image, T interior times t_j = j / (T + 1); heatmap
 H = (1/T) sum_t t^2 aggregate_k ||v(x_t^k, t) - (y - x0^k)||^2.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from fmjax import mismatch
+from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer
 
 

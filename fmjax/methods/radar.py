@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import mismatch
+from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, full_times, pixel_norm
 
 IMAGE_SCORES = ("top1", "isolation_forest")

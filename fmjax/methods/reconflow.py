@@ -9,7 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fmjax import flow, mismatch
+from fmjax.model import flow
+from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, pixel_norm
 
 

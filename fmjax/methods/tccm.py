@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fmjax import flow
+from fmjax.model import flow
 from fmjax.methods.base import Objective, Scorer, full_times, one_pass_heatmaps, pixel_norm
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fmjax import flow
+from fmjax.model import flow
 from fmjax.methods.base import Objective, Scorer, one_pass_heatmaps
 
 

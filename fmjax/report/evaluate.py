@@ -4,7 +4,7 @@
                   the report in <workdir>/eval/
   score_folder()  unlabeled images: scores.csv and heatmaps in <workdir>/scores/<folder>/
 
-Scoring itself is `fmjax.scoring`; thresholds and the cascade are `fmjax.decisions`.
+Scoring itself is `fmjax.score.scoring`; thresholds and the cascade are `fmjax.decide.decisions`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ import os
 import jax
 import numpy as np
 
-from fmjax import calibration, decisions, report, sharding
+from fmjax.decide import calibration, decisions
+from fmjax.report import writer as report
+from fmjax.core import sharding
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.sources import folder_images, read_images
-from fmjax.errors import ConfigError
-from fmjax.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
-from fmjax.runlog import MetricWriter, StepTrace
-from fmjax.scoring import (CALIBRATION_KEYS, cheap_config, fit_image_scores, score_arrays,
+from fmjax.core.errors import ConfigError
+from fmjax.report.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
+from fmjax.core.runlog import MetricWriter, StepTrace
+from fmjax.score.scoring import (CALIBRATION_KEYS, cheap_config, fit_image_scores, score_arrays,
                            score_dataset, scorer_settings)
-from fmjax.workdir import class_labels, load_params_for_eval, prepare_workdir, warn
+from fmjax.core.workdir import prepare_workdir, warn
+from fmjax.train.restore import class_labels, load_params_for_eval
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:

@@ -15,8 +15,8 @@ from jax.sharding import SingleDeviceSharding
 
 from fmjax import methods
 from fmjax.data import NormStats, categories_of
-from fmjax.models.unet import build_unet, count_params, init_params
-from fmjax.optim import build_optimizer
+from fmjax.model.unet import build_unet, count_params, init_params
+from fmjax.model.optim import build_optimizer
 
 
 def num_classes_of(config) -> int:
@@ -72,7 +72,7 @@ def train_step_flops(model, optimizer, batch: int, image_size: int, ema_decay: f
                      objective: str = "cfm", objective_options: dict | None = None) -> float:
   """FLOPs of one training step on `batch` images (the objective's loss, gradient, optimiser
   update, EMA)."""
-  from fmjax import train  # pylint: disable=g-import-not-at-top
+  from fmjax.train import loop as train  # pylint: disable=g-import-not-at-top
   model = _cpu_model(model)
   state = jax.eval_shape(lambda k: train.create_train_state(
       model, optimizer, (image_size, image_size, 3), model.num_classes, k, ema_decay > 0),

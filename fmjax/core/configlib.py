@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fmjax import calibration, methods, runlog
+from fmjax.decide import calibration
+from fmjax import methods
+from fmjax.core import runlog
 from fmjax.data import DATASETS
-from fmjax.errors import ConfigError
+from fmjax.core.errors import ConfigError
 
 # Keys that moved into a method's own subtree: old flat key -> new key.
 RENAMED_KEYS = {
@@ -96,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
   c.evaluate.grid_columns = 8  # test images per category grid picture
   # Cascade scoring: every image at a cheap K, T; the full setting only for cheap scores in a
-  # band around the calibrated threshold (fmjax/cascade.py). Calibrate with it enabled first.
+  # band around the calibrated threshold (fmjax/decide/cascade.py). Calibrate with it enabled first.
   c.evaluate.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
                                                       margin=0.1))
   c.evaluate.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
@@ -106,10 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   # --mode=score and the report's calibrated column.
   c.calibrate.false_alarm_rates = "0.01"
 
-  c.export = ml_collections.ConfigDict()  # --mode=export (fmjax/export.py)
+  c.export = ml_collections.ConfigDict()  # --mode=export (fmjax/decide/export.py)
   c.export.platforms = "cpu,cuda,tpu"  # the platforms the StableHLO is lowered for
 
-  c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies.py)
+  c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies/ablations.py)
   c.study.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
   c.study.compute = "paper"  # Table 6's 30 (K, T) settings, or "KxT,KxT,..."
   c.study.aggregators = "min,mean,q0.1,q0.2,q0.3"  # Table 7
@@ -117,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.study.seeds = "0,1,2"  # seeds study: scoring seeds (evaluate.seed values)
   c.study.methods = "flow_mismatch,reconflow,dflow"  # methods study: scorers on the same model
 
-  # --mode=scaling (fmjax/scaling.py): one training run ("arm") per global batch size, each
+  # --mode=scaling (fmjax/studies/scaling.py): one training run ("arm") per global batch size, each
   # scored at the end; the defaults are the paper model's study (configs/scaling.py).
   c.scaling = ml_collections.ConfigDict()
   c.scaling.batch_sizes = "32,64,128,256,512,1024,2048,4096"
@@ -200,7 +202,7 @@ def scaling_batch_sizes(spec: str) -> list[int]:
 
 def scaling_errors(sc) -> list[str]:
   """What is wrong with the config's `scaling` subtree (checked whatever the mode)."""
-  from fmjax.optim import LR_RULES  # pylint: disable=g-import-not-at-top
+  from fmjax.model.optim import LR_RULES  # pylint: disable=g-import-not-at-top
   errors = []
   try:
     sizes = scaling_batch_sizes(sc.batch_sizes)

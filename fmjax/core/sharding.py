@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fmjax.errors import ConfigError
+from fmjax.core.errors import ConfigError
 
 DATA_AXIS = "data"
 

@@ -22,10 +22,14 @@ import os
 import jax
 import numpy as np
 
-from fmjax import calibration, configlib, decisions, files, methods, scoring
-from fmjax.errors import ConfigError
-from fmjax.models.unet import build_unet
-from fmjax.workdir import load_params_for_eval, prepare_workdir
+from fmjax.decide import calibration, decisions
+from fmjax.core import configlib, files
+from fmjax import methods
+from fmjax.score import scoring
+from fmjax.core.errors import ConfigError
+from fmjax.model.unet import build_unet
+from fmjax.core.workdir import prepare_workdir
+from fmjax.train.restore import load_params_for_eval
 
 FORMAT_VERSION = 1
 

@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-from fmjax import files
-from fmjax.errors import ConfigError
+from fmjax.core import files
+from fmjax.core.errors import ConfigError
 
 FILE = "calibration.json"
 

@@ -19,15 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmjax import checkpoint, files, methods, sharding
+from fmjax.train import checkpoint
+from fmjax.core import files, sharding
+from fmjax import methods
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
-from fmjax.errors import NonFiniteError
-from fmjax.models.unet import build_unet, count_params, init_params
-from fmjax.optim import build_optimizer, warmup_factor
-from fmjax.progress import Progress
-from fmjax.runlog import MetricWriter, StepTrace
-from fmjax.workdir import class_labels, model_meta, prepare_workdir, restore_newest, state_meta
+from fmjax.core.errors import NonFiniteError
+from fmjax.model.unet import build_unet, count_params, init_params
+from fmjax.model.optim import build_optimizer, warmup_factor
+from fmjax.core.progress import Progress
+from fmjax.core.runlog import MetricWriter, StepTrace
+from fmjax.core.workdir import prepare_workdir
+from fmjax.train.restore import class_labels, model_meta, restore_newest, state_meta
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
 
@@ -153,8 +156,8 @@ def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
 
 
 class TrainHook:
-  """Work done inside the training loop besides the update (e.g. `fmjax.validation`'s held-out
-  loss, `fmjax.noise_scale`'s gradient noise scale). Subclasses override what they need.
+  """Work done inside the training loop besides the update (e.g. `fmjax.studies.validation`'s held-out
+  loss, `fmjax.studies.noise_scale`'s gradient noise scale). Subclasses override what they need.
 
   Steps are 1-based update counts; `state` is the train state (do not keep it: the next
   step donates its buffers).

@@ -1,5 +1,5 @@
 """Decisions without test labels: the calibration run, the rule that decides new images,
-and cascade scoring (fmjax/calibration.py and fmjax/cascade.py hold the arithmetic).
+and cascade scoring (fmjax/decide/calibration.py and fmjax/decide/cascade.py hold the arithmetic).
 
   calibrate()       scores the held-out normals; writes <workdir>/calibration.json
   decision_rule()   the threshold new images of a category are decided with
@@ -14,12 +14,15 @@ import time
 import jax
 import numpy as np
 
-from fmjax import calibration, cascade, files, methods, sharding
+from fmjax.decide import calibration, cascade
+from fmjax.core import files, sharding
+from fmjax import methods
 from fmjax.data import AnomalyDataset, load_dataset
-from fmjax.errors import CheckpointMismatchError, ConfigError
-from fmjax.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
+from fmjax.core.errors import CheckpointMismatchError, ConfigError
+from fmjax.score.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
                            fit_image_scores, score_arrays, scorer_settings)
-from fmjax.workdir import class_labels, load_params_for_eval, saved_meta, warn
+from fmjax.core.workdir import warn
+from fmjax.train.restore import class_labels, load_params_for_eval, saved_meta
 
 
 def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:

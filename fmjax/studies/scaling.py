@@ -7,9 +7,9 @@ on the whole mesh, each in <workdir>/arms/batch_<B>/ (a complete fmjax workdir):
                   (none | linear | sqrt in B / base), linear warm-up over
                   scaling.warmup_examples examples (ceil(examples / B) updates)
   budget          the same number of examples, epochs or optimizer steps per arm
-  held-out loss   `fmjax.validation` at multiples of scaling.val_every_examples examples
+  held-out loss   `fmjax.studies.validation` at multiples of scaling.val_every_examples examples
                   (val_metrics.jsonl; needs data.val_fraction > 0)
-  noise scale     `fmjax.noise_scale` every scaling.noise_scale_every steps (noise_metrics.jsonl)
+  noise scale     `fmjax.studies.noise_scale` every scaling.noise_scale_every steps (noise_metrics.jsonl)
   at the end      the seven metrics (eval/, as --mode=evaluate), training FLOPs (XLA's count of
                   one update x steps), wall time and images/s of the training loop: arm.json
 
@@ -33,15 +33,19 @@ import numpy as np
 import scipy.optimize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fmjax import (configlib, evaluate, files, methods, noise_scale, plots, sharding, train,
-                   validation)
+from fmjax.core import configlib, files, plots, sharding
+from fmjax.report import evaluate
+from fmjax import methods
+from fmjax.studies import noise_scale, validation
+from fmjax.train import loop as train
 from fmjax.data import AnomalyDataset
-from fmjax.errors import ConfigError
-from fmjax.models.unet import build_unet
-from fmjax.optim import build_optimizer, scaled_learning_rate
-from fmjax.report import format_percent, json_safe
-from fmjax.runlog import read_metrics, write_run_record
-from fmjax.workdir import class_labels, prepare_workdir
+from fmjax.core.errors import ConfigError
+from fmjax.model.unet import build_unet
+from fmjax.model.optim import build_optimizer, scaled_learning_rate
+from fmjax.report.writer import format_percent, json_safe
+from fmjax.core.runlog import read_metrics, write_run_record
+from fmjax.core.workdir import prepare_workdir
+from fmjax.train.restore import class_labels
 
 # What an arm's results depend on: a rerun with other values is refused.
 ARM_KEYS = ("batch_size", "learning_rate", "warmup_steps", "steps", "val_steps", "val_times",
@@ -184,7 +188,7 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   result = evaluate.evaluate(cfg, directory, dataset)
   if jax.process_index() != 0:
     return None
-  from fmjax.describe import train_step_flops  # pylint: disable=g-import-not-at-top
+  from fmjax.studies.describe import train_step_flops  # pylint: disable=g-import-not-at-top
   step_flops = train_step_flops(model, build_optimizer(cfg.train), arm["batch_size"],
                                 cfg.data.image_size, cfg.train.ema_decay, cfg.train.objective,
                                 methods.objective_options(cfg.train))

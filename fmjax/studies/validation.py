@@ -4,7 +4,7 @@
           (v(x_ij, t_j, c_i) - (x1_i - x0_ij))^2,   x_ij = (1 - t_j) x0_ij + t_j x1_i
 
 with x1_i the normalised image, c_i its model label and x0_ij ~ N(0, I) drawn from
-fold_in(fold_in(key(seed), id_i), j), where id_i is the image's content id (`fmjax.ids`).
+fold_in(fold_in(key(seed), id_i), j), where id_i is the image's content id (`fmjax.core.ids`).
 Each image's term depends only on its pixels, the parameters and (seed, J), so the loss
 does not change with the batch size, the device count or the order of the images; the
 model runs without dropout. `ValidationLoss` is the training hook that logs it at fixed
@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import flow, sharding
+from fmjax.model import flow
+from fmjax.core import sharding
 from fmjax.data import NormStats
-from fmjax.ids import image_ids
-from fmjax.runlog import MetricWriter
-from fmjax.train import TrainHook
+from fmjax.core.ids import image_ids
+from fmjax.core.runlog import MetricWriter
+from fmjax.train.loop import TrainHook
 
 
 def time_grid(num_times: int) -> np.ndarray:

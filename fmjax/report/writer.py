@@ -16,7 +16,9 @@ import os
 
 import numpy as np
 
-from fmjax import calibration, files, methods, plots
+from fmjax.decide import calibration
+from fmjax.core import files, plots
+from fmjax import methods
 from fmjax.data import AnomalyDataset
 
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from fmjax.errors import NonFiniteError
+from fmjax.core.errors import NonFiniteError
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")

@@ -1,135 +1,31 @@
-"""What training and evaluation share about a workdir, below both of them.
+"""What training and evaluation share about a run's checkpoints, below both of them.
 
-The workdir checks (creatable, writable, locked by one run at a time), the
-identity a checkpoint must match (derived from the whole `config.model`, so a new
-architecture field can never escape the check), class labels of a class set, the
-fallback past checkpoints that no longer restore, and restoring the parameters
-(and EMA parameters) for evaluation without the optimiser state.
+The identity a checkpoint must match (derived from the whole `config.model`, so a new
+architecture field can never escape the check), class labels of a class set, the fallback
+past checkpoints that no longer restore, and restoring the parameters (and EMA parameters)
+for evaluation without the optimiser state.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import socket
-import sys
 import time
 
 import jax
 import numpy as np
 
-from fmjax import checkpoint, files, sharding
+from fmjax.core import files, sharding
+from fmjax.core.errors import MissingCheckpointError, UserError
+from fmjax.core.workdir import warn
 from fmjax.data import NormStats
-from fmjax.errors import MissingCheckpointError, UserError, WorkdirError
-from fmjax.models.unet import build_unet, init_params
+from fmjax.model.unet import build_unet, init_params
+from fmjax.train import checkpoint
 
-LOCK_NAME = ".fmjax.lock"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 # config.model fields that set how the model computes, not what its parameters are.
 COMPUTE_ONLY_MODEL_KEYS = ("dtype", "attention_impl", "dropout")
-
-
-def warn(message: str) -> None:
-  """One warning line on stderr (process 0 only)."""
-  if jax.process_index() == 0:
-    print(f"fmjax: warning: {message}", file=sys.stderr, flush=True)
-
-
-def prepare_workdir(workdir: str) -> None:
-  """Creates `workdir` (or an output folder in it); refuses a file or a place that cannot be
-  created or written, with the reason, before any expensive work. A bucket (gs://) is
-  written through etils.epath (see fmjax.files); other URLs are refused."""
-  scheme = files.unsupported_url(workdir)
-  if scheme:
-    raise WorkdirError(f"--workdir {workdir!r}: {scheme}:// is not supported; use a local or "
-                       "shared folder, or a gs:// bucket (pip install 'fmjax[gcs]').")
-  try:
-    if files.exists(workdir) and not files.isdir(workdir):
-      raise WorkdirError(f"--workdir {workdir!r} is a file, not a directory; choose a directory.")
-    files.makedirs(workdir)
-  except ImportError as e:
-    raise WorkdirError(f"--workdir {workdir!r} needs a filesystem library that is not "
-                       f"installed ({e}). For gs:// install them with: pip install "
-                       "'fmjax[gcs]'.") from e
-  except OSError as e:
-    raise WorkdirError(f"Cannot create {workdir!r}: {e.strerror or e}.") from e
-  probe = os.path.join(workdir, f".fmjax-write-test-{socket.gethostname()}-{os.getpid()}")
-  try:
-    files.write_text(probe, "ok")
-    files.remove(probe)
-  except OSError as e:
-    raise WorkdirError(f"Cannot write into {workdir!r}: {e.strerror or e}. Use a writable "
-                       "--workdir (copy the run there to evaluate it).") from e
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-class WorkdirLock:
-  """<workdir>/.fmjax.lock, held for one run: a second run on the same workdir is refused.
-
-  The file holds the holder's pid, host, mode and start time. A lock left by a process
-  that is gone (same host, pid not running) is stale and taken over with a warning;
-  a lock from another host cannot be checked and is always respected. Only process 0
-  of a multi-process run takes the lock.
-  """
-
-  def __init__(self, workdir: str, mode: str):
-    self.path = os.path.join(workdir, LOCK_NAME)
-    self.workdir, self.mode, self.held = workdir, mode, False
-
-  def _holder(self) -> dict | None:
-    for _ in range(3):  # a holder may be between creating the file and writing it
-      try:
-        return json.loads(files.read_text(self.path))
-      except FileNotFoundError:
-        return None
-      except (OSError, ValueError):
-        time.sleep(0.2)
-    return {}
-
-  def __enter__(self):
-    if jax.process_index() != 0:
-      return self
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
-          "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    for _ in range(3):
-      try:
-        if files.create_exclusive(self.path, json.dumps(me)):
-          self.held = True
-          return self
-      except OSError as e:
-        raise WorkdirError(f"Cannot write into {self.workdir!r}: {e.strerror or e}.") from e
-      holder = self._holder()
-      if holder is None:
-        continue  # released meanwhile
-      pid, host = holder.get("pid"), holder.get("host")
-      stale = (host == me["host"] and isinstance(pid, int) and
-               (pid == me["pid"] or not _pid_alive(pid))) or holder == {}
-      if not stale:
-        raise WorkdirError(
-            f"workdir {self.workdir} in use by pid {pid} on host {host} (--mode="
-            f"{holder.get('mode')}, since {holder.get('started')}). Wait for that run, or "
-            f"remove {self.path} if it is gone.")
-      warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
-           "(that process is gone).")
-      files.remove(self.path)
-    raise WorkdirError(f"Could not take the lock {self.path}; try again.")
-
-  def __exit__(self, *exc):
-    if self.held:
-      self.held = False
-      files.remove(self.path)
-    return False
 
 
 def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = False,
@@ -228,14 +124,15 @@ def abstract_params(model, image_size: int, mesh):
 
 
 def load_params_for_eval(config, workdir: str, class_names=None, use_ema: bool = True,
-                         step: int | None = None):
+                         step: int | None = None, mesh=None):
   """(params, step, NormStats, class names) of the checkpoint at `step` (default: the latest).
 
   The checkpoint must match the config's model and, when given, `class_names`;
   without them the checkpoint's own class names are used (scoring new images).
-  The EMA parameters are used when `use_ema` and the checkpoint has them.
+  The EMA parameters are used when `use_ema` and the checkpoint has them. The parameters are
+  replicated over `mesh` (default: config.mesh.num_devices devices).
   """
-  mesh = sharding.make_mesh(config.mesh.num_devices)
+  mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh.num_devices)
 
   def restore(manager, step):
     meta = checkpoint.read_meta(manager, step)

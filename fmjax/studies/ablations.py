@@ -22,11 +22,12 @@ import os
 import jax
 import numpy as np
 
-from fmjax import files, methods, plots, sharding
-from fmjax.errors import ConfigError, MissingCheckpointError
-from fmjax.metrics import METRIC_KEYS, mean_over_categories
-from fmjax.report import format_percent, json_safe, present_columns
-from fmjax.workdir import load_params_for_eval, saved_steps
+from fmjax.core import files, plots, sharding
+from fmjax import methods
+from fmjax.core.errors import ConfigError, MissingCheckpointError
+from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
+from fmjax.report.writer import format_percent, json_safe, present_columns
+from fmjax.train.restore import load_params_for_eval, saved_steps
 
 STUDIES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
 POOLING_KINDS = ("conditional", "pooled")
@@ -137,7 +138,8 @@ def _setting_config(config, setting: dict):
 
 def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
   """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
-  from fmjax import evaluate, scoring  # pylint: disable=g-import-not-at-top
+  from fmjax.report import evaluate  # pylint: disable=g-import-not-at-top
+  from fmjax.score import scoring
   cfg = _setting_config(config, setting)
   run_dir = _run_dir(config, workdir, setting)
   step = setting.get("step", setting.get("checkpoint_step"))
@@ -162,7 +164,7 @@ def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
   kind is trained with the same recipe in <workdir>/studies/pooling/<kind>/.
   Returns the settings [{model, checkpoint_step}] to evaluate.
   """
-  from fmjax import train  # pylint: disable=g-import-not-at-top
+  from fmjax.train import loop as train  # pylint: disable=g-import-not-at-top
   settings = []
   for kind in POOLING_KINDS:
     run_dir = _run_dir(config, workdir, {"model": kind})

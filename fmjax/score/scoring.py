@@ -15,14 +15,17 @@ import time
 import jax
 import numpy as np
 
-from fmjax import cascade, methods, mismatch, sharding
+from fmjax.decide import cascade
+from fmjax import methods
+from fmjax.methods import mismatch
+from fmjax.core import sharding
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
-from fmjax.errors import ConfigError, DataLayoutError
-from fmjax.ids import image_ids
-from fmjax.models.unet import build_unet
-from fmjax.progress import Progress
-from fmjax.runlog import StepTrace
-from fmjax.workdir import class_labels
+from fmjax.core.errors import ConfigError, DataLayoutError
+from fmjax.core.ids import image_ids
+from fmjax.model.unet import build_unet
+from fmjax.core.progress import Progress
+from fmjax.core.runlog import StepTrace
+from fmjax.train.restore import class_labels
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
 THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")

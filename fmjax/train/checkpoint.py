@@ -15,8 +15,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from fmjax import files
-from fmjax.errors import CheckpointMismatchError, WorkdirError
+from fmjax.core import files
+from fmjax.core.errors import CheckpointMismatchError, WorkdirError
 
 
 class _QuietReadOnly(logging.Filter):

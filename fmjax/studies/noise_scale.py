@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmjax import methods, sharding
+from fmjax import methods
+from fmjax.core import sharding
 from fmjax.data import NormStats
-from fmjax.runlog import MetricWriter, read_metrics
-from fmjax.train import TrainHook
+from fmjax.core.runlog import MetricWriter, read_metrics
+from fmjax.train.loop import TrainHook
 
 
 def group_gradient_sq_norms(loss_fn, params, batch, groups: int):

@@ -29,8 +29,8 @@ import tempfile
 
 import jax
 
-from fmjax import files
-from fmjax.errors import ConfigError
+from fmjax.core import files
+from fmjax.core.errors import ConfigError
 
 
 def _is_writer() -> bool:

@@ -15,7 +15,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from fmjax import files
+from fmjax.core import files
 
 DPI = 100
 CMAP = "inferno"  # perceptually uniform, dark (low) to bright yellow (high)
