@@ -8,7 +8,7 @@ paper's K = T = 10, so a broken scorer or trainer fails on real data, not only o
 procedural images.
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config():

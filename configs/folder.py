@@ -8,7 +8,7 @@
 Every sub-folder of the root with a train/ folder is a category unless categories are given.
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config():

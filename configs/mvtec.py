@@ -7,7 +7,7 @@ The data root defaults to the shared sample (only `bottle` there): pass
 --config.data.categories=bottle to train on it.
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config():

@@ -2,10 +2,10 @@
 
   python -m fmjax.main --config configs/quickstart.py --workdir runs/quickstart
 
-The recipe is `fmjax.core.configlib.quickstart_config()` (the notebooks use it without this file).
+The recipe is `fmjax.configlib.quickstart_config()` (the notebooks use it without this file).
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config():

@@ -12,7 +12,7 @@ quickstart model on the embedded data (a few minutes on a CPU). The config's `mo
 plots); each arm is a complete workdir in <workdir>/arms/batch_<B>/.
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config(variant: str = "paper"):

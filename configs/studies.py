@@ -15,7 +15,7 @@ The model and data settings must be the ones the workdir was trained with (here 
 paper's, as in configs/mvtec.py). Results: <workdir>/studies/<name>/results.{md,json}, plot.png.
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config(study: str = "compute"):

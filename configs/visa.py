@@ -7,7 +7,7 @@ The root is VisA as distributed (<root>/<category>/Data/..., <root>/split_csv/1c
 the official 1cls split defines train/test, and masks are binarised (nonzero = defect).
 """
 
-from fmjax.core import configlib
+from fmjax import configlib
 
 
 def get_config():

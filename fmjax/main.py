@@ -42,13 +42,15 @@ _split_cpu_into_devices()
 from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set)
 from ml_collections import config_flags
 
-from fmjax.core import configlib, sharding  # noqa: E402
+from fmjax import configlib  # noqa: E402
+from fmjax.core import sharding  # noqa: E402
 from fmjax.core.errors import ConfigError, UserError  # noqa: E402
+from fmjax.core.settings import MODES  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_enum("mode", None, list(configlib.MODES),
+flags.DEFINE_enum("mode", None, list(MODES),
                   "What to run (default: the config's `mode`, else train_and_evaluate).")
 flags.mark_flags_as_required(["config"])
 
@@ -92,11 +94,15 @@ def _run_locked(config, workdir: str, mode: str):
     return run_scaling(config, workdir, dataset)
   if mode in ("train", "train_and_evaluate"):
     result = train.train(config, workdir, dataset)
-  if mode == "calibrate" or (mode == "train_and_evaluate" and dataset.val_images is not None
-                             and len(dataset.val_images)):
-    result = decisions.calibrate(config, workdir, dataset)
+  held_out = dataset.val_images is not None and len(dataset.val_images) > 0
+  session = None  # calibration and evaluation share the checkpoint and its compiled scorers
+  if mode == "train_and_evaluate" and held_out:
+    from fmjax.score.session import ScoringSession
+    session = ScoringSession.load(config, workdir, dataset.class_names)
+  if mode == "calibrate" or (mode == "train_and_evaluate" and held_out):
+    result = decisions.calibrate(config, workdir, dataset, session)
   if mode in ("evaluate", "train_and_evaluate"):
-    result = evaluate.evaluate(config, workdir, dataset)
+    result = evaluate.evaluate(config, workdir, dataset, session)
   return result
 
 

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmjax.score.session import ScoringSession
 from fmjax.decide import calibration
-from fmjax.score import scoring
 from fmjax import main as fm_main
 from fmjax.data import hold_out_normals, load_dataset, pipeline
 from fmjax.data.dataset import held_out_count
 from fmjax.data.synthetic import make_synthetic_dataset
 from fmjax.core.errors import CheckpointMismatchError, ConfigError
-from fmjax.train.restore import class_labels, load_params_for_eval
 
 from conftest import tiny_config
 
@@ -111,11 +110,9 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
 
   # Independently: score the held-out images and take the order statistics.
   dataset = load_dataset(config.data)
-  params, step, norm, _ = load_params_for_eval(config, str(tmp_path), dataset.class_names)
-  from fmjax.core import sharding
-  heat, scores, _ = scoring.score_arrays(
-      config, params, dataset.val_images, class_labels(config, dataset.val_classes, 3), 3, norm,
-      sharding.make_mesh(1))
+  session = ScoringSession.load(config, str(tmp_path), dataset.class_names)
+  step = session.step
+  heat, scores, _ = session.score(dataset.val_images, dataset.val_classes)
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.val_classes == ci
     entry = saved["categories"][name]

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmjax.score.session import ScoringSession
 from fmjax.decide import cascade
-from fmjax.score import scoring
-from fmjax.core import sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
-from fmjax.train.restore import class_labels, load_params_for_eval
 
 from conftest import tiny_config
 
@@ -63,15 +61,13 @@ def test_cascade_end_to_end_matches_independent_scoring(tmp_path):
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
   saved = json.loads((tmp_path / "calibration.json").read_text())["cascade"]
   dataset = load_dataset(config.data)
-  params, _, norm, _ = load_params_for_eval(config, str(tmp_path), dataset.class_names)
-  mesh = sharding.make_mesh(1)
-  score = lambda cfg, images, classes: scoring.score_arrays(
-      cfg, params, images, class_labels(cfg, classes, 3), 3, norm, mesh)[:2]
-  cheap_cfg = scoring.cheap_config(config)
-  assert (cheap_cfg.evaluate.num_seeds, cheap_cfg.evaluate.num_times) == (1, 1)
-  _, val_full = score(config, dataset.val_images, dataset.val_classes)
-  _, val_cheap = score(cheap_cfg, dataset.val_images, dataset.val_classes)
-  _, test_cheap = score(cheap_cfg, dataset.test_images, dataset.test_classes)
+  session = ScoringSession.load(config, str(tmp_path), dataset.class_names)
+  score = lambda ec, images, classes: session.score(images, classes, ec)[:2]
+  cheap_ec = cascade.cheap_eval_config(config.evaluate)
+  assert (cheap_ec.num_seeds, cheap_ec.num_times) == (1, 1)
+  _, val_full = score(config.evaluate, dataset.val_images, dataset.val_classes)
+  _, val_cheap = score(cheap_ec, dataset.val_images, dataset.val_classes)
+  _, test_cheap = score(cheap_ec, dataset.test_images, dataset.test_classes)
   test_full = np.array([i["score"] for i in result["images"]])
   rescored = agreed = 0
   for ci, name in enumerate(dataset.class_names):

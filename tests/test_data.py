@@ -269,7 +269,7 @@ def test_file_stream_equals_memory_stream(tmp_path):
 
 
 def test_visa_config_reads_a_visa_tree(tmp_path):
-  from fmjax.core.configlib import validate
+  from fmjax.configlib import validate
   from fmjax.data import categories_of, load_dataset
   import importlib.util
   spec = importlib.util.spec_from_file_location("visa_config", os.path.join(
@@ -287,7 +287,7 @@ def test_visa_config_reads_a_visa_tree(tmp_path):
 
 
 def _tfds_config(name, root, tfds_dir, categories, size):
-  from fmjax.core.configlib import base_config
+  from fmjax.configlib import base_config
   c = base_config()
   c.data.name, c.data.root, c.data.tfds_dir = name, root, str(tfds_dir)
   c.data.categories, c.data.image_size = categories, size

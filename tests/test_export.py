@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmjax.score.session import ScoringSession
 from fmjax import deploy
-from fmjax.score import scoring
-from fmjax.core import sharding
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
 from fmjax.core.errors import ConfigError
-from fmjax.train.restore import class_labels, load_params_for_eval
 
 from conftest import REPO, tiny_config
 
@@ -38,10 +36,8 @@ def exported(tmp_path_factory):
 def test_exported_scores_equal_in_process_scoring(exported):
   workdir, path, config = exported
   dataset = load_dataset(config.data)
-  params, _, norm, _ = load_params_for_eval(config, str(workdir), dataset.class_names)
-  labels = class_labels(config, dataset.test_classes, dataset.num_classes)
-  heat, scores, _ = scoring.score_arrays(config, params, dataset.test_images, labels,
-                                          dataset.num_classes, norm, sharding.make_mesh(1))
+  session = ScoringSession.load(config, str(workdir), dataset.class_names)
+  heat, scores, _ = session.score(dataset.test_images, dataset.test_classes)
   scorer = deploy.load(str(path))
   metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
   calibration = json.loads((workdir / "calibration.json").read_text())

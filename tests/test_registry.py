@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fmjax.core import configlib
+from fmjax import configlib
 from fmjax.train import restore
 from fmjax import methods
 from fmjax import main as fm_main
@@ -89,23 +89,16 @@ def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method)
 
 def test_radar_isolation_forest_scores_per_category(cfm_run):
   from fmjax.data import load_dataset
-  from fmjax.score import scoring
-  from fmjax.core import sharding
+  from fmjax.score.session import ScoringSession
   from fmjax.methods.radar import isolation_forest_scores
   config = tiny_config(**{"evaluate.method": "radar", "evaluate.radar.image_score": "isolation_forest"})
   result = fm_main.run(config, str(cfm_run), "evaluate")
   assert result["settings"]["method_options"]["image_score"] == "isolation_forest"
   # The same scores from the maps: one forest per category, fitted on its normal training maps.
   dataset = load_dataset(config.data)
-  params, _, norm, _ = restore.load_params_for_eval(config, str(cfm_run), dataset.class_names)
-  mesh = sharding.make_mesh(1)
-  labels = restore.class_labels(config, dataset.train_classes, dataset.num_classes)
-  train_maps, _, _ = scoring.score_arrays(config, params, dataset.train_images, labels,
-                                           dataset.num_classes, norm, mesh)
-  test_maps, _, _ = scoring.score_arrays(
-      config, params, dataset.test_images,
-      restore.class_labels(config, dataset.test_classes, dataset.num_classes),
-      dataset.num_classes, norm, mesh)
+  session = ScoringSession.load(config, str(cfm_run), dataset.class_names)
+  train_maps, _, _ = session.score(dataset.train_images, dataset.train_classes)
+  test_maps, _, _ = session.score(dataset.test_images, dataset.test_classes)
   for ci in range(dataset.num_classes):
     forest = isolation_forest_scores(train_maps[dataset.train_classes == ci], config.evaluate.seed)
     sel = dataset.test_classes == ci
@@ -127,7 +120,8 @@ def test_evaluation_restores_parameters_only(cfm_run):
 
 
 # The packages of fmjax/ in data-flow order: a module imports only from its own package or
-# from those before it. main, deploy and describe (the entry points) sit above them all.
+# from those before it. main, deploy (the entry points) and configlib (the defaults, recipes
+# and validation) sit above them all, and no package imports them.
 LAYERS = ("core", "data", "model", "methods", "train", "score", "decide", "report", "studies")
 
 
@@ -148,7 +142,7 @@ def _fmjax_imports(path):
 
 def test_layers_import_only_downwards():
   import pathlib
-  package_root = pathlib.Path(configlib.__file__).parents[1]
+  package_root = pathlib.Path(configlib.__file__).parent  # fmjax/configlib.py
   modules = sorted(package_root.rglob("*.py"))
   assert {p.parent.name for p in modules if p.parent != package_root} == set(LAYERS)
   upward = []

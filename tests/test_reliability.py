@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmjax.score.session import ScoringSession
 from fmjax.train import checkpoint
 from fmjax.report import evaluate
 from fmjax import main as fm_main
@@ -169,7 +170,7 @@ def test_unwritable_outputs_stop_before_scoring(trained, tmp_path, monkeypatch):
   shutil.copytree(trained, run)
   shutil.rmtree(run / "eval")
   (run / "eval").write_text("in the way")
-  monkeypatch.setattr(evaluate, "score_dataset", lambda *a: pytest.fail("scored anyway"))
+  monkeypatch.setattr(ScoringSession, "score", lambda *a, **k: pytest.fail("scored anyway"))
   with pytest.raises(WorkdirError, match="eval' is a file"):
     fm_main.run(tiny_config(), str(run), "evaluate")
   out = _cli("--config", "configs/quickstart.py", "--workdir", "/proc/fmjax-run", "--mode=evaluate")

@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from fmjax import main as fm_main
-from fmjax.core import configlib, runlog
+from fmjax import configlib
+from fmjax.core import runlog
 from fmjax import methods
 from fmjax.train import loop as train
 from fmjax.data import NormStats, load_dataset, pipeline

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.core import configlib, sharding
+from fmjax import configlib
+from fmjax.core import sharding
 from fmjax.studies import noise_scale, scaling, validation
 from fmjax.model import optim
 from fmjax.train import loop as train

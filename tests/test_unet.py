@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.core import configlib
+from fmjax import configlib
 from fmjax.data import categories_of
 from fmjax.model.unet import UNet, build_unet, count_params, timestep_embedding
 

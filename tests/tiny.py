@@ -4,7 +4,7 @@ that a subprocess loads)."""
 
 def tiny_config(**overrides):
   """A U-Net small enough to train a few steps on CPU in seconds, on 16x16 synthetic data."""
-  from fmjax.core import configlib
+  from fmjax import configlib
   c = configlib.base_config()
   c.data.name = "synthetic"
   c.data.image_size = 16

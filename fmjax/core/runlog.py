@@ -30,7 +30,7 @@ import tempfile
 import jax
 
 from fmjax.core import files
-from fmjax.core.errors import ConfigError
+from fmjax.core.settings import trace_window
 
 
 def _is_writer() -> bool:
@@ -140,20 +140,6 @@ class MetricWriter:
     if self._tb:
       self._tb.close()
     self._tb = None
-
-
-def trace_window(spec: str, key: str) -> tuple[int, int] | None:
-  """"a,b" -> (a, b), the 1-based inclusive steps to trace; "" -> None; ConfigError otherwise."""
-  if not str(spec).strip():
-    return None
-  try:
-    a, b = (int(v) for v in str(spec).split(","))
-  except ValueError:
-    a = b = None
-  if a is None or not 1 <= a <= b:
-    raise ConfigError(f"{key} must be 'first,last' with 1 <= first <= last (e.g. '10,12'), "
-                      f"got {spec!r}")
-  return a, b
 
 
 class StepTrace:

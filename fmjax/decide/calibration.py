@@ -21,22 +21,22 @@ import os
 import numpy as np
 
 from fmjax.core import files
-from fmjax.core.errors import ConfigError
+from fmjax.core.settings import parse_list
 
 FILE = "calibration.json"
 
 
 def parse_rates(spec) -> list[float]:
   """"0.01,0.05" (or a sequence) -> [0.01, 0.05]; each in (0, 1), at least one."""
-  items = [v for v in str(spec).split(",") if v.strip()] if isinstance(spec, str) else list(spec)
-  try:
-    rates = [float(v) for v in items]
-  except ValueError:
-    rates = []
-  if not rates or not all(0 < r < 1 for r in rates):
-    raise ConfigError(f"calibrate.false_alarm_rates must be comma-separated rates in (0, 1), e.g. "
-                      f"'0.01,0.05'; got {spec!r}")
-  return rates
+  return parse_list(spec, "calibrate.false_alarm_rates", _rate,
+                    rule="comma-separated rates in (0, 1) (e.g. '0.01,0.05')")
+
+
+def _rate(text) -> float:
+  rate = float(text)
+  if not 0 < rate < 1:
+    raise ValueError(f"{rate} is not in (0, 1)")
+  return rate
 
 
 def rate_key(rate: float) -> str:

@@ -17,12 +17,22 @@ with full scoring on the test split; the README reports it.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 
 def cheap_options(cascade_config) -> dict:
   """The evaluate.* values of the cheap setting."""
   return {"num_seeds": int(cascade_config.num_seeds), "num_times": int(cascade_config.num_times)}
+
+
+def cheap_eval_config(eval_config):
+  """A copy of `config.evaluate` with the cheap setting's K and T (evaluate.cascade.*)."""
+  cheap = copy.deepcopy(eval_config)
+  with cheap.unlocked():
+    cheap.update(cheap_options(eval_config.cascade))
+  return cheap
 
 
 def band(cheap: np.ndarray, full: np.ndarray, threshold: float, margin: float) -> dict:

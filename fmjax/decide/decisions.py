@@ -14,49 +14,46 @@ import time
 import jax
 import numpy as np
 
-from fmjax.decide import calibration, cascade
-from fmjax.core import files, sharding
 from fmjax import methods
-from fmjax.data import AnomalyDataset, load_dataset
+from fmjax.core import files
 from fmjax.core.errors import CheckpointMismatchError, ConfigError
-from fmjax.score.scoring import (CALIBRATION_KEYS, THRESHOLD_KEYS, apply_fitted, cheap_config,
-                           fit_image_scores, score_arrays, scorer_settings)
 from fmjax.core.workdir import warn
-from fmjax.train.restore import class_labels, load_params_for_eval, saved_meta
+from fmjax.data import AnomalyDataset, load_dataset
+from fmjax.decide import calibration, cascade
+from fmjax.score.scoring import CALIBRATION_KEYS, THRESHOLD_KEYS
+from fmjax.score.session import ScoringSession
+from fmjax.train.restore import saved_meta
 
 
-def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
-  """Scores the held-out normal images with the latest checkpoint and writes per-category image
-  and pixel thresholds at `calibrate.false_alarm_rates` to <workdir>/calibration.json."""
+def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None,
+              session: ScoringSession | None = None) -> dict:
+  """Scores the held-out normal images with the latest checkpoint (or `session`'s) and writes
+  per-category image and pixel thresholds at `calibrate.false_alarm_rates` to
+  <workdir>/calibration.json."""
   rates = calibration.parse_rates(config.calibrate.false_alarm_rates)
   dataset = dataset if dataset is not None else load_dataset(config.data)
   if dataset.val_images is None or len(dataset.val_images) == 0:
     raise ConfigError("data.val_fraction is 0: no normal images are held out of training, so "
                       "there is nothing to calibrate on. Train a model with "
                       "--config.data.val_fraction=0.1 (the default) in a new --workdir.")
-  params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
-                                               config.evaluate.use_ema)
+  session = session or ScoringSession.load(config, workdir, dataset.class_names)
+  step = session.step
   trained = saved_meta(workdir, step).get("state", {}).get("val_fraction")
   if trained != float(config.data.val_fraction):
     raise CheckpointMismatchError(
         f"The checkpoint at step {step} was trained with data.val_fraction={trained!r}, the "
         f"config has {config.data.val_fraction!r}: the held-out images would not be the ones "
         "the model never saw. Calibrate with the val_fraction it was trained with.")
-  mesh = sharding.make_mesh(config.mesh.num_devices)
-  labels = class_labels(config, dataset.val_classes, dataset.num_classes)
-  heatmaps, scores, _ = score_arrays(config, params, dataset.val_images, labels,
-                                     dataset.num_classes, norm, mesh, what="calibrate")
-  scores = apply_fitted(fit_image_scores(config, params, dataset, norm, mesh), dataset,
-                        dataset.val_classes, heatmaps, scores)
-  result = {"settings": scorer_settings(config, step), "rates": rates, "categories": {}}
+  heatmaps, scores, _ = session.score_split(dataset, "val", what="calibrate")
+  result = {"settings": session.settings(), "rates": rates, "categories": {}}
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.val_classes == ci
     if sel.any():
       result["categories"][name] = calibration.calibrate_category(scores[sel], heatmaps[sel], rates)
   cc = config.evaluate.cascade
   if cc.enabled:  # the band of cheap scores that the full setting scores again
-    _, cheap, _ = score_arrays(cheap_config(config), params, dataset.val_images, labels,
-                               dataset.num_classes, norm, mesh, what="calibrate (cheap)")
+    _, cheap, _ = session.score(dataset.val_images, dataset.val_classes,
+                                cascade.cheap_eval_config(config.evaluate), "calibrate (cheap)")
     result["cascade"] = {**cascade.cheap_options(cc), "margin": float(cc.margin), "categories": {
         name: cascade.band(cheap[dataset.val_classes == ci], scores[dataset.val_classes == ci],
                            calibration.decision_threshold(result, name), cc.margin)
@@ -146,11 +143,13 @@ def cascade_results(bands: dict, dataset: AnomalyDataset, cheap: np.ndarray, ful
           "per_category": per_category}
 
 
-def cascade_scores(config, workdir, params, images, labels, num_classes, norm, mesh, category,
-                    settings, trace):
-  """Cascade scoring of new images: heatmaps, scores, decisions, the setting each image's score
-  comes from ("cheap" or "full"), and the images/s of the whole cascade (compilation included)."""
-  cal, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
+def cascade_scores(session: ScoringSession, workdir: str, images: np.ndarray,
+                   classes: np.ndarray, category: str, trace=None):
+  """Cascade scoring of new images [M,H,W,3] of class indices [M]: heatmaps, scores, decisions,
+  the setting each image's score comes from ("cheap" or "full"), and the images/s of the whole
+  cascade (compilation included)."""
+  config = session.config
+  cal, why = calibration.load(workdir, session.settings(), CALIBRATION_KEYS)
   bands = cascade_in(cal, config)
   if bands is None or category not in bands["categories"]:
     raise ConfigError("evaluate.cascade.enabled needs a cascade band calibrated for this "
@@ -161,14 +160,13 @@ def cascade_scores(config, workdir, params, images, labels, num_classes, norm, m
     raise ConfigError("evaluate.cascade works with on-device image scores, not a fitted one.")
   band = bands["categories"][category]
   t0 = time.time()
-  heat, cheap, _ = score_arrays(cheap_config(config), params, images, labels, num_classes, norm,
-                                mesh, what="cascade (cheap)", trace=trace)
+  heat, cheap, _ = session.score(images, classes, cascade.cheap_eval_config(config.evaluate),
+                                 "cascade (cheap)", trace)
   rescore, _ = cascade.route(cheap, band)
   heatmaps, scores = heat.copy(), cheap.astype(np.float64)
   full = np.zeros(0)
   if rescore.any():
-    heat_full, full, _ = score_arrays(config, params, images[rescore], labels[rescore],
-                                      num_classes, norm, mesh, what="cascade (full)")
+    heat_full, full, _ = session.score(images[rescore], classes[rescore], what="cascade (full)")
     heatmaps[rescore], scores[rescore] = heat_full, full
   flags, _ = cascade.decide(cheap, full, band, band["threshold"])
   setting = ["full" if r else "cheap" for r in rescore]

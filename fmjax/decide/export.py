@@ -22,14 +22,16 @@ import os
 import jax
 import numpy as np
 
-from fmjax.decide import calibration, decisions
-from fmjax.core import configlib, files
 from fmjax import methods
-from fmjax.score import scoring
+from fmjax.core import files
 from fmjax.core.errors import ConfigError
-from fmjax.model.unet import build_unet
 from fmjax.core.workdir import prepare_workdir
-from fmjax.train.restore import load_params_for_eval
+from fmjax.decide import calibration, decisions
+from fmjax.decide.settings import export_platforms
+from fmjax.model.unet import build_unet
+from fmjax.score import scoring
+from fmjax.score.session import ScoringSession
+
 
 FORMAT_VERSION = 1
 
@@ -43,15 +45,16 @@ def export_scorer(config, workdir: str) -> str:
                       "scikit-learn on the training images, which cannot be exported as StableHLO; "
                       f"use the default on-device image score (e.g. evaluate.{ec.method}.image_score"
                       "=top1).")
-  platforms = configlib.export_platforms(config.export.platforms)
-  params, step, norm, class_names = load_params_for_eval(config, workdir, None, ec.use_ema)
+  platforms = export_platforms(config.export.platforms)
+  session = ScoringSession.load(config, workdir)
+  step, class_names = session.step, session.class_names
   model_config = config.model
   if platforms != ["cuda"] and model_config.attention_impl != "xla":
     model_config = model_config.copy_and_resolve_references()
     model_config.attention_impl = "xla"  # cuDNN attention lowers for CUDA only
   model = build_unet(model_config, len(class_names))
-  leaves, treedef = jax.tree.flatten(jax.device_get(params))
-  score_local = scoring.local_score_fn(model, norm, ec)
+  leaves, treedef = jax.tree.flatten(jax.device_get(session.params))
+  score_local = scoring.local_score_fn(model, session.norm, ec)
 
   def exported_fn(flat_params, images, labels, ids):
     return score_local(jax.tree.unflatten(treedef, flat_params), images, labels, ids)
@@ -71,7 +74,7 @@ def export_scorer(config, workdir: str) -> str:
   buffer = io.BytesIO()
   np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
   files.write_bytes(os.path.join(out_dir, "params.npz"), buffer.getvalue())
-  settings = scoring.scorer_settings(config, step)
+  settings = session.settings()
   thresholds = {}
   for name in class_names:
     rule = decisions.decision_rule(workdir, name, settings)

@@ -3,9 +3,9 @@
 A `Scorer` turns test images into heatmaps with a trained velocity model; an
 `Objective` is the loss a model is trained with. Both carry their name (the
 config value), a title and a one-line description for reports, and their
-options with defaults, stated once here and placed in the config at
-`evaluate.<name>.*` (scorers) or `train.<name>.*` (objectives) by
-`fmjax.core.configlib`.
+options with defaults, stated once in `fmjax.methods.settings` (without JAX) and
+placed in the config at `evaluate.<name>.*` (scorers) or `train.<name>.*`
+(objectives) by `fmjax.configlib.base_config`.
 
 The velocity signature is the same everywhere:
   velocity(x [N,H,W,C] float32, t [N] float32, labels [N] int32) -> v [N,H,W,C]

@@ -15,6 +15,7 @@ import optax
 from fmjax.model import flow
 from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, pixel_norm
+from fmjax.methods.settings import SCORER_OPTIONS
 
 
 def d_flow(velocity_fn, y: jax.Array, x0: jax.Array, labels: jax.Array, num_steps: int,
@@ -68,5 +69,4 @@ SCORER = Scorer(
                        f"noise (learning rate {s['learning_rate']})"),
     # Each Adam step runs the T steps forward and back (about 3 forwards), then one last pass.
     forwards=lambda s: s["num_times"] * (3 * s["iterations"] + 1),
-    options={"iterations": 20,  # Adam steps on the initial noise
-             "learning_rate": 0.1})
+    options=SCORER_OPTIONS["dflow"])  # iterations, learning_rate

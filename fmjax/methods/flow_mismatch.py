@@ -6,10 +6,9 @@ H = (1/T) sum_t t^2 aggregate_k ||v(x_t^k, t) - (y - x0^k)||^2.
 
 from __future__ import annotations
 
-from ml_collections import config_dict
-
 from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer
+from fmjax.methods.settings import SCORER_OPTIONS
 
 
 def _heatmaps(velocity, y, labels, ids, ctx):
@@ -38,5 +37,4 @@ SCORER = Scorer(
     description="velocity mismatch along straight paths from K noise seeds to the test image, "
                 "t^2-weighted over T times",
     heatmaps=_heatmaps, summary=_summary, forwards=lambda s: s["num_seeds"] * s["num_times"], uses=("num_seeds", "num_times"), check=_check,
-    options={"aggregator": "min",  # min | mean | quantile (over the K seeds)
-             "quantile": config_dict.placeholder(float)})  # q in (0, 1] for aggregator=quantile
+    options=SCORER_OPTIONS["flow_mismatch"])  # aggregator (min | mean | quantile), quantile

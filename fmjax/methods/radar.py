@@ -33,6 +33,7 @@ import numpy as np
 
 from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, full_times, pixel_norm
+from fmjax.methods.settings import SCORER_OPTIONS
 
 IMAGE_SCORES = ("top1", "isolation_forest")
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32)
@@ -113,6 +114,4 @@ SCORER = Scorer(
     heatmaps=_heatmaps, summary=_summary, check=_check, forwards=lambda s: 1,
     image_score_fitter=lambda o: isolation_forest_scores if o["image_score"] == "isolation_forest"
     else None,
-    options={"t": 0.5,  # the time the test image is noised to
-             "edge_filter": False,  # Sobel gradient magnitude of the map
-             "image_score": "top1"})  # top1 (max + top-1% mean) | isolation_forest
+    options=SCORER_OPTIONS["radar"])  # t, edge_filter, image_score

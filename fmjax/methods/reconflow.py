@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from fmjax.model import flow
 from fmjax.methods import mismatch
 from fmjax.methods.base import Scorer, pixel_norm
+from fmjax.methods.settings import SCORER_OPTIONS
 
 
 def recon_flow(velocity_fn, y: jax.Array, x0: jax.Array, labels: jax.Array, t_init: float,
@@ -49,4 +50,4 @@ SCORER = Scorer(
     heatmaps=_heatmaps, forwards=lambda s: s["num_seeds"] * s["num_times"], uses=("num_seeds", "num_times"), check=_check,
     summary=lambda s: (f"K = {s['num_seeds']} seeds, {s['num_times']} Euler steps from "
                        f"t = {s['t_init']}"),
-    options={"t_init": 0.5})  # the time the test image is noised to
+    options=SCORER_OPTIONS["reconflow"])  # t_init

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from fmjax.model import flow
 from fmjax.methods.base import Objective, Scorer, full_times, one_pass_heatmaps, pixel_norm
+from fmjax.methods.settings import OBJECTIVE_OPTIONS
 
 
 def random_walk_masks(key: jax.Array, batch: int, height: int, width: int, max_regions: int,
@@ -97,8 +98,7 @@ OBJECTIVE = Objective(
                 "normal image",
     loss=reflect_loss,
     check=_check,
-    options={"max_regions": 3,  # random-walk regions per corrupted image
-             "max_steps": 0})  # longest walk in steps; 0: image_size^2 / 16
+    options=OBJECTIVE_OPTIONS["reflect"])  # max_regions, max_steps
 
 SCORER = Scorer(
     name="reflect", title="Reflect", objective="reflect",

@@ -4,7 +4,8 @@
                   the report in <workdir>/eval/
   score_folder()  unlabeled images: scores.csv and heatmaps in <workdir>/scores/<folder>/
 
-Scoring itself is `fmjax.score.scoring`; thresholds and the cascade are `fmjax.decide.decisions`.
+Scoring goes through one `fmjax.score.session.ScoringSession` per checkpoint; thresholds and the
+cascade are `fmjax.decide.decisions`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ import os
 import jax
 import numpy as np
 
-from fmjax.decide import calibration, decisions
-from fmjax.report import writer as report
-from fmjax.core import sharding
+from fmjax.core.errors import ConfigError
+from fmjax.core.runlog import MetricWriter, StepTrace
+from fmjax.core.workdir import prepare_workdir, warn
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.sources import folder_images, read_images
-from fmjax.core.errors import ConfigError
+from fmjax.decide import calibration, cascade, decisions
+from fmjax.report import writer as report
 from fmjax.report.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
-from fmjax.core.runlog import MetricWriter, StepTrace
-from fmjax.score.scoring import (CALIBRATION_KEYS, cheap_config, fit_image_scores, score_arrays,
-                           score_dataset, scorer_settings)
-from fmjax.core.workdir import prepare_workdir, warn
-from fmjax.train.restore import class_labels, load_params_for_eval
+from fmjax.score.scoring import CALIBRATION_KEYS
+from fmjax.score.session import ScoringSession
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:
@@ -39,17 +38,18 @@ def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: 
   return out
 
 
-def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dict:
-  """Scores the test split with the latest checkpoint; writes the report into <workdir>/eval/."""
+def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
+             session: ScoringSession | None = None) -> dict:
+  """Scores the test split with the latest checkpoint (or `session`'s); writes the report into
+  <workdir>/eval/."""
   eval_dir = os.path.join(workdir, "eval")
   prepare_workdir(eval_dir)  # writable before any scoring
   dataset = dataset if dataset is not None else load_dataset(config.data)
-  params, step, norm, _ = load_params_for_eval(config, workdir, dataset.class_names,
-                                               config.evaluate.use_ema)
-  mesh = sharding.make_mesh(config.mesh.num_devices)
+  session = session or ScoringSession.load(config, workdir, dataset.class_names)
+  step = session.step
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
-  heatmaps, scores, images_per_s = score_dataset(config, params, dataset, norm, mesh, trace)
-  settings = scorer_settings(config, step)
+  heatmaps, scores, images_per_s = session.score_split(dataset, "test", trace=trace)
+  settings = session.settings()
   calibrated, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
   cascaded = None
   if config.evaluate.cascade.enabled:
@@ -58,9 +58,9 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
       warn("evaluate.cascade.enabled, but no cascade band was calibrated for this checkpoint, "
            "scorer and cheap setting: run --mode=calibrate with the same evaluate.cascade.* first.")
     else:
-      labels = class_labels(config, dataset.test_classes, dataset.num_classes)
-      _, cheap, cheap_rate = score_arrays(cheap_config(config), params, dataset.test_images, labels,
-                                          dataset.num_classes, norm, mesh, what="cascade (cheap)")
+      _, cheap, cheap_rate = session.score(dataset.test_images, dataset.test_classes,
+                                           cascade.cheap_eval_config(config.evaluate),
+                                           "cascade (cheap)")
       cascaded = decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
   if jax.process_index() != 0:
     return {}
@@ -76,7 +76,7 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None) -> dic
       "per_category": per_category,
       "settings": {"dataset": dataset.name, "categories": list(dataset.class_names), **settings,
                    "images_per_s": images_per_s, "num_test_images": int(len(scores)),
-                   "batch_size": ec.batch_size, "num_devices": int(mesh.devices.size)},
+                   "batch_size": ec.batch_size, "num_devices": int(session.mesh.devices.size)},
       "images": [{"path": p, "category": dataset.class_names[c], "defect": d, "label": int(l),
                   "score": float(s)}
                  for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
@@ -120,29 +120,25 @@ def score_folder(config, workdir: str) -> dict:
   paths = folder_images(folder)
   out_dir = os.path.join(workdir, "scores", score_dir_name(folder))
   prepare_workdir(out_dir)  # writable before any scoring
-  params, step, norm, class_names = load_params_for_eval(config, workdir, None, config.evaluate.use_ema)
+  session = ScoringSession.load(config, workdir)
+  step, class_names = session.step, session.class_names
   category = config.data.score_category or (class_names[0] if len(class_names) == 1 else "")
   if config.data.class_conditional and category not in class_names:
     raise ConfigError(f"Set --config.data.score_category to the category of the images: one of "
                       f"{class_names} (the model is class-conditional); got {category!r}.")
   images = read_images(paths, config.data.image_size, config.data.skip_corrupt)
   paths = [p for p, ok in zip(paths, images.ok) if ok]
-  index = class_names.index(category) if category in class_names else 0
-  labels = class_labels(config, np.full(len(paths), index), len(class_names))
-  mesh = sharding.make_mesh(config.mesh.num_devices)
+  classes = np.full(len(paths), class_names.index(category) if category in class_names else 0)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
-  settings = scorer_settings(config, step)
-  decision = decisions.decision_rule(workdir, category, settings)
+  decision = decisions.decision_rule(workdir, category, session.settings())
   if config.evaluate.cascade.enabled:
     heatmaps, scores, flags, setting, images_per_s = decisions.cascade_scores(
-        config, workdir, params, images.array, labels, len(class_names), norm, mesh, category,
-        settings, trace)
+        session, workdir, images.array, classes, category, trace)
   else:
-    heatmaps, scores, images_per_s = score_arrays(config, params, images.array, labels,
-                                                  len(class_names), norm, mesh, trace=trace)
-    fitted = fit_image_scores(config, params, None, norm, mesh)  # on the training images
-    if fitted is not None:  # the category's fit; the first one for a pooled model without category
-      scores = fitted.get(category, next(iter(fitted.values())))(heatmaps)
+    heatmaps, scores, images_per_s = session.score(images.array, classes, trace=trace)
+    fit = session.image_score_fit()  # on the training images
+    if fit is not None:  # the category's fit; the first one for a pooled model without category
+      scores = fit.get(category, next(iter(fit.values())))(heatmaps)
     flags = decision.flags(scores) if decision.known else None
     setting = ["full"] * len(paths)
   rows = [{"path": p, "category": category, "score": float(s), "scored_with": w}

@@ -1,31 +1,30 @@
-"""Scoring images with the configured method: the jitted, sharded score function and the loop.
+"""The score function of a method, and the loop that feeds it batches.
 
 The method (`evaluate.method`, Flow Mismatching by default) comes from the
 `fmjax.methods` registry. Images are scored in fixed-size batches (the last one padded,
 so nothing recompiles) by one jitted function sharded over the "data" mesh axis. Seeds
 depend only on (config.evaluate.seed, a hash of the image's pixels), so scores do not
 depend on the batch size, the number of devices or the order of the images.
+
+`fmjax.score.session.ScoringSession` holds what these need (model, params, normalisation,
+mesh) and caches the jitted functions.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 
 import jax
 import numpy as np
 
-from fmjax.decide import cascade
 from fmjax import methods
-from fmjax.methods import mismatch
 from fmjax.core import sharding
-from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.core.errors import ConfigError, DataLayoutError
 from fmjax.core.ids import image_ids
-from fmjax.model.unet import build_unet
 from fmjax.core.progress import Progress
 from fmjax.core.runlog import StepTrace
-from fmjax.train.restore import class_labels
+from fmjax.data import NormStats
+from fmjax.methods import mismatch
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
 THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
@@ -33,9 +32,10 @@ THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "see
 CALIBRATION_KEYS = THRESHOLD_KEYS + ("val_fraction",)
 
 
-def scorer_settings(config, step: int) -> dict:
-  """The THRESHOLD_KEYS and CALIBRATION_KEYS values of the configured scorer at `step`."""
-  ec = config.evaluate
+def scorer_settings(config, step: int, eval_config=None) -> dict:
+  """The THRESHOLD_KEYS and CALIBRATION_KEYS values of the scorer of `eval_config` (default:
+  config.evaluate) at `step`."""
+  ec = eval_config if eval_config is not None else config.evaluate
   return {"checkpoint_step": int(step), "method": ec.method,
           "method_options": methods.scorer_options(ec), "use_ema": bool(ec.use_ema),
           "seed": ec.seed, "val_fraction": float(config.data.val_fraction)}
@@ -78,27 +78,23 @@ def make_score_fn(model, norm: NormStats, eval_config, mesh):
   return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
 
 
-def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_classes: int,
-                 norm: NormStats, mesh, what: str = "score", trace: StepTrace | None = None):
-  """Heatmaps [M,H,W], scores [M] and images/s for uint8 images [M,H,W,3] and model labels [M].
+def score_in_batches(score, params, images: np.ndarray, labels: np.ndarray, batch: int, mesh,
+                     description: str, trace: StepTrace | None = None):
+  """Heatmaps [M,H,W], scores [M] and images/s of `score` (a `make_score_fn`) over uint8 images
+  [M,H,W,3] with model labels [M], in batches of `batch` (the last one padded).
 
   Each image is scored with the seeds of its `image_ids` (its content). `trace` profiles the
-  batches it names (1-based).
+  batches it names (1-based). The rate leaves out the first batch (compilation) when there
+  are more.
   """
-  ec = config.evaluate
-  batch = ec.batch_size
   sharding.check_batch_size(batch, mesh, "evaluate.batch_size")
-  model = build_unet(config.model, num_classes)
-  score = make_score_fn(model, norm, ec, mesh)
-  data = sharding.data_sharding(mesh)
   m = len(images)
   if m == 0:
     raise DataLayoutError("There are no images to score.")
+  data = sharding.data_sharding(mesh)
   ids = image_ids(images)
   heatmaps, scores = [], []
-  settings = methods.scorer_options(ec)
-  progress = Progress(m, f"{what} {ec.method} " + " ".join(
-      f"{methods.base.SHARED_KEYS[k]}={settings[k]}" for k in methods.scorer(ec.method).uses), "img")
+  progress = Progress(m, description, "img")
 
   def dispatch(start):
     """Sends one batch to the devices and starts scoring it (asynchronously)."""
@@ -136,49 +132,15 @@ def score_arrays(config, params, images: np.ndarray, labels: np.ndarray, num_cla
   return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
 
 
-def score_dataset(config, params, dataset: AnomalyDataset, norm: NormStats, mesh,
-                  trace: StepTrace | None = None):
-  """Heatmaps [M,H,W], scores [M] and images/s for the whole test split."""
-  labels = class_labels(config, dataset.test_classes, dataset.num_classes)
-  heatmaps, scores, rate = score_arrays(config, params, dataset.test_images, labels,
-                                        dataset.num_classes, norm, mesh, trace=trace)
-  fitted = fit_image_scores(config, params, dataset, norm, mesh)
-  return heatmaps, apply_fitted(fitted, dataset, dataset.test_classes, heatmaps, scores), rate
-
-
-def apply_fitted(fitted, dataset: AnomalyDataset, classes: np.ndarray, heatmaps: np.ndarray,
+def apply_fitted(fitted, class_names, classes: np.ndarray, heatmaps: np.ndarray,
                  scores: np.ndarray) -> np.ndarray:
-  """The image scores of `heatmaps` [M,H,W] (classes [M]) under a per-category fit, or `scores`."""
+  """The image scores of `heatmaps` [M,H,W] (class indices [M]) under a per-category fit
+  ({category: heatmaps -> scores}), or `scores` when there is none."""
   if fitted is None:
     return scores
   out = np.zeros(len(heatmaps), np.float64)
   for name, score_fn in fitted.items():
-    sel = classes == dataset.class_names.index(name)
+    sel = classes == list(class_names).index(name)
     if sel.any():
       out[sel] = score_fn(heatmaps[sel])
   return out
-
-
-def fit_image_scores(config, params, dataset: AnomalyDataset | None, norm: NormStats, mesh):
-  """{category: heatmaps -> scores} fitted on each category's normal training images when
-  the scorer's options ask for it (e.g. RADAR's Isolation Forest); None otherwise. Without
-  `dataset`, the configured one is loaded (only when a fit is needed)."""
-  ec = config.evaluate
-  fitter = methods.scorer(ec.method).image_score_fitter(methods.scorer_options(ec))
-  if fitter is None:
-    return None
-  dataset = dataset if dataset is not None else load_dataset(config.data)
-  labels = class_labels(config, dataset.train_classes, dataset.num_classes)
-  normal, _, _ = score_arrays(config, params, dataset.train_images, labels, dataset.num_classes,
-                              norm, mesh, what="fit on normals:")
-  return {name: fitter(normal[dataset.train_classes == ci], ec.seed)
-          for ci, name in enumerate(dataset.class_names) if np.any(dataset.train_classes == ci)}
-
-
-def cheap_config(config):
-  """The config of the cascade's cheap setting (evaluate.cascade.num_seeds/num_times as K, T)."""
-  cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    cfg.evaluate.update(cascade.cheap_options(config.evaluate.cascade))
-  return cfg
-

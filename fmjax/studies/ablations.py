@@ -22,75 +22,23 @@ import os
 import jax
 import numpy as np
 
-from fmjax.core import files, plots, sharding
 from fmjax import methods
+from fmjax.core import files, plots
 from fmjax.core.errors import ConfigError, MissingCheckpointError
+from fmjax.report import evaluate
 from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report.writer import format_percent, json_safe, present_columns
-from fmjax.train.restore import load_params_for_eval, saved_steps
+from fmjax.score.session import ScoringSession
+from fmjax.studies.settings import (STUDIES, aggregator_settings, compute_settings,
+                                    listed_steps, method_settings, seed_settings)
+from fmjax.train.restore import saved_steps
 
-STUDIES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
 POOLING_KINDS = ("conditional", "pooled")
-PAPER_VALUES = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
 # What a study setting changes: setting key -> config key.
 SETTING_KEYS = {"num_seeds": "evaluate.num_seeds", "num_times": "evaluate.num_times",
                 "aggregator": "evaluate.flow_mismatch.aggregator",
                 "quantile": "evaluate.flow_mismatch.quantile", "seed": "evaluate.seed",
                 "method": "evaluate.method"}
-
-
-def compute_settings(spec: str) -> list[dict]:
-  """"paper" (Table 6's 30 settings) or "KxT,KxT,..." -> [{group, num_seeds, num_times}]."""
-  if spec == "paper":
-    rows = [{"group": "fix K=5", "num_seeds": 5, "num_times": t} for t in PAPER_VALUES]
-    rows += [{"group": "fix T=5", "num_seeds": k, "num_times": 5} for k in PAPER_VALUES]
-    rows += [{"group": "K=T", "num_seeds": v, "num_times": v} for v in PAPER_VALUES]
-    return rows
-  rows = []
-  for item in spec.split(","):
-    try:
-      k, t = (int(v) for v in item.strip().lower().split("x"))
-    except ValueError as e:
-      raise ConfigError(f"study.compute: {item!r} is not KxT (e.g. 5x10); use 'paper' or a list.") from e
-    rows.append({"group": "K=T" if k == t else "grid", "num_seeds": k, "num_times": t})
-  return rows
-
-
-def aggregator_settings(spec: str) -> list[dict]:
-  """"min,mean,q0.1" -> [{aggregator, quantile}]."""
-  rows = []
-  for item in (s.strip() for s in spec.split(",") if s.strip()):
-    if item in ("min", "mean"):
-      rows.append({"aggregator": item, "quantile": None})
-    elif item.startswith("q"):
-      rows.append({"aggregator": "quantile", "quantile": float(item[1:])})
-    else:
-      raise ConfigError(f"study.aggregators: {item!r} is not min, mean or q<fraction> (e.g. q0.1).")
-  return rows
-
-
-def seed_settings(spec: str) -> list[dict]:
-  """"0,1,2" -> [{seed}]."""
-  try:
-    seeds = [int(v) for v in spec.split(",") if v.strip()]
-  except ValueError as e:
-    raise ConfigError(f"study.seeds: {spec!r} is not a comma-separated list of integers.") from e
-  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-    raise ConfigError(f"study.seeds: give at least two distinct seeds, got {spec!r}.")
-  return [{"seed": s} for s in seeds]
-
-
-def method_settings(spec: str, objective: str = "cfm") -> list[dict]:
-  """"flow_mismatch,reconflow" -> [{method}]; every method must score `objective`'s models."""
-  names = [m.strip() for m in spec.split(",") if m.strip()]
-  unknown = [m for m in names if m not in methods.SCORERS]
-  if unknown or not names:
-    raise ConfigError(f"study.methods: {unknown or spec!r} not among {tuple(methods.SCORERS)}.")
-  wrong = [m for m in names if methods.scorer(m).objective != objective]
-  if wrong:
-    raise ConfigError(f"study.methods: {wrong} do not score a model trained with "
-                      f"train.objective={objective}; these do: {methods.scorers_for(objective)}.")
-  return [{"method": m} for m in names]
 
 
 def _label(setting: dict) -> str:
@@ -136,19 +84,20 @@ def _setting_config(config, setting: dict):
   return cfg
 
 
-def _evaluate_setting(config, workdir, dataset, setting: dict, loaded: dict, mesh) -> dict:
-  """Scores the test split under `setting`; returns the row (mean over categories + pooled)."""
-  from fmjax.report import evaluate  # pylint: disable=g-import-not-at-top
-  from fmjax.score import scoring
+def _evaluate_setting(config, workdir, dataset, setting: dict, sessions: dict) -> dict:
+  """Scores the test split under `setting`; returns the row (mean over categories + pooled).
+
+  `sessions` holds the loaded checkpoint ((run dir, step) -> ScoringSession), one at a time,
+  so settings that differ only in how they score share its compiled functions."""
   cfg = _setting_config(config, setting)
   run_dir = _run_dir(config, workdir, setting)
   step = setting.get("step", setting.get("checkpoint_step"))
-  if (run_dir, step) not in loaded:
-    loaded.clear()  # one checkpoint in memory at a time
-    loaded[(run_dir, step)] = load_params_for_eval(cfg, run_dir, dataset.class_names,
-                                                   cfg.evaluate.use_ema, step)
-  params, ckpt_step, norm, _ = loaded[(run_dir, step)]
-  heatmaps, scores, images_per_s = scoring.score_dataset(cfg, params, dataset, norm, mesh)
+  if (run_dir, step) not in sessions:
+    sessions.clear()  # one checkpoint in memory at a time
+    sessions[(run_dir, step)] = ScoringSession.load(cfg, run_dir, dataset.class_names, step)
+  session = sessions[(run_dir, step)]
+  ckpt_step = session.step
+  heatmaps, scores, images_per_s = session.score_split(dataset, "test", cfg.evaluate)
   per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   mean = mean_over_categories(per_category)
   return {**setting, "label": _label(setting), "checkpoint_step": int(ckpt_step),
@@ -181,8 +130,8 @@ def _same_setting(row: dict, setting: dict) -> bool:
 def run_study(config, workdir: str, dataset) -> dict:
   """Runs `config.study.name` on the trained model in `workdir`; returns {"rows": [...]}."""
   name = config.study.name
-  if name not in STUDIES:
-    raise ValueError(f"Unknown study {name!r}: use one of {STUDIES}.")
+  if name not in STUDIES:  # configlib.validate says so first
+    raise ConfigError(f"study.name must be one of {STUDIES}, got {name!r}")
   if name == "compute":
     settings = compute_settings(config.study.compute)
   elif name == "aggregators":
@@ -202,13 +151,12 @@ def run_study(config, workdir: str, dataset) -> dict:
   rows = []
   if files.exists(results_path):
     rows = files.read_json(results_path)["rows"]
-  mesh = sharding.make_mesh(config.mesh.num_devices)
-  loaded: dict = {}
+  sessions: dict = {}
   for i, setting in enumerate(settings):
     if any(_same_setting(r, setting) for r in rows):
       continue
     print(f"study {name}: {i + 1}/{len(settings)} {_label(setting)}", flush=True)
-    row = _evaluate_setting(config, workdir, dataset, setting, loaded, mesh)
+    row = _evaluate_setting(config, workdir, dataset, setting, sessions)
     rows.append(row)
     if jax.process_index() == 0:
       _write_rows(results_path, name, rows)
@@ -224,7 +172,7 @@ def run_study(config, workdir: str, dataset) -> dict:
 
 
 def saved_or_listed_steps(config, workdir: str, saved: list[int]) -> list[int]:
-  listed = [int(s) for s in str(config.study.steps).split(",") if s.strip()]
+  listed = listed_steps(config.study.steps)
   if not saved:
     raise MissingCheckpointError(f"No checkpoints in {workdir}: train first.")
   missing = [s for s in listed if s not in saved]

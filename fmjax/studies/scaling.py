@@ -33,10 +33,11 @@ import numpy as np
 import scipy.optimize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fmjax.core import configlib, files, plots, sharding
+from fmjax.core import files, plots, sharding
 from fmjax.report import evaluate
 from fmjax import methods
 from fmjax.studies import noise_scale, validation
+from fmjax.studies.settings import scaling_batch_sizes
 from fmjax.train import loop as train
 from fmjax.data import AnomalyDataset
 from fmjax.core.errors import ConfigError
@@ -79,7 +80,7 @@ def val_every_examples(sc, batch_sizes: list[int], num_train: int) -> int:
 def plan_arms(config, num_train: int) -> list[dict]:
   """The arms' settings (ARM_KEYS), in ascending batch size."""
   sc = config.scaling
-  sizes = configlib.scaling_batch_sizes(sc.batch_sizes)
+  sizes = scaling_batch_sizes(sc.batch_sizes)
   every = val_every_examples(sc, sizes, num_train)
   arms = []
   for b in sizes:

@@ -1,16 +1,23 @@
-"""The base ConfigDict every config in configs/ starts from, and its validation."""
+"""The base ConfigDict every config in configs/ starts from, the recipes built on it, and its
+validation.
+
+Importing this module needs ml_collections only, not JAX: the defaults and recipes are plain
+values, each method's options come from `fmjax.methods.settings` (a JAX-free table), and the
+checks are imported when `validate` first runs. Each package checks its own section of the
+config in its `settings.py` (`config_errors(config) -> list[str]`); `validate` runs them all
+and raises one ConfigError listing every problem. Like the entry points, this module sits
+above the packages: it may import any of them, and none of them imports it.
+"""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import copy
+import importlib
+
 import ml_collections
 
-from fmjax.decide import calibration
-from fmjax import methods
-from fmjax.core import runlog
-from fmjax.data import DATASETS
 from fmjax.core.errors import ConfigError
+from fmjax.methods.settings import OBJECTIVE_OPTIONS, SCORER_OPTIONS
 
 # Keys that moved into a method's own subtree: old flat key -> new key.
 RENAMED_KEYS = {
@@ -22,6 +29,14 @@ RENAMED_KEYS = {
     "train.reflect_max_regions": "train.reflect.max_regions",
     "train.reflect_max_steps": "train.reflect.max_steps",
 }
+
+# The modules whose config_errors check a section each (fmjax/<package>/settings.py), in layer
+# order: core (mode, mesh, profile windows), data.*, model.*, methods (evaluate.method,
+# train.objective, K, T, every method's options), train.*, the scoring batches, decide
+# (calibrate.*, export.*, evaluate.cascade.*), studies (study.*, scaling.*).
+SECTION_CHECKS = ("fmjax.core.settings", "fmjax.data.settings", "fmjax.model.settings",
+                  "fmjax.methods.settings", "fmjax.train.settings", "fmjax.score.settings",
+                  "fmjax.decide.settings", "fmjax.studies.settings")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -138,12 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.num_devices = -1  # -1: all devices
 
-  for s in methods.SCORERS.values():  # each method's options, defaults stated in its module
-    if s.options:
-      c.evaluate[s.name] = ml_collections.ConfigDict(s.default_options())
-  for o in methods.OBJECTIVES.values():
-    if o.options:
-      c.train[o.name] = ml_collections.ConfigDict(o.default_options())
+  # Each method's options, defaults stated in fmjax/methods/settings.py.
+  for name, options in SCORER_OPTIONS.items():
+    c.evaluate[name] = ml_collections.ConfigDict(copy.deepcopy(options))
+  for name, options in OBJECTIVE_OPTIONS.items():
+    c.train[name] = ml_collections.ConfigDict(copy.deepcopy(options))
   return c
 
 
@@ -158,19 +172,6 @@ def small_cpu_unet(config, num_steps: int) -> ml_collections.ConfigDict:
   return config
 
 
-EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-
-
-def export_platforms(spec: str) -> list[str]:
-  """"cpu,cuda" -> ["cpu", "cuda"]: the platforms --mode=export lowers for (ConfigError if unknown)."""
-  platforms = [p.strip().lower() for p in str(spec).split(",") if p.strip()]
-  bad = [p for p in platforms if p not in EXPORT_PLATFORMS]
-  if not platforms or bad:
-    raise ConfigError(f"export.platforms must be a comma-separated subset of {EXPORT_PLATFORMS}; "
-                      f"got {spec!r}")
-  return platforms
-
-
 def quickstart_config() -> ml_collections.ConfigDict:
   """configs/quickstart.py: the 32x32 CPU recipe on the embedded procedural data, 500 steps,
   K = T = 4 (also what the notebooks start from)."""
@@ -183,53 +184,6 @@ def quickstart_config() -> ml_collections.ConfigDict:
   config.evaluate.num_times = 4
   config.evaluate.max_forward_batch = 512
   return config
-
-
-MODES = ("train", "evaluate", "train_and_evaluate", "calibrate", "export", "describe", "score",
-         "study", "scaling")
-
-
-def scaling_batch_sizes(spec: str) -> list[int]:
-  """"32,64,128" -> [32, 64, 128] (ascending, distinct, >= 1; ConfigError otherwise)."""
-  try:
-    sizes = [int(v) for v in str(spec).split(",") if v.strip()]
-  except ValueError as e:
-    raise ConfigError(f"scaling.batch_sizes must be comma-separated integers, got {spec!r}") from e
-  if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-    raise ConfigError(f"scaling.batch_sizes must be distinct integers >= 1, got {spec!r}")
-  return sorted(sizes)
-
-
-def scaling_errors(sc) -> list[str]:
-  """What is wrong with the config's `scaling` subtree (checked whatever the mode)."""
-  from fmjax.model.optim import LR_RULES  # pylint: disable=g-import-not-at-top
-  errors = []
-  try:
-    sizes = scaling_batch_sizes(sc.batch_sizes)
-  except ConfigError as e:
-    errors.append(str(e))
-    sizes = []
-  if sc.noise_scale_groups < 2:
-    errors.append(f"scaling.noise_scale_groups must be >= 2, got {sc.noise_scale_groups}")
-  elif sc.noise_scale_every > 0:
-    bad = [b for b in sizes if b % sc.noise_scale_groups]
-    if bad:
-      errors.append(f"scaling.batch_sizes {bad} are not divisible by scaling.noise_scale_groups="
-                    f"{sc.noise_scale_groups}")
-  for name, value, ok, rule in [
-      ("scaling.base_batch_size", sc.base_batch_size, sc.base_batch_size >= 1, ">= 1"),
-      ("scaling.lr_rule", sc.lr_rule, sc.lr_rule in LR_RULES, f"one of {LR_RULES}"),
-      ("scaling.warmup_examples", sc.warmup_examples, sc.warmup_examples >= 0, ">= 0"),
-      ("scaling.budget_unit", sc.budget_unit, sc.budget_unit in ("examples", "epochs", "steps"),
-       "examples, epochs or steps"),
-      ("scaling.budget", sc.budget, sc.budget > 0, "> 0"),
-      ("scaling.val_every_examples", sc.val_every_examples, sc.val_every_examples >= 0, ">= 0"),
-      ("scaling.val_times", sc.val_times, sc.val_times >= 1, ">= 1"),
-      ("scaling.noise_scale_every", sc.noise_scale_every, sc.noise_scale_every >= 0, ">= 0 (0: off)"),
-      ("scaling.target_val_loss", sc.target_val_loss, sc.target_val_loss >= 0, ">= 0 (0: auto)")]:
-    if not ok:
-      errors.append(f"{name} must be {rule}, got {value!r}")
-  return errors
 
 
 def scaling_quickstart_config() -> ml_collections.ConfigDict:
@@ -261,89 +215,17 @@ def _has_key(config, dotted: str) -> bool:
   return True
 
 
-def validate(config) -> None:
-  """Raises ConfigError with what to change for values the code cannot run with."""
+def config_errors(config) -> list[str]:
+  """Every problem with `config`: old keys that moved, then each section's (SECTION_CHECKS)."""
   errors = renamed_key_errors(k for k in RENAMED_KEYS if _has_key(config, k))
-  ec, tc, mc, dc = config.evaluate, config.train, config.model, config.data
-  if ec.num_seeds < 1:
-    errors.append(f"evaluate.num_seeds (K) must be >= 1, got {ec.num_seeds}")
-  if ec.num_times < 1:
-    errors.append(f"evaluate.num_times (T) must be >= 1, got {ec.num_times}")
-  for o in methods.OBJECTIVES.values():  # every method's options, used now or not
-    errors += o.check(tc[o.name].to_dict() if o.options else {})
-  for name in methods.SCORERS:
-    errors += methods.scorer(name).check(methods.scorer_options(ec, name))
-  if tc.objective not in methods.OBJECTIVES:
-    errors.append(f"train.objective must be one of {tuple(methods.OBJECTIVES)}, got {tc.objective!r}")
-  if ec.method not in methods.SCORERS:
-    errors.append(f"evaluate.method must be one of {tuple(methods.SCORERS)}, got {ec.method!r}")
-  else:
-    scorer = methods.scorer(ec.method)
-    if tc.objective in methods.OBJECTIVES and scorer.objective != tc.objective:
-      errors.append(f"evaluate.method={ec.method} needs a model trained with train.objective="
-                    f"{scorer.objective}, but train.objective={tc.objective}: use evaluate.method "
-                    f"in {methods.scorers_for(tc.objective)}")
-  for name, value in [("train.batch_size", tc.batch_size), ("evaluate.batch_size", ec.batch_size),
-                      ("evaluate.max_forward_batch", ec.max_forward_batch),
-                      ("data.image_size", dc.image_size), ("model.channels", mc.channels),
-                      ("train.log_every_steps", tc.log_every_steps),
-                      ("train.checkpoint_every_steps", tc.checkpoint_every_steps)]:
-    if value < 1:
-      errors.append(f"{name} must be >= 1, got {value}")
-  for name, value, ok, rule in [
-      ("train.learning_rate", tc.learning_rate, tc.learning_rate > 0, "> 0"),
-      ("train.weight_decay", tc.weight_decay, tc.weight_decay >= 0, ">= 0"),
-      ("train.b1", tc.b1, 0 <= tc.b1 < 1, "in [0, 1)"),
-      ("train.b2", tc.b2, 0 <= tc.b2 < 1, "in [0, 1)"),
-      ("train.eps", tc.eps, tc.eps > 0, "> 0"),
-      ("train.update_rms_clip", tc.update_rms_clip, tc.update_rms_clip >= 0, ">= 0 (0: off)"),
-      ("train.grad_clip_norm", tc.grad_clip_norm, tc.grad_clip_norm >= 0, ">= 0 (0: off)"),
-      ("train.keep_checkpoints", tc.keep_checkpoints, tc.keep_checkpoints >= 1, ">= 1"),
-      ("train.warmup_steps", tc.warmup_steps, tc.warmup_steps >= 0, ">= 0 (0: off)"),
-      ("train.log_every_seconds", tc.log_every_seconds, tc.log_every_seconds >= 0, ">= 0"),
-      ("model.num_res_blocks", mc.num_res_blocks, mc.num_res_blocks >= 1, ">= 1"),
-      ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)"),
-      ("data.val_fraction", dc.val_fraction, 0 <= dc.val_fraction < 1, "in [0, 1)"),
-      ("evaluate.cascade.num_seeds", ec.cascade.num_seeds, ec.cascade.num_seeds >= 1, ">= 1"),
-      ("evaluate.cascade.num_times", ec.cascade.num_times, ec.cascade.num_times >= 1, ">= 1"),
-      ("evaluate.cascade.margin", ec.cascade.margin, ec.cascade.margin >= 0, ">= 0")]:
-    if not ok:
-      errors.append(f"{name} must be {rule}, got {value}")
-  for parse, args in ((calibration.parse_rates, (config.calibrate.false_alarm_rates,)),
-                      (export_platforms, (config.export.platforms,)),
-                      (runlog.trace_window, (tc.profile_steps, "train.profile_steps")),
-                      (runlog.trace_window, (ec.profile_batches, "evaluate.profile_batches"))):
-    try:
-      parse(*args)
-    except ConfigError as e:
-      errors.append(str(e))
-  if ec.cascade.enabled and ec.method in methods.SCORERS and not methods.scorer(ec.method).uses:
-    errors.append(f"evaluate.cascade needs a method with K or T to make cheaper; {ec.method} has "
-                  "neither")
-  if config.mode not in ("",) + MODES:
-    errors.append(f"mode must be one of {MODES} (or empty), got {config.mode!r}")
-  errors += scaling_errors(config.scaling)
-  if tc.num_steps <= 0 and tc.num_epochs <= 0:
-    errors.append("set train.num_epochs > 0 or train.num_steps > 0")
-  if dc.name not in DATASETS:
-    errors.append(f"data.name must be one of {DATASETS}, got {dc.name!r}")
-  levels = len(mc.channel_mult)
-  if dc.image_size % (2 ** (levels - 1)):
-    errors.append(f"data.image_size {dc.image_size} must be divisible by 2^{levels - 1} "
-                  f"for {levels} U-Net levels")
-  for width in {mc.channels * m for m in mc.channel_mult}:
-    if width % mc.norm_groups:
-      errors.append(f"channel width {width} is not divisible by model.norm_groups={mc.norm_groups}")
-    if width % mc.head_channels and any(r in mc.attention_rates for r in [2 ** i for i in range(levels)]):
-      errors.append(f"channel width {width} is not divisible by model.head_channels={mc.head_channels}")
-  try:
-    jnp.dtype(mc.dtype)
-  except TypeError:
-    errors.append(f"model.dtype {mc.dtype!r} is not a dtype (use bfloat16 or float32)")
-  if mc.attention_impl not in ("auto", "xla", "cudnn"):
-    errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
-  if not 0.0 <= tc.ema_decay < 1.0:
-    errors.append(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+  for module in SECTION_CHECKS:
+    errors += importlib.import_module(module).config_errors(config)
+  return errors
+
+
+def validate(config) -> None:
+  """Raises one ConfigError listing what to change for every value the code cannot run with."""
+  errors = config_errors(config)
   if errors:
     raise ConfigError("Invalid config:\n  " + "\n  ".join(errors))
 
@@ -351,6 +233,8 @@ def validate(config) -> None:
 def validate_devices(config, mode: str = "") -> None:
   """Batch sizes against the devices and hosts, before any work (ConfigError on a mismatch);
   with mode "scaling", every scaling.batch_sizes value too."""
+  import jax  # pylint: disable=g-import-not-at-top  (importing this module needs no JAX)
+  from fmjax.studies.settings import scaling_batch_sizes  # pylint: disable=g-import-not-at-top
   available = jax.device_count()
   n = available if config.mesh.num_devices in (-1, None) else config.mesh.num_devices
   errors = []

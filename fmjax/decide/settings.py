@@ -1,0 +1,37 @@
+"""The decision sections of the config: calibrate.*, export.* and evaluate.cascade.*."""
+
+from __future__ import annotations
+
+from fmjax import methods
+from fmjax.core.settings import parse_errors, parse_list, rule_errors
+from fmjax.decide.calibration import parse_rates
+
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def export_platforms(spec) -> list[str]:
+  """"cpu,cuda" -> ["cpu", "cuda"]: the platforms --mode=export lowers for (ConfigError if unknown)."""
+  return parse_list(spec, "export.platforms", _platform,
+                    rule=f"a comma-separated subset of {EXPORT_PLATFORMS}")
+
+
+def _platform(text) -> str:
+  platform = str(text).lower()
+  if platform not in EXPORT_PLATFORMS:
+    raise ValueError(f"unknown platform {text!r}")
+  return platform
+
+
+def config_errors(config) -> list[str]:
+  """What is wrong with the false-alarm rates, the export platforms and the cascade."""
+  cc, method = config.evaluate.cascade, config.evaluate.method
+  errors = parse_errors(lambda: parse_rates(config.calibrate.false_alarm_rates),
+                        lambda: export_platforms(config.export.platforms))
+  errors += rule_errors([
+      ("evaluate.cascade.num_seeds", cc.num_seeds, cc.num_seeds >= 1, ">= 1"),
+      ("evaluate.cascade.num_times", cc.num_times, cc.num_times >= 1, ">= 1"),
+      ("evaluate.cascade.margin", cc.margin, cc.margin >= 0, ">= 0")])
+  if cc.enabled and method in methods.SCORERS and not methods.scorer(method).uses:
+    errors.append(f"evaluate.cascade needs a method with K or T to make cheaper; {method} has "
+                  "neither")
+  return errors

@@ -1,0 +1,38 @@
+"""The model section of the config (model.*): a U-Net that can be built for data.image_size."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from fmjax.core.settings import rule_errors
+
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def config_errors(config) -> list[str]:
+  """What is wrong with model.*: ranges, the compute dtype, and widths and the image size that
+  the U-Net's levels, group norms and attention heads must divide."""
+  mc, size = config.model, config.data.image_size
+  errors = rule_errors([
+      ("model.channels", mc.channels, mc.channels >= 1, ">= 1"),
+      ("model.num_res_blocks", mc.num_res_blocks, mc.num_res_blocks >= 1, ">= 1"),
+      ("model.norm_groups", mc.norm_groups, mc.norm_groups >= 1, ">= 1"),
+      ("model.head_channels", mc.head_channels, mc.head_channels >= 1, ">= 1"),
+      ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)")])
+  levels = len(mc.channel_mult)
+  if size % (2 ** (levels - 1)):
+    errors.append(f"data.image_size {size} must be divisible by 2^{levels - 1} "
+                  f"for {levels} U-Net levels")
+  has_attention = any(r in mc.attention_rates for r in [2 ** i for i in range(levels)])
+  for width in sorted({mc.channels * m for m in mc.channel_mult}):
+    if mc.norm_groups >= 1 and width % mc.norm_groups:
+      errors.append(f"channel width {width} is not divisible by model.norm_groups={mc.norm_groups}")
+    if mc.head_channels >= 1 and width % mc.head_channels and has_attention:
+      errors.append(f"channel width {width} is not divisible by model.head_channels={mc.head_channels}")
+  try:
+    jnp.dtype(mc.dtype)
+  except TypeError:
+    errors.append(f"model.dtype {mc.dtype!r} is not a dtype (use bfloat16 or float32)")
+  if mc.attention_impl not in ATTENTION_IMPLS:
+    errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
+  return errors
