@@ -26,7 +26,7 @@ from fmjax import methods
 from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.core.runlog import MetricWriter, read_metrics
-from fmjax.train.loop import TrainHook
+from fmjax.train.hooks import TrainHook
 
 
 def group_gradient_sq_norms(loss_fn, params, batch, groups: int):
@@ -115,7 +115,7 @@ class NoiseScale(TrainHook):
   def __init__(self, workdir: str, measure_fn, *, batch_size: int, groups: int, every: int,
                window: int = 10):
     self._workdir, self._fn = workdir, measure_fn
-    self._batch, self._groups, self._every, self._window = batch_size, groups, every, window
+    self._batch, self._groups, self.every, self._window = batch_size, groups, every, window
     self._writer = None
     self._recent: list[tuple[float, float]] = []
 
@@ -125,9 +125,7 @@ class NoiseScale(TrainHook):
       self._recent = [(r["trace_sigma"], r["grad_sq"]) for r in read_metrics(self._workdir, "noise")
                       if "trace_sigma" in r and "grad_sq" in r][-self._window:]
 
-  def before_step(self, step, state, images, labels):
-    if (step - 1) % self._every:
-      return
+  def before_step(self, step, state, images, labels):  # before updates 1, every + 1, ...
     small_sq, big_sq = jax.device_get(self._fn(state.params, images, labels, step))
     trace_sigma, grad_sq = estimate(small_sq, big_sq, self._batch / self._groups, self._batch)
     self._recent = (self._recent + [(trace_sigma, grad_sq)])[-self._window:]

@@ -25,7 +25,7 @@ from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.core.ids import image_ids
 from fmjax.core.runlog import MetricWriter
-from fmjax.train.loop import TrainHook
+from fmjax.train.hooks import TrainHook
 
 
 def time_grid(num_times: int) -> np.ndarray:
@@ -114,6 +114,9 @@ class ValidationLoss(TrainHook):
     self._fn = make_val_loss_fn(model, norm, num_times, seed, mesh)
     self._writer = None
 
+  def due(self, step, last):
+    return step in self._steps
+
   def _log(self, step: int, state) -> None:
     params = state.ema_params if (self._use_ema and state.ema_params) else state.params
     loss = validation_loss(self._fn, params, self._images, self._labels, self._batch, self._mesh)
@@ -126,8 +129,7 @@ class ValidationLoss(TrainHook):
       self._log(0, state)
 
   def after_step(self, step, state):
-    if step in self._steps:
-      self._log(step, state)
+    self._log(step, state)
 
   def flush(self):
     if self._writer is not None:

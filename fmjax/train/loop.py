@@ -5,18 +5,17 @@ metrics)` compiled once with explicit shardings (batch split on the "data" mesh 
 state replicated) and the state donated. Batches come from a grain pipeline
 (`fmjax.data.pipeline`) that is a pure function of (seed, step); its iterator
 state is saved with every checkpoint, so a resumed run sees exactly the batches
-an uninterrupted one would.
+an uninterrupted one would. `train` runs the update; logging, the NaN guard, checkpoints and
+profiling are hooks (`fmjax.train.hooks`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from fmjax.train import checkpoint
@@ -30,6 +29,8 @@ from fmjax.model.optim import build_optimizer, warmup_factor
 from fmjax.core.progress import Progress
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
+from fmjax.train.hooks import (Checkpointer, Hooks, MetricLog, NonFiniteGuard, Profiler,
+                               StepMetrics, TrainHook)
 from fmjax.train.restore import class_labels, model_meta, restore_newest, state_meta
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
@@ -126,24 +127,6 @@ def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: flo
                  in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-def _nan_advice(dtype: str) -> str:
-  return ("Lower --config.train.learning_rate or check the data normalisation" +
-          (", or use --config.model.dtype=float32." if dtype != "float32" else "."))
-
-
-def _check_finite(pending: list, step: int, dtype: str) -> dict:
-  """{metric: float64 [n]} of the steps since the last log; NonFiniteLossError on a bad loss."""
-  got = jax.device_get(pending)
-  metrics = {k: np.asarray([m[k] for m in got], np.float64) for k in got[0]}
-  losses = metrics["loss"]
-  if not np.all(np.isfinite(losses)):
-    bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-    raise NonFiniteLossError(
-        f"The training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; no "
-        f"checkpoint was written after it. {_nan_advice(dtype)}")
-  return metrics
-
-
 def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   """The workdir's stored statistics, or fresh ones from the normal training images."""
   path = workdir_stats_path(workdir)
@@ -155,59 +138,18 @@ def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   return stats
 
 
-class TrainHook:
-  """Work done inside the training loop besides the update (e.g. `fmjax.studies.validation`'s held-out
-  loss, `fmjax.studies.noise_scale`'s gradient noise scale). Subclasses override what they need.
-
-  Steps are 1-based update counts; `state` is the train state (do not keep it: the next
-  step donates its buffers).
-  """
-
-  def start(self, step: int, state: TrainState) -> None:
-    """Before the first update of this run; `step` is 0 when fresh, else the resumed step."""
-
-  def before_step(self, step: int, state: TrainState, images: jax.Array, labels: jax.Array) -> None:
-    """Before update `step`, with its batch (global arrays) and the parameters it starts from."""
-
-  def after_step(self, step: int, state: TrainState) -> None:
-    """After update `step` (before the checkpoint of that step is written)."""
-
-  def flush(self) -> None:
-    """After a checkpoint is written: make what was logged so far visible in the files (a
-    bucket's JSONL logs are buffered), so that a run killed later resumes with all of it."""
-
-  def close(self) -> None:
-    """At the end of the run, also when it fails."""
-
-
-def train(config, workdir: str, dataset: AnomalyDataset | None = None,
-          hooks: tuple[TrainHook, ...] = ()) -> TrainState:
-  """Trains (or resumes) the velocity model in `workdir`; returns the final state.
-
-  `hooks` run inside the loop (see `TrainHook`); none run when training is already done.
-  """
-  prepare_workdir(workdir)
-  dataset = dataset if dataset is not None else load_dataset(config.data)
-  mesh = sharding.make_mesh(config.mesh.num_devices)
-  batch_size = config.train.batch_size
-  sharding.check_batch_size(batch_size, mesh, "train.batch_size")
-
-  norm = norm_stats_for(workdir, dataset)
-  model = build_unet(config.model, dataset.num_classes)
-  optimizer = build_optimizer(config.train)
+def _restore_or_create(config, workdir: str, dataset: AnomalyDataset, mesh, model, optimizer):
+  """(manager, state, saved checkpoint meta or None, {"model", "state"} meta): the newest
+  checkpoint that restores and matches the config, else a fresh state."""
   ema = config.train.ema_decay > 0
-  rep = sharding.replicated(mesh)
-  init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
-                                              dataset.num_classes, k, ema), out_shardings=rep)
   abstract = abstract_train_state(model, optimizer, dataset.image_shape, dataset.num_classes, ema,
                                   mesh)
+  meta = {"model": model_meta(config, dataset.class_names), "state": state_meta(config)}
 
-  meta = model_meta(config, dataset.class_names)
-  train_meta = state_meta(config)
   def restore(manager, step):
     saved = checkpoint.read_meta(manager, step)
-    checkpoint.check_meta({**saved["model"], **saved.get("state", {})}, {**meta, **train_meta},
-                          workdir)
+    checkpoint.check_meta({**saved["model"], **saved.get("state", {})},
+                          {**meta["model"], **meta["state"]}, workdir)
     return saved, checkpoint.restore(manager, step, abstract)
 
   manager, latest, restored = restore_newest(workdir, restore, keep=config.train.keep_checkpoints,
@@ -217,87 +159,99 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
     saved, state = restored
     print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
   else:
+    init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
+                                                dataset.num_classes, k, ema),
+                   out_shardings=sharding.replicated(mesh))
     state = init(jax.random.key(config.seed))
   print(f"Model: {count_params(state.params):,} parameters; {dataset.num_classes} classes "
         f"({'conditional' if config.data.class_conditional else 'pooled'}); "
         f"{len(dataset.train_images)} training images; mesh {dict(mesh.shape)}", flush=True)
+  return manager, state, saved, meta
 
-  total = num_train_steps(config, len(dataset.train_images))
-  start = int(jax.device_get(state.step))
-  objective = (config.train.objective, methods.objective_options(config.train))
-  train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
-                               *objective, learning_rate=config.train.learning_rate,
-                               warmup_steps=config.train.warmup_steps)
+
+def _saved_iterator_state(saved: dict | None, workers: int, start: int) -> dict | None:
+  """The checkpoint's grain iterator state, or None (a fresh stream started at `start`) when
+  there is none or data.loader_workers changed."""
+  if saved is None:
+    return None
+  if saved.get("loader_workers") == workers and "data_iterator" in saved:
+    return saved["data_iterator"]
+  print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
+        f"stream restarts at step {start}, which gives the same batches.", flush=True)
+  return None
+
+
+def _batches(config, dataset: AnomalyDataset, mesh, iterator_state, start: int, total: int):
+  """The global batches of updates start+1..total on the mesh: a pure function of (seed, step)."""
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
-  workers = config.data.loader_workers
-  full_meta = {"model": meta, "state": train_meta, "norm": norm.to_dict(),
-               "batch_size": batch_size, "loader_workers": workers}
-  iterator_state = None  # fresh stream, started at `start`
-  if saved is not None:
-    if saved.get("loader_workers") == workers and "data_iterator" in saved:
-      iterator_state = saved["data_iterator"]
-    else:
-      print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
-            f"stream restarts at step {start}, which gives the same batches.", flush=True)
-  # Steps logged after the checkpoint a resume starts from are dropped.
+  source = pipeline.ArraySource(dataset.train_images, labels)
+  stream = pipeline.train_dataset(source, config.train.batch_size, config.seed,
+                                  jax.process_index(), jax.process_count())
+  iterator = pipeline.train_iterator(stream, iterator_state, config.data.loader_workers,
+                                     config.data.loader_threads, start=start)
+  return pipeline.DevicePrefetcher(iterator, mesh, total - start)
+
+
+def _logs(config, workdir: str, metrics: StepMetrics, start: int, total: int):
+  """(MetricLog, Profiler). The log drops the rows after `start` (of a run resumed from it)."""
   writer = MetricWriter(workdir, "train", resume_from=start)
   progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
   trace = StepTrace(workdir, "train", config.train.profile_steps, "train.profile_steps")
+  log_every = (config.train.log_every_steps, config.train.checkpoint_every_steps)
+  return (MetricLog(metrics, writer, progress, log_every, config.train.batch_size),
+          Profiler(trace, metrics))
+
+
+def _all_hooks(config, hooks, metrics: StepMetrics, log: MetricLog, profiler: Profiler, manager,
+               meta: dict, norm: NormStats, batches, total: int) -> Hooks:
+  """profiler, the caller's hooks, the NaN guard, the metric log and the checkpointer."""
+  check_every = (config.train.log_every_steps, config.train.checkpoint_every_steps)
+  others = (profiler, *hooks, NonFiniteGuard(metrics, check_every, config.model.dtype), log)
+  meta = {**meta, "norm": norm.to_dict(), "batch_size": config.train.batch_size,
+          "loader_workers": config.data.loader_workers}
+  saver = Checkpointer(manager, config.train.checkpoint_every_steps, meta, batches.state, others)
+  return Hooks((*others, saver), metrics, total)
+
+
+def train(config, workdir: str, dataset: AnomalyDataset | None = None,
+          hooks: tuple[TrainHook, ...] = ()) -> TrainState:
+  """Trains (or resumes) the velocity model in `workdir`; returns the final state.
+
+  `hooks` run inside the loop, after the profiler and before the NaN guard, the metric log and
+  the checkpointer (see `fmjax.train.hooks`); none run when training is already done.
+  """
+  prepare_workdir(workdir)
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
+  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  norm = norm_stats_for(workdir, dataset)
+  model, optimizer = build_unet(config.model, dataset.num_classes), build_optimizer(config.train)
+  manager, state, saved, meta = _restore_or_create(config, workdir, dataset, mesh, model, optimizer)
+  total = num_train_steps(config, len(dataset.train_images))
+  start = int(jax.device_get(state.step))
+  train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
+                               config.train.objective, methods.objective_options(config.train),
+                               learning_rate=config.train.learning_rate,
+                               warmup_steps=config.train.warmup_steps)
+  iterator_state = _saved_iterator_state(saved, config.data.loader_workers, start)
+  metrics = StepMetrics()
+  log, profiler = _logs(config, workdir, metrics, start, total)
   if start >= total:
     print(f"Training already done ({start}/{total} steps).", flush=True)
     manager.close()
-    writer.close()
+    log.close()
     return state
 
-  source = pipeline.ArraySource(dataset.train_images, labels)
-  stream = pipeline.train_dataset(source, batch_size, config.seed, jax.process_index(),
-                                  jax.process_count())
-  iterator = pipeline.train_iterator(stream, iterator_state, workers, config.data.loader_threads,
-                                     start=start)
-  batches = pipeline.DevicePrefetcher(iterator, mesh, total - start)
+  batches = _batches(config, dataset, mesh, iterator_state, start, total)
+  run = _all_hooks(config, hooks, metrics, log, profiler, manager, meta, norm, batches, total)
   try:
-    for hook in hooks:
-      hook.start(start, state)
-    pending, t_last = [], time.time()
+    run.start(start, state)
     for step in range(start + 1, total + 1):
-      images, batch_labels = batches.next()
-      for hook in hooks:
-        hook.before_step(step, state, images, batch_labels)
-      trace.before(step)
-      state, step_metrics = train_step(state, images, batch_labels)
-      trace.after(step, step_metrics)
-      for hook in hooks:
-        hook.after_step(step, state)
-      pending.append(step_metrics)
-      last = step == total
-      save_now = step % config.train.checkpoint_every_steps == 0 or last
-      if step % config.train.log_every_steps == 0 or save_now:
-        logged = _check_finite(pending, step, config.model.dtype)
-        n = len(logged["loss"])
-        now = time.time()
-        rate = n / max(now - t_last, 1e-9)
-        pending, t_last = [], now
-        # The loss is the mean since the last log; the norms are those of the last step.
-        writer.write(step, **{k: (v.mean() if k == "loss" else v[-1]) for k, v in logged.items()},
-                     steps_per_s=rate, images_per_s=rate * batch_size)
-        progress.update(n, force=last, loss=float(logged["loss"][-1]), img_s=round(rate * batch_size, 1))
-        if save_now and not np.isfinite(logged["param_norm"][-1]):
-          # The losses so far used the previous parameters: the new ones are checked too.
-          raise NonFiniteLossError(
-              f"The parameters after step {step} are NaN or infinite (norm "
-              f"{logged['param_norm'][-1]}); no checkpoint was written. "
-              f"{_nan_advice(config.model.dtype)}")
-        if save_now:
-          checkpoint.save(manager, step, state, {**full_meta, "data_iterator": batches.state()})
-          writer.flush()  # the logs reach the checkpoint (a bucket's JSONL is buffered)
-          for hook in hooks:
-            hook.flush()
+      images, labels = batches.next()
+      run.before_step(step, state, images, labels)
+      state, step_metrics = train_step(state, images, labels)
+      run.after_step(step, state, step_metrics)
   finally:
-    for hook in hooks:
-      hook.close()
-    trace.close()
-    progress.close()
     batches.close()
-    manager.close()
-    writer.close()
+    run.close()
   return state
