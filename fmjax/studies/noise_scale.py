@@ -26,7 +26,7 @@ from fmjax import methods
 from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.core.runlog import MetricWriter, read_metrics
-from fmjax.train.hooks import TrainHook
+from fmjax.train.hooks import LoggingHook
 
 
 def group_gradient_sq_norms(loss_fn, params, batch, groups: int):
@@ -106,7 +106,7 @@ def make_measure_fn(model, norm: NormStats, objective: str, objective_options: d
       params, images, labels, jax.device_put(np.int32(step), rep))
 
 
-class NoiseScale(TrainHook):
+class NoiseScale(LoggingHook):
   """Measures the gradient noise scale before every `every`-th update, on that update's batch
   and parameters, and logs to <workdir>/noise_metrics.jsonl: {step, examples, trace_sigma,
   grad_sq, gradient_noise_scale} where the last is `b_simple` over the last `window`
@@ -116,11 +116,11 @@ class NoiseScale(TrainHook):
                window: int = 10):
     self._workdir, self._fn = workdir, measure_fn
     self._batch, self._groups, self.every, self._window = batch_size, groups, every, window
-    self._writer = None
+
     self._recent: list[tuple[float, float]] = []
 
   def start(self, step, state):
-    self._writer = MetricWriter(self._workdir, "noise", resume_from=step)
+    self.writer = MetricWriter(self._workdir, "noise", resume_from=step)
     if step:  # the window continues from the records the resumed run kept
       self._recent = [(r["trace_sigma"], r["grad_sq"]) for r in read_metrics(self._workdir, "noise")
                       if "trace_sigma" in r and "grad_sq" in r][-self._window:]
@@ -130,13 +130,5 @@ class NoiseScale(TrainHook):
     trace_sigma, grad_sq = estimate(small_sq, big_sq, self._batch / self._groups, self._batch)
     self._recent = (self._recent + [(trace_sigma, grad_sq)])[-self._window:]
     running = b_simple(*zip(*self._recent))
-    self._writer.write(step, examples=(step - 1) * self._batch, trace_sigma=trace_sigma,
+    self.writer.write(step, examples=(step - 1) * self._batch, trace_sigma=trace_sigma,
                        grad_sq=grad_sq, gradient_noise_scale=running)
-
-  def flush(self):
-    if self._writer is not None:
-      self._writer.flush()
-
-  def close(self):
-    if self._writer is not None:
-      self._writer.close()

@@ -25,7 +25,7 @@ from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.core.ids import image_ids
 from fmjax.core.runlog import MetricWriter
-from fmjax.train.hooks import TrainHook
+from fmjax.train.hooks import LoggingHook
 
 
 def time_grid(num_times: int) -> np.ndarray:
@@ -95,7 +95,7 @@ def eval_steps(batch_size: int, every_examples: int, total_steps: int) -> list[i
   return sorted(steps)
 
 
-class ValidationLoss(TrainHook):
+class ValidationLoss(LoggingHook):
   """Logs L_val of the parameters (the EMA ones when `use_ema` and kept) to
   <workdir>/val_metrics.jsonl: at step 0 of a fresh run and after each step of `steps`.
 
@@ -112,7 +112,6 @@ class ValidationLoss(TrainHook):
     self._batch, self._train_batch, self._mesh = batch_size, train_batch_size, mesh
     self._steps, self._use_ema = set(steps), use_ema
     self._fn = make_val_loss_fn(model, norm, num_times, seed, mesh)
-    self._writer = None
 
   def due(self, step, last):
     return step in self._steps
@@ -120,21 +119,13 @@ class ValidationLoss(TrainHook):
   def _log(self, step: int, state) -> None:
     params = state.ema_params if (self._use_ema and state.ema_params) else state.params
     loss = validation_loss(self._fn, params, self._images, self._labels, self._batch, self._mesh)
-    self._writer.write(step, examples=step * self._train_batch, val_loss=loss)
+    self.writer.write(step, examples=step * self._train_batch, val_loss=loss)
 
   def start(self, step, state):
     # A fresh run drops every old record (-1), step 0's included; a resumed one those after `step`.
-    self._writer = MetricWriter(self._workdir, "val", resume_from=step if step else -1)
+    self.writer = MetricWriter(self._workdir, "val", resume_from=step if step else -1)
     if step == 0:
       self._log(0, state)
 
   def after_step(self, step, state):
     self._log(step, state)
-
-  def flush(self):
-    if self._writer is not None:
-      self._writer.flush()
-
-  def close(self):
-    if self._writer is not None:
-      self._writer.close()

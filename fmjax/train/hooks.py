@@ -72,6 +72,20 @@ class TrainHook:
     """At the end of the run, also when it fails."""
 
 
+class LoggingHook(TrainHook):
+  """A hook that writes rows through a MetricWriter (`self.writer`, None until `start` makes
+  it): its logs are flushed after every checkpoint and closed with the run."""
+  writer: MetricWriter | None = None
+
+  def flush(self):
+    if self.writer is not None:
+      self.writer.flush()
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
 class StepMetrics:
   """The train step's metrics (float32 device scalars) per update, fetched to the host only
   when asked, so that the loop does not wait for the device in between."""
@@ -136,7 +150,7 @@ class NonFiniteGuard(TrainHook):
           f"was written. {nan_advice(self.dtype)}")
 
 
-class MetricLog(TrainHook):
+class MetricLog(LoggingHook):
   """A row per log (and checkpoint) step in <workdir>/train_metrics.jsonl and TensorBoard: the
   loss averaged over the updates since the previous row, the other metrics of the last one,
   steps_per_s and images_per_s; and the progress line (loss, img/s)."""
@@ -162,12 +176,9 @@ class MetricLog(TrainHook):
     self.progress.update(n, force=step == self.progress.total, loss=float(logged["loss"][-1]),
                          img_s=round(rate * self.batch_size, 1))
 
-  def flush(self):
-    self.writer.flush()
-
   def close(self):
     self.progress.close()
-    self.writer.close()
+    super().close()
 
 
 class Profiler(TrainHook):
