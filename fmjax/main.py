@@ -56,7 +56,9 @@ flags.mark_flags_as_required(["config"])
 
 def run(config, workdir: str | None, mode: str | None = None):
   """Runs `mode` (default: config.mode, else train_and_evaluate) for `config` in `workdir`;
-  returns what the last phase returned."""
+  returns what the last phase returned (evaluate and train_and_evaluate: the
+  `fmjax.report.records.Evaluation`, None on processes other than 0; calibrate: the
+  `fmjax.decide.calibration.Calibration`)."""
   configlib.validate(config)
   mode = mode or config.mode or "train_and_evaluate"
   if mode == "describe":

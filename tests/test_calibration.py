@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmjax.score.scoring import CALIBRATION_KEYS
 from fmjax.score.session import ScoringSession
-from fmjax.decide import calibration
+from fmjax.decide import calibration, decisions
 from fmjax import main as fm_main
 from fmjax.data import hold_out_normals, load_dataset, pipeline
 from fmjax.data.dataset import held_out_count
 from fmjax.data.synthetic import make_synthetic_dataset
-from fmjax.core.errors import CheckpointMismatchError, ConfigError
+from fmjax.core.errors import CheckpointMismatchError, ConfigError, CorruptFileError
 
 from conftest import tiny_config
 
@@ -30,12 +31,12 @@ def _oracle_threshold(scores, rate):
 def test_threshold_is_the_exact_order_statistic(n, rate):
   scores = np.random.default_rng(n).normal(size=n) ** 2
   out = calibration.threshold_at(scores, rate)
-  assert out["threshold"] == _oracle_threshold(list(scores), rate)
-  assert out["allowed"] == int(np.floor(rate * n + 1e-9))
-  assert np.sum(calibration.flagged(scores, out["threshold"])) == out["allowed"]
-  assert out["resolved"] == (n * rate >= 1)
-  if not out["resolved"]:  # too few images for the rate: the most conservative choice
-    assert out["threshold"] == scores.max() and out["allowed"] == 0
+  assert out.threshold == _oracle_threshold(list(scores), rate)
+  assert out.allowed == int(np.floor(rate * n + 1e-9))
+  assert np.sum(calibration.flagged(scores, out.threshold)) == out.allowed
+  assert out.resolved == (n * rate >= 1)
+  if not out.resolved:  # too few images for the rate: the most conservative choice
+    assert out.threshold == scores.max() and out.allowed == 0
 
 
 def test_rates_measured_on_a_labelled_split():
@@ -123,19 +124,19 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
     assert entry["pixel"]["0.01"]["threshold"] == pytest.approx(
         _oracle_threshold(list(heat[sel].ravel()), 0.01), rel=1e-6)
     # The report: what each calibrated threshold does on the test split.
-    row = result["calibrated"]["per_category"][name]["rates"]["0.5"]
+    row = result.calibrated.per_category[name].rates["0.5"]
     test = dataset.test_classes == ci
-    test_scores = np.array([i["score"] for i in result["images"]])[test]
+    test_scores = np.array([i.score for i in result.images])[test]
     labels = dataset.test_labels[test]
     t = entry["image"]["0.5"]["threshold"]
-    assert row["false_alarm_rate"] == np.mean(test_scores[labels == 0] > t)
-    assert row["recall"] == np.mean(test_scores[labels == 1] > t)
+    assert row.false_alarm_rate == np.mean(test_scores[labels == 0] > t)
+    assert row.recall == np.mean(test_scores[labels == 1] > t)
   with open(tmp_path / "eval" / "scores.csv") as f:
     rows = list(csv.DictReader(f))
-  for r, img in zip(rows, result["images"]):
+  for r, img in zip(rows, result.images):
     t = saved["categories"][r["category"]]["image"]["0.5"]["threshold"]
-    expected = "anomalous" if img["score"] > t else "normal"
-    assert r["calibrated_decision"] == img["calibrated_decision"] == expected
+    expected = "anomalous" if img.score > t else "normal"
+    assert r["calibrated_decision"] == img.calibrated_decision == expected
   assert "Decisions without test labels" in (tmp_path / "eval" / "metrics.md").read_text()
 
   # Score mode decides with the calibrated threshold of the first rate (strictly above it).
@@ -154,3 +155,101 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
     fm_main.run(tiny_config(**{"data.val_fraction": 0.5}), str(tmp_path), "calibrate")
   with pytest.raises(ConfigError, match="nothing to calibrate on"):
     fm_main.run(tiny_config(**{"data.val_fraction": 0.0}), str(tmp_path), "calibrate")
+
+  # A corrupt or hand-edited calibration.json stops score mode with one line naming the file
+  # and what is wrong (fmjax.main prints a UserError as that line, without a traceback).
+  path = tmp_path / "calibration.json"
+  text = path.read_text()
+  score_config = tiny_config(**{"data.val_fraction": 0.25, "data.score_dir": str(folder),
+                                "data.score_category": "weave"})
+  for corrupt, expected in [
+      (text[:len(text) // 2], "is not valid JSON"),
+      (text.replace(f'"threshold": {saved["categories"]["weave"]["image"]["0.5"]["threshold"]!r}',
+                    '"threshold": "abc"'),
+       'categories["weave"]["image"]["0.5"]["threshold"] = "abc", not a number'),
+      (json.dumps({**saved, "rates": "0.01"}), 'rates = "0.01", not a list of numbers')]:
+    assert corrupt != text
+    path.write_text(corrupt)
+    with pytest.raises(CorruptFileError) as e:
+      fm_main.run(score_config, str(tmp_path), "score")
+    assert str(e.value).startswith(f"{path} ") and expected in str(e.value), str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).endswith("run --mode=calibrate to write it again")
+
+
+# calibration.json as the code before the Calibration record wrote it (one category, a cascade).
+OLD_CALIBRATION_JSON = (
+    '{"settings": {"checkpoint_step": 4, "method": "flow_mismatch", "method_options": {"num_seeds": '
+    '2, "num_times": 2, "aggregator": "min", "quantile": null}, "use_ema": true, "seed": 0, '
+    '"val_fraction": 0.25}, "rates": [0.5, 0.01], "categories": {"weave": {"num_held_out": 3, '
+    '"image": {"0.5": {"threshold": 6.765064239501953, "allowed": 1, "count": 3, "resolved": true}, '
+    '"0.01": {"threshold": 9.114055633544922, "allowed": 0, "count": 3, "resolved": false}}, '
+    '"pixel": {"0.5": {"threshold": 0.5817374587059021, "allowed": 384, "count": 768, "resolved": '
+    'true}, "0.01": {"threshold": 2.571568727493286, "allowed": 7, "count": 768, "resolved": '
+    'true}}}}, "cascade": {"num_seeds": 1, "num_times": 1, "margin": 0.1, "categories": {"weave": '
+    '{"low": 9.065896638064748, "high": 12.476534842356592, "log_ratio_min": -0.5120779100860217, '
+    '"log_ratio_max": -0.39274799396290144, "margin": 0.1, "threshold": 6.765064239501953}}}}')
+
+
+def test_calibration_json_of_earlier_runs_reads_and_writes_back_identically(tmp_path):
+  old = json.loads(OLD_CALIBRATION_JSON)
+  cal = calibration.Calibration.from_json(old)
+  assert json.dumps(cal.to_json(), indent=1) == json.dumps(old, indent=1)  # same keys, same order
+  calibration.save(str(tmp_path), cal)
+  assert (tmp_path / "calibration.json").read_text() == json.dumps(old, indent=1)
+  # Read back from the workdir for the scorer it was made with; refused for another one.
+  settings = old["settings"]
+  loaded, why = calibration.load(str(tmp_path), settings, CALIBRATION_KEYS)
+  assert loaded == cal and why == ""
+  loaded, why = calibration.load(str(tmp_path), {**settings, "seed": 1}, CALIBRATION_KEYS)
+  assert loaded is None and "seed=0; now seed=1" in why
+  # The record's attributes are the file's entries.
+  assert cal.rates == (0.5, 0.01) and cal.categories["weave"].num_held_out == 3
+  assert cal.threshold("weave") == 6.765064239501953
+  assert cal.threshold("weave", 0.01, level="pixel") == 2.571568727493286
+  assert np.isnan(cal.threshold("tiles")) and not cal.categories["weave"].image["0.01"].resolved
+  assert cal.cascade.bands["weave"]["low"] == 9.065896638064748 and cal.cascade.margin == 0.1
+  rule = decisions.decision_rule(str(tmp_path), "weave", settings)
+  assert (rule.threshold, rule.strict, rule.pixel_threshold) == (6.765064239501953, True,
+                                                                  0.5817374587059021)
+
+
+def _replace(obj, path, value):
+  """A copy of the JSON `obj` with the entry at `path` (a list of keys) replaced by `value`, or
+  removed when `value` is _REMOVE."""
+  obj = json.loads(json.dumps(obj))
+  node = obj
+  for key in path[:-1]:
+    node = node[key]
+  if value is _REMOVE:
+    del node[path[-1]]
+  else:
+    node[path[-1]] = value
+  return obj
+
+
+_REMOVE = object()
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    (["categories", "weave", "image", "0.5", "threshold"], "abc",
+     'has categories["weave"]["image"]["0.5"]["threshold"] = "abc", not a number'),
+    (["rates"], "0.01", 'has rates = "0.01", not a list of numbers'),
+    (["rates"], [0.01, 5], "has rates = [0.01, 5], not a list of rates in (0, 1)"),
+    (["categories", "weave", "num_held_out"], _REMOVE, 'has no categories["weave"]["num_held_out"]'),
+    (["categories", "weave", "pixel", "0.01"], _REMOVE, 'has no categories["weave"]["pixel"]["0.01"]'),
+    (["categories", "weave", "image", "0.5", "resolved"], "yes",
+     'has categories["weave"]["image"]["0.5"]["resolved"] = "yes", not true or false'),
+    (["settings"], [], "has settings = [], not a JSON object"),
+    (["cascade", "categories", "weave", "high"], None,
+     'has cascade["categories"]["weave"]["high"] = null, not a number'),
+])
+def test_a_corrupt_calibration_json_is_one_line_naming_the_entry(tmp_path, path, value, expected):
+  file = tmp_path / "calibration.json"
+  old = json.loads(OLD_CALIBRATION_JSON)
+  file.write_text(json.dumps(_replace(old, path, value), indent=1))
+  with pytest.raises(CorruptFileError) as e:
+    calibration.load(str(tmp_path), old["settings"], CALIBRATION_KEYS)
+  assert str(e.value) == f"{file} {expected}; run --mode=calibrate to write it again"
+  file.write_text(OLD_CALIBRATION_JSON[:-40])  # cut short
+  with pytest.raises(CorruptFileError, match=r"calibration.json is not valid JSON \(.* at line 1 "):
+    calibration.load(str(tmp_path), old["settings"], CALIBRATION_KEYS)

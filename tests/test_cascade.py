@@ -68,7 +68,7 @@ def test_cascade_end_to_end_matches_independent_scoring(tmp_path):
   _, val_full = score(config.evaluate, dataset.val_images, dataset.val_classes)
   _, val_cheap = score(cheap_ec, dataset.val_images, dataset.val_classes)
   _, test_cheap = score(cheap_ec, dataset.test_images, dataset.test_classes)
-  test_full = np.array([i["score"] for i in result["images"]])
+  test_full = np.array([i.score for i in result.images])
   rescored = agreed = 0
   for ci, name in enumerate(dataset.class_names):
     v, t = dataset.val_classes == ci, dataset.test_classes == ci
@@ -79,11 +79,11 @@ def test_cascade_end_to_end_matches_independent_scoring(tmp_path):
     band = saved["categories"][name]
     inside = (test_cheap[t] > band["low"]) & (test_cheap[t] <= band["high"])
     decided = np.where(inside, test_full[t] > threshold, test_cheap[t] > band["high"])
-    assert result["cascade"]["per_category"][name]["rescored"] == inside.sum()
+    assert result.cascade.per_category[name].rescored == inside.sum()
     rescored += inside.sum()
     agreed += np.sum(decided == (test_full[t] > threshold))
-  assert result["cascade"]["rescored"] == rescored
-  assert result["cascade"]["agreement"] == pytest.approx(agreed / len(test_full))
+  assert result.cascade.rescored == rescored
+  assert result.cascade.agreement == pytest.approx(agreed / len(test_full))
   assert "took the expensive path" in (tmp_path / "eval" / "metrics.md").read_text()
 
   # Score mode: cheap first, the full setting for the band; full rows carry full scores.

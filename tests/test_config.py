@@ -125,6 +125,11 @@ def test_list_settings_use_the_one_parser():
   from fmjax.decide.calibration import parse_rates
   from fmjax.decide.settings import export_platforms
   from fmjax.studies import settings as st
+  from fmjax.studies.ablations.aggregators import aggregator_settings
+  from fmjax.studies.ablations.checkpoints import listed_steps
+  from fmjax.studies.ablations.compute import compute_settings
+  from fmjax.studies.ablations.methods import method_settings
+  from fmjax.studies.ablations.seeds import seed_settings
   assert parse_rates("0.01, 0.05") == [0.01, 0.05] and parse_rates((0.2,)) == [0.2]
   with pytest.raises(ConfigError) as e:
     parse_rates("0.01,1.5")
@@ -140,15 +145,15 @@ def test_list_settings_use_the_one_parser():
                                           "integers >= 1, got"):
       st.scaling_batch_sizes(bad)
   assert trace_window(" 3 , 5 ", "k") == (3, 5) and trace_window(" ", "k") is None
-  assert st.compute_settings("2x3, 4X4,") == [{"group": "grid", "num_seeds": 2, "num_times": 3},
+  assert compute_settings("2x3, 4X4,") == [{"group": "grid", "num_seeds": 2, "num_times": 3},
                                               {"group": "K=T", "num_seeds": 4, "num_times": 4}]
-  assert st.aggregator_settings("mean, q1") == [{"aggregator": "mean", "quantile": None},
+  assert aggregator_settings("mean, q1") == [{"aggregator": "mean", "quantile": None},
                                                 {"aggregator": "quantile", "quantile": 1.0}]
-  assert st.seed_settings("0, 5,9") == [{"seed": 0}, {"seed": 5}, {"seed": 9}]
-  assert st.listed_steps("") == [] and st.listed_steps("400,200") == [400, 200]
-  assert st.method_settings("flow_mismatch, radar") == [{"method": "flow_mismatch"},
+  assert seed_settings("0, 5,9") == [{"seed": 0}, {"seed": 5}, {"seed": 9}]
+  assert listed_steps("") == [] and listed_steps("400,200") == [400, 200]
+  assert method_settings("flow_mismatch, radar") == [{"method": "flow_mismatch"},
                                                         {"method": "radar"}]
-  assert st.method_settings("reflect", None) == [{"method": "reflect"}]
+  assert method_settings("reflect", None) == [{"method": "reflect"}]
 
 
 # ---- study.* is checked like every section ----

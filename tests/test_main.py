@@ -21,7 +21,7 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   metrics = check_eval_report(tmp_path / "eval", ["weave", "brushed", "tiles"])
   for key in METRIC_KEYS:
     assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics[key] == result[key]
+    assert metrics[key] == getattr(result.pooled, key)
   assert len(metrics["images"]) == 12  # 3 categories x (2 normal + 2 anomalous)
   assert set(metrics["per_category"]) == {"weave", "brushed", "tiles"}
   assert metrics["settings"]["checkpoint_step"] == 4
@@ -31,7 +31,7 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
   # Evaluating again from the checkpoint gives the same scores (same seed).
   again = fm_main.run(config, str(tmp_path), "evaluate")
-  assert [i["score"] for i in again["images"]] == [i["score"] for i in metrics["images"]]
+  assert [i.score for i in again.images] == [i["score"] for i in metrics["images"]]
 
   # --mode=score on a folder holding weave's 4 test images (the first 4 of the split, saved
   # losslessly in the same order) reproduces their scores: same seeds, same class label.
@@ -76,8 +76,8 @@ def test_scores_do_not_depend_on_batch_size_or_devices(tmp_path):
   config = tiny_config(**{"mesh.num_devices": 8, "evaluate.batch_size": 8,
                           "evaluate.max_forward_batch": 3})
   b = fm_main.run(config, str(tmp_path), "evaluate")
-  sa = [i["score"] for i in a["images"]]
-  sb = [i["score"] for i in b["images"]]
+  sa = [i.score for i in a.images]
+  sb = [i.score for i in b.images]
   assert sa == pytest.approx(sb, rel=1e-4)
 
 

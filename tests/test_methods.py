@@ -155,7 +155,7 @@ def test_training_modified_methods_train_and_evaluate_end_to_end(tmp_path, name,
   from conftest import tiny_config
   config = tiny_config(**{"train.objective": name, "evaluate.method": name, "train.num_steps": 2})
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
-  assert result["settings"]["method"] == name and 0 <= result["pixel_auroc"] <= 1
+  assert result.settings.method == name and 0 <= result.pooled.pixel_auroc <= 1
   assert (tmp_path / "eval" / "metrics.md").read_text().startswith(f"# {title} evaluation")
   saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())["settings"]
   assert set(saved["method_options"]) == set(methods.scorer(name).uses)  # and nothing else

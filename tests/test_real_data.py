@@ -24,11 +24,12 @@ def test_small_unet_detects_bottle_defects(shared_data, tmp_path):
   config.data.root = str(shared_data / "mvtec")
   config.mesh.num_devices = 2  # the 2 cores, not the 8 simulated devices of the test session
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
-  settings = result["settings"]
-  assert settings["method_options"] == {"num_seeds": 10, "num_times": 10, "aggregator": "min",
-                                        "quantile": None}
-  assert settings["num_test_images"] == 83 and settings["checkpoint_step"] == 1500
-  print(f"bottle 32x32: image AUROC {result['image_auroc']:.4f}, pixel AUROC "
-        f"{result['pixel_auroc']:.4f}, PRO {result['pixel_aupro']:.4f}")
-  assert result["image_auroc"] >= 0.93, result["image_auroc"]
-  assert result["pixel_auroc"] >= 0.85, result["pixel_auroc"]
+  settings = result.settings
+  assert settings.method_options == {"num_seeds": 10, "num_times": 10, "aggregator": "min",
+                                     "quantile": None}
+  assert settings.num_test_images == 83 and settings.checkpoint_step == 1500
+  pooled = result.pooled
+  print(f"bottle 32x32: image AUROC {pooled.image_auroc:.4f}, pixel AUROC "
+        f"{pooled.pixel_auroc:.4f}, PRO {pooled.pixel_aupro:.4f}")
+  assert pooled.image_auroc >= 0.93, pooled.image_auroc
+  assert pooled.pixel_auroc >= 0.85, pooled.pixel_auroc

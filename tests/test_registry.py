@@ -81,7 +81,7 @@ def test_each_cfm_method_evaluates_and_records_only_its_options(cfm_run, method)
   result = fm_main.run(tiny_config(**overrides), str(cfm_run), "evaluate")
   saved = json.loads((cfm_run / "eval" / "metrics.json").read_text())
   scorer = methods.scorer(method)
-  assert saved["settings"]["method"] == result["settings"]["method"] == method
+  assert saved["settings"]["method"] == result.settings.method == method
   assert set(saved["settings"]["method_options"]) == set(scorer.uses) | set(scorer.options)
   assert (cfm_run / "eval" / "metrics.md").read_text().startswith(f"# {scorer.title} evaluation")
   assert 0.0 <= saved["pixel_auroc"] <= 1.0
@@ -93,7 +93,7 @@ def test_radar_isolation_forest_scores_per_category(cfm_run):
   from fmjax.methods.radar import isolation_forest_scores
   config = tiny_config(**{"evaluate.method": "radar", "evaluate.radar.image_score": "isolation_forest"})
   result = fm_main.run(config, str(cfm_run), "evaluate")
-  assert result["settings"]["method_options"]["image_score"] == "isolation_forest"
+  assert result.settings.method_options["image_score"] == "isolation_forest"
   # The same scores from the maps: one forest per category, fitted on its normal training maps.
   dataset = load_dataset(config.data)
   session = ScoringSession.load(config, str(cfm_run), dataset.class_names)
@@ -103,7 +103,7 @@ def test_radar_isolation_forest_scores_per_category(cfm_run):
     forest = isolation_forest_scores(train_maps[dataset.train_classes == ci], config.evaluate.seed)
     sel = dataset.test_classes == ci
     expected = forest(test_maps[sel])
-    got = [img["score"] for img, s in zip(result["images"], sel) if s]
+    got = [img.score for img, s in zip(result.images, sel) if s]
     assert got == pytest.approx(list(expected), rel=1e-6)
 
 
@@ -111,7 +111,7 @@ def test_evaluation_restores_parameters_only(cfm_run):
   # The optimiser's settings do not matter to evaluation (its state is not read), the compute
   # dtype neither; any architecture field does, including one the code does not know yet.
   config = tiny_config(**{"train.amsgrad": False, "train.ema_decay": 0.5, "model.dtype": "bfloat16"})
-  assert fm_main.run(config, str(cfm_run), "evaluate")["settings"]["checkpoint_step"] == 4
+  assert fm_main.run(config, str(cfm_run), "evaluate").settings.checkpoint_step == 4
   new_field = tiny_config()
   new_field.model.skip_scale = 0.7
   assert restore.model_meta(new_field, ["a"])["skip_scale"] == 0.7
@@ -144,12 +144,13 @@ def test_layers_import_only_downwards():
   import pathlib
   package_root = pathlib.Path(configlib.__file__).parent  # fmjax/configlib.py
   modules = sorted(package_root.rglob("*.py"))
-  assert {p.parent.name for p in modules if p.parent != package_root} == set(LAYERS)
+  layers = {p.relative_to(package_root).parts[0] for p in modules if p.parent != package_root}
+  assert layers == set(LAYERS)
   upward = []
   for path in modules:
     if path.parent == package_root:
       continue  # the entry points
-    own = LAYERS.index(path.parent.name)
+    own = LAYERS.index(path.relative_to(package_root).parts[0])
     for name in _fmjax_imports(path):
       parts = name.split(".")
       if len(parts) > 1 and (parts[1] not in LAYERS or LAYERS.index(parts[1]) > own):

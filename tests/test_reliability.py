@@ -77,9 +77,9 @@ def test_training_falls_back_past_a_corrupt_checkpoint(tmp_path, uninterrupted, 
   result = fm_main.run(tiny_config(), str(run), "evaluate")
   err = capsys.readouterr().err
   if how == "metadata":
-    assert result["settings"]["checkpoint_step"] == 4 and "does not restore" not in err
+    assert result.settings.checkpoint_step == 4 and "does not restore" not in err
   else:
-    assert result["settings"]["checkpoint_step"] == 2
+    assert result.settings.checkpoint_step == 2
     assert "checkpoint step 4 in" in err and "does not restore" in err and "using step 2" in err
   assert (run / "checkpoints" / "4").exists()
   # Training resumes from step 2, keeps the bad step aside, and ends where an uninterrupted
@@ -225,7 +225,7 @@ def test_evaluate_rerun_replaces_heatmaps_and_one_batch_has_a_rate(trained):
   result = fm_main.run(tiny_config(**{"evaluate.num_heatmaps": 1, "evaluate.batch_size": 16}),
                        str(trained), "evaluate")
   assert len(os.listdir(trained / "eval" / "heatmaps")) == 1
-  assert np.isfinite(result["settings"]["images_per_s"]) and result["settings"]["images_per_s"] > 0
+  assert np.isfinite(result.settings.images_per_s) and result.settings.images_per_s > 0
 
 
 def test_cli_bad_key_and_missing_config_are_one_line(tmp_path):

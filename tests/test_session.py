@@ -47,7 +47,7 @@ def test_train_and_evaluate_compiles_each_scoring_setting_once(tmp_path):
                           "evaluate.cascade.num_times": 1, "evaluate.batch_size": 8})
   with count_compilations() as counts:
     result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
-  assert "cascade" in result and "calibrated" in result  # both phases scored both settings
+  assert result.cascade is not None and result.calibrated is not None  # both phases, both settings
   assert _score_compilations(counts) == 2, dict(counts)
 
 

@@ -9,22 +9,24 @@ from PIL import Image
 from fmjax import main as fm_main
 from fmjax.core import plots
 from fmjax.studies import ablations as studies
+from fmjax.studies.ablations.aggregators import aggregator_settings
+from fmjax.studies.ablations.compute import compute_settings
 
 from conftest import tiny_config
 
 
 def test_settings_parsing():
-  paper = studies.compute_settings("paper")
+  paper = compute_settings("paper")
   assert len(paper) == 30 and paper[0] == {"group": "fix K=5", "num_seeds": 5, "num_times": 2}
   assert [s["num_seeds"] * s["num_times"] for s in paper if s["group"] == "K=T"][-1] == 400
-  assert studies.compute_settings("2x3, 4x4") == [{"group": "grid", "num_seeds": 2, "num_times": 3},
+  assert compute_settings("2x3, 4x4") == [{"group": "grid", "num_seeds": 2, "num_times": 3},
                                                    {"group": "K=T", "num_seeds": 4, "num_times": 4}]
   with pytest.raises(ValueError, match="is not KxT"):
-    studies.compute_settings("5by5")
-  assert studies.aggregator_settings("min,q0.2") == [{"aggregator": "min", "quantile": None},
+    compute_settings("5by5")
+  assert aggregator_settings("min,q0.2") == [{"aggregator": "min", "quantile": None},
                                                       {"aggregator": "quantile", "quantile": 0.2}]
   with pytest.raises(ValueError, match="median"):
-    studies.aggregator_settings("median")
+    aggregator_settings("median")
 
 
 def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
@@ -34,19 +36,19 @@ def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
   compute = fm_main.run(tiny_config(**base, **{"study.name": "compute", "study.compute": "1x1,2x2"}),
                         run, "study")
   assert [r["label"] for r in compute["rows"]] == ["K=1 T=1", "K=2 T=2"]
-  assert compute["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert compute["rows"][1]["mean"] == pytest.approx(evaluated.mean.as_dict(), abs=1e-6)
   aggregators = fm_main.run(tiny_config(**base, **{"study.name": "aggregators",
                                                    "study.aggregators": "min,q0.5"}), run, "study")
   assert [r["label"] for r in aggregators["rows"]] == ["min", "q0.5"]
-  assert aggregators["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert aggregators["rows"][0]["mean"] == pytest.approx(evaluated.mean.as_dict(), abs=1e-6)
   checkpoints = fm_main.run(tiny_config(**base, **{"study.name": "checkpoints"}), run, "study")
   assert [r["step"] for r in checkpoints["rows"]] == [2, 4]
-  assert checkpoints["rows"][1]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert checkpoints["rows"][1]["mean"] == pytest.approx(evaluated.mean.as_dict(), abs=1e-6)
   assert checkpoints["rows"][0]["mean"]["pixel_auroc"] != checkpoints["rows"][1]["mean"]["pixel_auroc"]
   methods = fm_main.run(tiny_config(**base, **{"study.name": "methods", "evaluate.dflow.iterations": 3}),
                         run, "study")
   assert [r["label"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
-  assert methods["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert methods["rows"][0]["mean"] == pytest.approx(evaluated.mean.as_dict(), abs=1e-6)
   assert all(0 <= r["mean"]["pixel_auroc"] <= 1 for r in methods["rows"])
   assert [r["method"] for r in methods["rows"]] == ["flow_mismatch", "reconflow", "dflow"]
   assert methods["rows"][2]["mean"]["pixel_auroc"] != methods["rows"][0]["mean"]["pixel_auroc"]
@@ -55,7 +57,7 @@ def test_studies_agree_with_evaluate_and_resume(tmp_path, capsys):
                                                   "study.methods": "flow_mismatch,radar"}), run, "study")
   assert [r["label"] for r in with_radar["rows"]] == ["flow_mismatch", "radar"]
   radar_eval = fm_main.run(tiny_config(**base, **{"evaluate.method": "radar"}), run, "evaluate")
-  assert with_radar["rows"][1]["mean"] == pytest.approx(radar_eval["mean"], abs=1e-6)
+  assert with_radar["rows"][1]["mean"] == pytest.approx(radar_eval.mean.as_dict(), abs=1e-6)
   assert with_radar["rows"][1]["method_options"] == {"t": 0.5, "edge_filter": False,
                                                      "image_score": "top1"}
   for name, n in (("compute", 2), ("aggregators", 2), ("checkpoints", 2), ("methods", 2)):
@@ -106,7 +108,7 @@ def test_seeds_study_reports_the_spread(tmp_path):
   evaluated = fm_main.run(tiny_config(), run, "train_and_evaluate")  # evaluate.seed = 0
   result = fm_main.run(tiny_config(**{"study.name": "seeds", "study.seeds": "0,5,9"}), run, "study")
   assert [r["label"] for r in result["rows"]] == ["seed 0", "seed 5", "seed 9"]
-  assert result["rows"][0]["mean"] == pytest.approx(evaluated["mean"], abs=1e-6)
+  assert result["rows"][0]["mean"] == pytest.approx(evaluated.mean.as_dict(), abs=1e-6)
   pixel = np.array([r["mean"]["pixel_auroc"] for r in result["rows"]])
   assert len(set(pixel)) == 3  # the seeds really change the scores
   spread = result["spread"]["pixel_auroc"]
@@ -126,11 +128,11 @@ def test_pooling_study_trains_the_other_kind_and_compares(tmp_path, capsys):
   config = tiny_config(**{"study.name": "pooling"})
   result = fm_main.run(config, run, "study")
   assert [r["model"] for r in result["rows"]] == ["conditional", "pooled"]
-  assert result["rows"][0]["mean"] == pytest.approx(conditional["mean"], abs=1e-6)
+  assert result["rows"][0]["mean"] == pytest.approx(conditional.mean.as_dict(), abs=1e-6)
   # The pooled model equals one trained and evaluated on its own with the same recipe.
   pooled = fm_main.run(tiny_config(**{"data.class_conditional": False}), str(tmp_path / "pooled"),
                        "train_and_evaluate")
-  assert result["rows"][1]["mean"] == pytest.approx(pooled["mean"], abs=1e-6)
+  assert result["rows"][1]["mean"] == pytest.approx(pooled.mean.as_dict(), abs=1e-6)
   assert result["rows"][1]["mean"] != result["rows"][0]["mean"]
   assert result["rows"][1]["checkpoint_step"] == 4
   out = tmp_path / "run" / "studies" / "pooling"
@@ -148,3 +150,40 @@ def test_pooling_study_trains_the_other_kind_and_compares(tmp_path, capsys):
   from fmjax.train.checkpoint import CheckpointMismatchError
   with pytest.raises(CheckpointMismatchError, match="class_conditional: checkpoint has True"):
     fm_main.run(tiny_config(**{"data.class_conditional": False}), run, "evaluate")
+
+
+def test_rows_are_reused_only_for_the_same_checkpoint_and_scorer(tmp_path, capsys):
+  run = str(tmp_path)
+  fm_main.run(tiny_config(), run, "train")  # step 4
+  study = {"study.name": "compute", "study.compute": "1x1"}
+
+  def scored(**overrides):
+    """The study's row and the settings it scored anew in this run."""
+    capsys.readouterr()
+    result = fm_main.run(tiny_config(**study, **overrides), run, "study")
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("study compute:")]
+    return result["rows"][0], lines
+
+  row, lines = scored()
+  assert lines == ["study compute: 1/1 K=1 T=1"] and row["checkpoint_step"] == 4
+  assert scored()[1] == []  # nothing changed: reused
+  # Another aggregator, another scoring seed, or the raw parameters: scored again.
+  for overrides, key, value in [({"evaluate.flow_mismatch.aggregator": "mean"}, "method_options",
+                                 {"num_seeds": 1, "num_times": 1, "aggregator": "mean",
+                                  "quantile": None}),
+                                ({"evaluate.seed": 3}, "seed", 3),
+                                ({"evaluate.use_ema": False}, "use_ema", False)]:
+    row, lines = scored(**overrides)
+    assert lines == ["study compute: 1/1 K=1 T=1"] and row[key] == value, overrides
+  # Trained further: the step-4 row is stale and replaced by the step-6 one.
+  fm_main.run(tiny_config(**{"train.num_steps": 6}), run, "train")
+  row, lines = scored(**{"train.num_steps": 6})
+  assert lines == ["study compute: 1/1 K=1 T=1"] and row["checkpoint_step"] == 6
+  saved = json.loads((tmp_path / "studies" / "compute" / "results.json").read_text())
+  assert [r["checkpoint_step"] for r in saved["rows"]] == [6]
+  # With the checkpoints gone, no row is reported.
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints")
+  from fmjax.core.errors import MissingCheckpointError
+  with pytest.raises(MissingCheckpointError, match="No checkpoints in"):
+    fm_main.run(tiny_config(**study, **{"train.num_steps": 6}), run, "study")

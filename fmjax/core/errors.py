@@ -29,6 +29,11 @@ class CorruptDataError(UserError, ValueError):
   """An image or mask file that cannot be decoded."""
 
 
+class CorruptFileError(UserError, ValueError):
+  """A record the workdir holds (calibration.json, eval/metrics.json) that cannot be read: not
+  JSON, or an entry missing or of the wrong type (a hand edit, a truncated copy)."""
+
+
 class CheckpointMismatchError(UserError, ValueError):
   """The checkpoint in the workdir was written for a different model or dataset."""
 

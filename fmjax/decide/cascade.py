@@ -12,14 +12,18 @@ cheap scores around the decision threshold t:
 
 Outside the band a full score on the other side of t would need a log-ratio outside every
 one the held-out images showed (plus the margin). The evaluation measures the agreement
-with full scoring on the test split; the README reports it.
+with full scoring on the test split (`CascadeResults`, eval/metrics.json's "cascade"); the
+README reports it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
+
+from fmjax.core.records import Fields
 
 
 def cheap_options(cascade_config) -> dict:
@@ -67,3 +71,53 @@ def decide(cheap_scores: np.ndarray, full_scores_of_rescored: np.ndarray, the_ba
   anomalous = anomalous.copy()
   anomalous[rescore] = np.asarray(full_scores_of_rescored) > threshold
   return anomalous, rescore
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeCategoryResult:
+  """The cascade on one category's test images."""
+  images: int
+  rescored: int  # images whose cheap score fell in the band (scored again at full cost)
+  agreement: float  # fraction of images decided as full scoring decides them
+  band: tuple[float, float]  # (low, high) cheap scores of the band
+
+  def to_json(self) -> dict:
+    return {"images": self.images, "rescored": self.rescored, "agreement": self.agreement,
+            "band": list(self.band)}
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "CascadeCategoryResult":
+    band = f.numbers("band")
+    if len(band) != 2:
+      f.fail("band", f"= {band}, not [low, high]")
+    return cls(f.integer("images"), f.integer("rescored"), f.number("agreement", nullable=True),
+               (band[0], band[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeResults:
+  """What the cascade does on a labelled test split, overall and per category; throughput
+  in images/s from the measured cheap and full scoring rates (compilation included)."""
+  num_seeds: int  # K of the cheap setting
+  num_times: int  # T of the cheap setting
+  images: int
+  rescored: int
+  agreement: float  # fraction of all images decided as full scoring decides them
+  cheap_images_per_s: float
+  full_images_per_s: float
+  images_per_s: float  # the cascade's: all images cheap, the rescored ones at full cost too
+  speedup: float  # images_per_s / full_images_per_s
+  per_category: dict[str, CascadeCategoryResult]
+
+  def to_json(self) -> dict:
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out["per_category"] = {n: c.to_json() for n, c in self.per_category.items()}
+    return out
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "CascadeResults":
+    rate = lambda key: f.number(key, nullable=True)
+    return cls(f.integer("num_seeds"), f.integer("num_times"), f.integer("images"),
+               f.integer("rescored"), rate("agreement"), rate("cheap_images_per_s"),
+               rate("full_images_per_s"), rate("images_per_s"), rate("speedup"),
+               {n: CascadeCategoryResult.from_fields(c) for n, c in f.each("per_category").items()})

@@ -23,7 +23,8 @@ from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.sources import folder_images, read_images
 from fmjax.decide import calibration, cascade, decisions
 from fmjax.report import writer as report
-from fmjax.report.metrics import METRIC_KEYS, compute_metrics, mean_over_categories
+from fmjax.report.metrics import compute_metrics, mean_over_categories
+from fmjax.report.records import EvalSettings, Evaluation, ImageResult, Metrics
 from fmjax.score.scoring import CALIBRATION_KEYS
 from fmjax.score.session import ScoringSession
 
@@ -39,9 +40,10 @@ def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: 
 
 
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
-             session: ScoringSession | None = None) -> dict:
+             session: ScoringSession | None = None) -> Evaluation | None:
   """Scores the test split with the latest checkpoint (or `session`'s); writes the report into
-  <workdir>/eval/."""
+  <workdir>/eval/ and returns the evaluation (None on processes other than 0, which write
+  nothing)."""
   eval_dir = os.path.join(workdir, "eval")
   prepare_workdir(eval_dir)  # writable before any scoring
   dataset = dataset if dataset is not None else load_dataset(config.data)
@@ -63,41 +65,39 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
                                            "cascade (cheap)")
       cascaded = decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
   if jax.process_index() != 0:
-    return {}
+    return None
 
   overall = compute_metrics(scores, dataset.test_labels, heatmaps, dataset.test_masks,
                             with_curves=True)
   curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
-  per_category = metrics_per_category(dataset, scores, heatmaps)
+  per_category = {n: Metrics.from_dict(m)
+                  for n, m in metrics_per_category(dataset, scores, heatmaps).items()}
   ec = config.evaluate
-  result = {
-      **overall,
-      "mean": mean_over_categories(per_category),
-      "per_category": per_category,
-      "settings": {"dataset": dataset.name, "categories": list(dataset.class_names), **settings,
-                   "images_per_s": images_per_s, "num_test_images": int(len(scores)),
-                   "batch_size": ec.batch_size, "num_devices": int(session.mesh.devices.size)},
-      "images": [{"path": p, "category": dataset.class_names[c], "defect": d, "label": int(l),
-                  "score": float(s)}
-                 for p, c, d, l, s in zip(dataset.test_paths, dataset.test_classes,
-                                          dataset.test_defects, dataset.test_labels, scores)],
-  }
-  if cascaded is not None:
-    result["cascade"] = cascaded
+  outcomes = None
   if calibrated is not None:
-    result["calibrated"] = decisions.calibrated_results(
-        calibrated, dataset, scores, {n: m["image_f1_threshold"] for n, m in per_category.items()})
-    first = calibration.rate_key(calibrated["rates"][0])
-    for r in result["images"]:
-      cat = result["calibrated"]["per_category"].get(r["category"])
-      if cat is not None:
-        anomalous = calibration.flagged(r["score"], cat["rates"][first]["threshold"])
-        r["calibrated_decision"] = "anomalous" if anomalous else "normal"
+    outcomes = decisions.calibrated_results(
+        calibrated, dataset, scores, {n: m.image_f1_threshold for n, m in per_category.items()})
   else:
     print(f"No calibrated thresholds in the report: {why}.", flush=True)
+  images = []
+  for path, c, defect, label, score in zip(dataset.test_paths, dataset.test_classes,
+                                           dataset.test_defects, dataset.test_labels, scores):
+    category = dataset.class_names[c]
+    threshold = None if outcomes is None else outcomes.first_threshold(category)
+    decision = None if threshold is None else (
+        "anomalous" if calibration.flagged(float(score), threshold) else "normal")
+    images.append(ImageResult(path=path, category=category, defect=defect, label=int(label),
+                              score=float(score), calibrated_decision=decision))
+  result = Evaluation(
+      pooled=Metrics.from_dict(overall),
+      mean=Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()})),
+      per_category=per_category,
+      settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
+                            images_per_s=images_per_s, num_test_images=int(len(scores)),
+                            batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size)),
+      images=tuple(images), cascade=cascaded, calibrated=outcomes)
   writer = MetricWriter(workdir, "eval")
-  writer.write(int(step), images_per_s=images_per_s,
-               **{k: v for k, v in result.items() if k in METRIC_KEYS and v is not None})
+  writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()
   report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
                       num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)

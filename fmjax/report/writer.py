@@ -11,16 +11,19 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
 from fmjax.decide import calibration
+from fmjax.decide.cascade import CascadeResults
 from fmjax.core import files, plots
+from fmjax.core.records import json_safe  # noqa: F401  (studies write their JSON with it)
 from fmjax import methods
 from fmjax.data import AnomalyDataset
+from fmjax.report.records import EvalSettings, Evaluation, Metrics
 
+# (Metrics attribute, column name) of the tables, in the papers' order.
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
                  ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"),
                  ("pixel_aupro", "PRO"))
@@ -130,108 +133,108 @@ def format_percent(v) -> str:
   return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
-def present_columns(metric_dicts) -> list[tuple[str, str]]:
-  """The (key, column name) pairs of TABLE_COLUMNS found in any of the metric dicts."""
-  metric_dicts = list(metric_dicts)
-  return [(k, name) for k, name in TABLE_COLUMNS if any(k in m for m in metric_dicts)]
+def present_columns(metrics) -> list[tuple[str, str]]:
+  """The (attribute, column name) pairs of TABLE_COLUMNS measured in any of the `Metrics`."""
+  metrics = list(metrics)
+  return [(k, name) for k, name in TABLE_COLUMNS
+          if any(getattr(m, k) is not None for m in metrics)]
 
 
-def metrics_table(result: dict) -> str:
+def metrics_table(per_category: dict[str, Metrics], mean: Metrics) -> str:
   """Markdown: one row per category and a Mean row (percent, one decimal), as in Tables 4/5."""
-  keys = present_columns(result["per_category"].values())
+  keys = present_columns(per_category.values())
   lines = ["| Category | " + " | ".join(name for _, name in keys) + " |",
            "|---|" + "---:|" * len(keys)]
-  rows = list(result["per_category"].items()) + [("Mean", result["mean"])]
-  for name, m in rows:
-    cells = [format_percent(m.get(k)) for k, _ in keys]
+  for name, m in list(per_category.items()) + [("Mean", mean)]:
+    cells = [format_percent(getattr(m, k)) for k, _ in keys]
     bold = "**" if name == "Mean" else ""
     lines.append(f"| {bold}{name}{bold} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def scorer_settings(s: dict) -> str:
-  """The scorer's settings in words, from metrics.json's settings (method, method_options)."""
-  return methods.scorer(s["method"]).summary(s["method_options"])
+def scorer_settings(s: EvalSettings) -> str:
+  """The scorer's settings in words (method, method_options)."""
+  return methods.scorer(s.method).summary(s.method_options)
 
 
-def metrics_markdown(result: dict) -> str:
-  s = result["settings"]
-  scorer = methods.scorer(s["method"])
-  overall = " ".join(f"{name} {format_percent(result.get(k))}" for k, name in TABLE_COLUMNS if k in result)
+def metrics_markdown(result: Evaluation) -> str:
+  """metrics.md: the settings, the per-category table, the pooled metrics, then the calibrated
+  decisions and the cascade when the evaluation has them."""
+  s = result.settings
+  scorer = methods.scorer(s.method)
+  overall = " ".join(f"{name} {format_percent(getattr(result.pooled, k))}"
+                     for k, name in TABLE_COLUMNS if getattr(result.pooled, k) is not None)
   return "\n".join([
-      f"# {scorer.title} evaluation: {s['dataset']}", "",
+      f"# {scorer.title} evaluation: {s.dataset}", "",
       f"{scorer.title}: {scorer.description}.", "",
-      f"Checkpoint step {s['checkpoint_step']}; {scorer_settings(s)}; {s['num_test_images']} test "
-      f"images scored at {s['images_per_s']:.2f} images/s.", "",
+      f"Checkpoint step {s.checkpoint_step}; {scorer_settings(s)}; {s.num_test_images} test "
+      f"images scored at {s.images_per_s:.2f} images/s.", "",
       "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
       "Mean = average over categories (the papers' convention).", "",
-      metrics_table(result), "",
+      metrics_table(result.per_category, result.mean), "",
       f"All test images pooled into one ranking: {overall}.", ""] + ([
       "## Decisions without test labels", "",
       "Image thresholds calibrated on normal training images held out of training "
       "(`calibration.json`; flagged when the score is above the threshold), and what they give "
       "on this test split. The F1-optimal row is tuned on the test labels themselves: an upper "
       "reference, not available on a production line.", "",
-      calibrated_table(result), ""] if "calibrated" in result else []) +
-      (cascade_section(result["cascade"]) if "cascade" in result else []))
+      calibrated_table(result.calibrated), ""] if result.calibrated is not None else []) +
+      (cascade_section(result.cascade) if result.cascade is not None else []))
 
 
-def cascade_section(c: dict) -> list[str]:
+def cascade_section(c: CascadeResults) -> list[str]:
   """Markdown lines: how many images the cascade sent to the full setting, its agreement with
   full scoring, its throughput."""
   lines = ["## Cascade scoring", "",
-           f"Every image scored at K = {c['num_seeds']}, T = {c['num_times']}; those whose cheap "
+           f"Every image scored at K = {c.num_seeds}, T = {c.num_times}; those whose cheap "
            f"score fell in the band calibrated on the held-out normals scored again with the full "
-           f"setting: {c['rescored']} of {c['images']} images took the expensive path. Decisions "
-           f"agree with full scoring on {format_percent(c['agreement'])}% of the test images; "
-           f"{c['images_per_s']:.3g} images/s against {c['full_images_per_s']:.3g} for full "
-           f"scoring ({c['speedup']:.2f}x, from the measured cheap and full images/s).", "",
+           f"setting: {c.rescored} of {c.images} images took the expensive path. Decisions "
+           f"agree with full scoring on {format_percent(c.agreement)}% of the test images; "
+           f"{c.images_per_s:.3g} images/s against {c.full_images_per_s:.3g} for full "
+           f"scoring ({c.speedup:.2f}x, from the measured cheap and full images/s).", "",
            "| Category | images | rescored | agreement | band of cheap scores |",
            "|---|---:|---:|---:|---|"]
-  for name, p in c["per_category"].items():
-    lines.append(f"| {name} | {p['images']} | {p['rescored']} | {format_percent(p['agreement'])} | "
-                 f"{p['band'][0]:.4g} to {p['band'][1]:.4g} |")
+  for name, p in c.per_category.items():
+    lines.append(f"| {name} | {p.images} | {p.rescored} | {format_percent(p.agreement)} | "
+                 f"{p.band[0]:.4g} to {p.band[1]:.4g} |")
   return lines + [""]
 
 
-def write_scores_csv(path: str, result: dict) -> None:
+def write_scores_csv(path: str, result: Evaluation) -> None:
   """One row per test image: the decision at the F1-optimal threshold (tuned on the test labels,
   score >= threshold) and, when calibrated, at the first calibrated rate (score > threshold)."""
-  calibrated = result.get("calibrated")
-  first = calibration.rate_key(calibrated["rates"][0]) if calibrated else None
   rows = [["path", "category", "defect", "label", "score", "threshold", "decision",
            "calibrated_threshold", "calibrated_decision"]]
-  for r in result["images"]:
-    t = result["per_category"][r["category"]]["image_f1_threshold"]
-    decision = "" if not np.isfinite(t) else ("anomalous" if r["score"] >= t else "normal")
-    cat = calibrated["per_category"].get(r["category"]) if calibrated else None
-    ct = f"{cat['rates'][first]['threshold']:.8g}" if cat else ""
-    rows.append([r["path"], r["category"], r["defect"], r["label"], f"{r['score']:.8g}",
-                 f"{t:.8g}", decision, ct, r.get("calibrated_decision", "")])
+  f1_thresholds = result.f1_thresholds()
+  for r in result.images:
+    t = f1_thresholds[r.category]
+    decision = "" if not np.isfinite(t) else ("anomalous" if r.score >= t else "normal")
+    ct = None if result.calibrated is None else result.calibrated.first_threshold(r.category)
+    rows.append([r.path, r.category, r.defect, r.label, f"{r.score:.8g}", f"{t:.8g}", decision,
+                 "" if ct is None else f"{ct:.8g}", r.calibrated_decision or ""])
   files.write_text(path, files.csv_text(rows))
 
 
-def calibrated_table(result: dict) -> str:
+def calibrated_table(cal: calibration.CalibratedResults) -> str:
   """Markdown: per category, each calibrated rate's threshold with the false-alarm rate and
   recall it gives on the test split, and the F1-optimal threshold's (tuned on test labels)."""
-  cal = result["calibrated"]
   lines = ["| Category | held-out normals | threshold at | threshold | test false alarms | "
            "test recall |", "|---|---:|---|---:|---:|---:|"]
-  for name, c in cal["per_category"].items():
-    for k, row in c["rates"].items():
-      rate = f"{100 * float(k):g}% false alarms" + ("" if row["resolved"] else " (unresolved)")
-      lines.append(f"| {name} | {c['num_held_out']} | {rate} | {row['threshold']:.4g} | "
-                   f"{format_percent(row['false_alarm_rate'])} | {format_percent(row['recall'])} |")
-    f1 = c["f1_optimal"]
-    threshold = "-" if f1["threshold"] is None or not np.isfinite(f1["threshold"]) else f"{f1['threshold']:.4g}"
+  for name, c in cal.per_category.items():
+    for k, row in c.rates.items():
+      rate = f"{100 * float(k):g}% false alarms" + ("" if row.resolved else " (unresolved)")
+      lines.append(f"| {name} | {c.num_held_out} | {rate} | {row.threshold:.4g} | "
+                   f"{format_percent(row.false_alarm_rate)} | {format_percent(row.recall)} |")
+    f1 = c.f1_optimal
+    threshold = "-" if f1.threshold is None or not np.isfinite(f1.threshold) else f"{f1.threshold:.4g}"
     lines.append(f"| {name} | | F1-optimal (tuned on the test labels) | {threshold} | "
-                 f"{format_percent(f1['false_alarm_rate'])} | {format_percent(f1['recall'])} |")
+                 f"{format_percent(f1.false_alarm_rate)} | {format_percent(f1.recall)} |")
   return "\n".join(lines)
 
 
-def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict):
-  """Normal vs anomalous image scores per category, the F1-optimal threshold marked (log axis
-  when the scores span more than 1.5 decades)."""
+def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, f1_thresholds: dict[str, float]):
+  """Normal vs anomalous image scores [N] per category, each category's F1-optimal threshold
+  ({category: image score}) marked (log axis when the scores span more than 1.5 decades)."""
   n = len(dataset.class_names)
   cols = min(3, n)
   rows = (n + cols - 1) // cols
@@ -242,7 +245,7 @@ def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict):
     sel = dataset.test_classes == ci
     labels = dataset.test_labels[sel]
     values = scores[sel].astype(np.float64)
-    threshold = result["per_category"][name]["image_f1_threshold"]
+    threshold = f1_thresholds[name]
     log = values.min() > 0 and values.max() / values.min() > 10 ** 1.5
     edges = (np.geomspace(values.min(), values.max(), 31) if log
              else np.linspace(values.min(), values.max() + (values.max() == values.min()), 31))
@@ -265,8 +268,10 @@ def histogram_figure(dataset: AnomalyDataset, scores: np.ndarray, result: dict):
   return fig
 
 
-def roc_pr_figure(curves: dict, result: dict):
-  """ROC and PR curves of all test images pooled; image level, and pixel level when masks exist."""
+def roc_pr_figure(curves: dict, pooled: Metrics):
+  """ROC and PR curves of all test images pooled ({"image_curves"/"pixel_curves": fpr, tpr,
+  precision, recall}), labelled with the `pooled` AUROC and AP; image level, and pixel level
+  when masks exist."""
   levels = [level for level in ("image", "pixel") if curves.get(f"{level}_curves") is not None]
   if not levels:
     return None
@@ -275,9 +280,10 @@ def roc_pr_figure(curves: dict, result: dict):
   for level, colour in zip(levels, plots.PALETTE):
     c = curves[f"{level}_curves"]
     roc.plot(c["fpr"], c["tpr"], color=colour, linewidth=1.8,
-             label=f"{level}: AUROC {format_percent(result[f'{level}_auroc'])}%")
+             label=f"{level}: AUROC {format_percent(getattr(pooled, f'{level}_auroc'))}%")
     pr.step(np.r_[0.0, c["recall"]], np.r_[c["precision"][0], c["precision"]], where="post",
-            color=colour, linewidth=1.8, label=f"{level}: AP {format_percent(result[f'{level}_ap'])}%")
+            color=colour, linewidth=1.8,
+            label=f"{level}: AP {format_percent(getattr(pooled, f'{level}_ap'))}%")
   roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
   for ax, title, xlabel, ylabel, loc in (
       (roc, "ROC (all test images)", "false positive rate", "true positive rate", "lower right"),
@@ -291,10 +297,12 @@ def roc_pr_figure(curves: dict, result: dict):
   return fig
 
 
-def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps: np.ndarray,
+def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, heatmaps: np.ndarray,
                  scores: np.ndarray, curves: dict, num_heatmaps: int = 12,
                  grid_columns: int = 8) -> list[str]:
-  """Writes every file listed in the module docstring; returns their paths."""
+  """Writes every file listed in the module docstring from the evaluation, its test images'
+  heatmaps [N,H,W] and image scores [N] and the pooled `curves` (roc_pr_figure); returns the
+  paths."""
   files.makedirs(eval_dir)
   written = []
 
@@ -302,17 +310,17 @@ def write_report(eval_dir: str, result: dict, dataset: AnomalyDataset, heatmaps:
     written.append(os.path.join(eval_dir, name))
     return written[-1]
 
-  files.write_json(path("metrics.json"), json_safe(result))
+  files.write_json(path("metrics.json"), result.to_json())
   files.write_text(path("metrics.md"), metrics_markdown(result))
   write_scores_csv(path("scores.csv"), result)
   scales = plots.heat_scales(dataset.test_classes, heatmaps)  # one per category, computed once
+  f1_thresholds = result.f1_thresholds()
   for ci, name in enumerate(dataset.class_names):
-    threshold = result["per_category"][name]["image_f1_threshold"]
-    plots.save(category_grid(dataset, heatmaps, scores, ci, threshold, grid_columns,
+    plots.save(category_grid(dataset, heatmaps, scores, ci, f1_thresholds[name], grid_columns,
                              scales.get(ci)),
                path(f"grid_{safe_name(name)}.png"))
-  plots.save(histogram_figure(dataset, scores, result), path("score_histogram.png"))
-  figure = roc_pr_figure(curves, result)
+  plots.save(histogram_figure(dataset, scores, f1_thresholds), path("score_histogram.png"))
+  figure = roc_pr_figure(curves, result.pooled)
   if figure is not None:
     plots.save(figure, path("roc_pr.png"))
   # Always: with num_heatmaps = 0 it leaves an empty folder, no stale pictures of an earlier run.
@@ -352,37 +360,28 @@ def safe_name(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def json_safe(obj):
-  """NaN/inf -> None, so metrics.json is strict JSON."""
-  if isinstance(obj, dict):
-    return {k: json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [json_safe(v) for v in obj]
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
-
-
-def summary_lines(result: dict) -> list[str]:
+def summary_lines(result: Evaluation) -> list[str]:
   """The table printed at the end of an evaluation."""
-  keys = present_columns([result, result["mean"]])
+  keys = present_columns([result.pooled, result.mean])
   lines = ["category        " + " ".join(f"{n:>8s}" for _, n in keys)]
-  for name, m in list(result["per_category"].items()) + [("Mean", result["mean"])]:
-    lines.append(f"{name[:15]:15s} " + " ".join(f"{format_percent(m.get(k)):>8s}" for k, _ in keys))
-  s = result["settings"]
-  lines.append(f"{methods.scorer(s['method']).title}: {scorer_settings(s)}; "
-               f"step {s['checkpoint_step']}; {s['images_per_s']:.2f} images/s")
-  for name, c in result.get("calibrated", {}).get("per_category", {}).items():
-    for k, row in c["rates"].items():
-      lines.append(f"{name}: threshold {row['threshold']:.4g} calibrated on {c['num_held_out']} "
+  for name, m in list(result.per_category.items()) + [("Mean", result.mean)]:
+    lines.append(f"{name[:15]:15s} " +
+                 " ".join(f"{format_percent(getattr(m, k)):>8s}" for k, _ in keys))
+  s = result.settings
+  lines.append(f"{methods.scorer(s.method).title}: {scorer_settings(s)}; "
+               f"step {s.checkpoint_step}; {s.images_per_s:.2f} images/s")
+  per_category = {} if result.calibrated is None else result.calibrated.per_category
+  for name, c in per_category.items():
+    for k, row in c.rates.items():
+      lines.append(f"{name}: threshold {row.threshold:.4g} calibrated on {c.num_held_out} "
                    f"held-out normals at {100 * float(k):g}% false alarms"
-                   f"{'' if row['resolved'] else ' (unresolved: their maximum)'} -> on the test "
-                   f"split {format_percent(row['false_alarm_rate'])}% false alarms, "
-                   f"{format_percent(row['recall'])}% recall")
-  c = result.get("cascade")
-  if c:
-    lines.append(f"cascade (K={c['num_seeds']}, T={c['num_times']} first): {c['rescored']} of "
-                 f"{c['images']} images rescored at full cost; agreement with full scoring "
-                 f"{format_percent(c['agreement'])}%; {c['speedup']:.2f}x the full images/s")
+                   f"{'' if row.resolved else ' (unresolved: their maximum)'} -> on the test "
+                   f"split {format_percent(row.false_alarm_rate)}% false alarms, "
+                   f"{format_percent(row.recall)}% recall")
+  c = result.cascade
+  if c is not None:
+    lines.append(f"cascade (K={c.num_seeds}, T={c.num_times} first): {c.rescored} of "
+                 f"{c.images} images rescored at full cost; agreement with full scoring "
+                 f"{format_percent(c.agreement)}%; {c.speedup:.2f}x the full images/s")
   return lines
 

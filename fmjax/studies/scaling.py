@@ -196,11 +196,11 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   train_log = read_metrics(directory, "train")
   val_log = read_metrics(directory, "val")
   noise_log = read_metrics(directory, "noise")
-  mean = result["mean"]
+  mean = result.mean  # an Evaluation (fmjax/report/records.py)
   record = {
       **arm, "examples": arm["steps"] * arm["batch_size"],
       "val_loss": val_log[-1]["val_loss"] if val_log else None,
-      **{k: mean.get(k) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
+      **{k: getattr(mean, k) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
                                   "pixel_ap", "pixel_f1_max", "pixel_aupro")},
       "train_flops": step_flops * arm["steps"], "flops_per_step": step_flops,
       "wall_s": train_wall_seconds(train_log), "images_per_s": steady_images_per_s(train_log),

@@ -1,0 +1,159 @@
+"""An evaluation's results as a record: `Evaluation`, written as <workdir>/eval/metrics.json.
+
+  metrics.json   {pooled metrics (image_auroc, ..., pixel_aupro at the top level), "mean",
+                  "per_category", "settings", "images", optional "cascade", optional
+                  "calibrated"}; NaN (an undefined metric) is written as null
+
+`Evaluation.to_json()` gives that layout exactly (older runs and tests read it) and
+`Evaluation.from_json()` reads it back (a corrupt file is one CorruptFileError line). The
+calibrated and cascade sections are `fmjax.decide.calibration.CalibratedResults` and
+`fmjax.decide.cascade.CascadeResults`, built where the decisions are made.
+`fmjax.decide.decisions.stored_threshold` reads the F1-optimal thresholds of the file itself
+(decide/ sits below report/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fmjax.core.records import Fields, json_safe
+from fmjax.decide.calibration import CalibratedResults
+from fmjax.decide.cascade import CascadeResults
+from fmjax.report.metrics import METRIC_KEYS
+
+FIX = "run --mode=evaluate to write it again"
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+  """The seven metrics (fractions in [0, 1]) and the F1-optimal thresholds (score units) of
+  `fmjax.report.metrics.compute_metrics`. NaN: undefined (one class only, no defect pixels);
+  None: not measured (pixel metrics without masks; a mean has no thresholds)."""
+  image_auroc: float | None = None
+  image_ap: float | None = None
+  image_f1_max: float | None = None
+  image_f1_threshold: float | None = None  # image score, flagged at or above it
+  pixel_auroc: float | None = None
+  pixel_ap: float | None = None
+  pixel_f1_max: float | None = None
+  pixel_f1_threshold: float | None = None
+  pixel_aupro: float | None = None  # up to a false-positive rate of 0.3
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "Metrics":
+    """From compute_metrics's or mean_over_categories's dict (curves are not metrics)."""
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+  def as_dict(self) -> dict:
+    """{metric key: value} of the measured ones, in compute_metrics's order (NaN kept)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
+
+  def metrics(self) -> dict:
+    """{key: value} of the seven metrics (METRIC_KEYS) that were measured, no thresholds."""
+    return {k: v for k, v in self.as_dict().items() if k in METRIC_KEYS}
+
+  to_json = as_dict
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "Metrics":
+    return cls(**{m.name: f.optional_number(m.name) for m in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What was evaluated and how: the dataset, the scorer's settings
+  (`fmjax.score.scoring.scorer_settings`) and the scoring run."""
+  dataset: str
+  categories: tuple[str, ...]
+  checkpoint_step: int
+  method: str
+  method_options: dict
+  use_ema: bool
+  seed: int
+  val_fraction: float | None  # None: an evaluation written before it was recorded
+  images_per_s: float  # test images scored per second, compilation included
+  num_test_images: int
+  batch_size: int
+  num_devices: int
+
+  def to_json(self) -> dict:
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out["categories"] = list(self.categories)
+    if self.val_fraction is None:
+      del out["val_fraction"]
+    return out
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "EvalSettings":
+    return cls(dataset=f.string("dataset"), categories=tuple(f.strings("categories")),
+               checkpoint_step=f.integer("checkpoint_step"), method=f.string("method"),
+               method_options=f.fields("method_options").obj, use_ema=f.boolean("use_ema"),
+               seed=f.integer("seed"), val_fraction=f.optional_number("val_fraction"),
+               images_per_s=f.number("images_per_s", nullable=True),
+               num_test_images=f.integer("num_test_images"), batch_size=f.integer("batch_size"),
+               num_devices=f.integer("num_devices"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResult:
+  """One test image: its label (1 = anomalous), image score and, when calibrated, the decision
+  at the first calibrated rate ("anomalous" or "normal"; None: its category has no calibration)."""
+  path: str
+  category: str
+  defect: str
+  label: int
+  score: float
+  calibrated_decision: str | None = None
+
+  def to_json(self) -> dict:
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    if self.calibrated_decision is None:
+      del out["calibrated_decision"]
+    return out
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "ImageResult":
+    return cls(f.string("path"), f.string("category"), f.string("defect"), f.integer("label"),
+               f.number("score", nullable=True),
+               f.string("calibrated_decision") if f.has("calibrated_decision") else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """An evaluation of a labelled test split (`fmjax.report.evaluate.evaluate`)."""
+  pooled: Metrics  # all test images in one ranking
+  mean: Metrics  # each metric averaged over the categories (the papers' Mean row)
+  per_category: dict[str, Metrics]
+  settings: EvalSettings
+  images: tuple[ImageResult, ...]  # the test split in order
+  cascade: CascadeResults | None = None  # with evaluate.cascade.enabled and calibrated bands
+  calibrated: CalibratedResults | None = None  # with a matching calibration.json
+
+  def f1_thresholds(self) -> dict[str, float]:
+    """{category: its F1-optimal image threshold (tuned on the test labels)}."""
+    return {name: m.image_f1_threshold for name, m in self.per_category.items()}
+
+  def to_json(self) -> dict:
+    """metrics.json's JSON object (NaN and inf as null)."""
+    out = {**self.pooled.to_json(), "mean": self.mean.to_json(),
+           "per_category": {n: m.to_json() for n, m in self.per_category.items()},
+           "settings": self.settings.to_json(), "images": [i.to_json() for i in self.images]}
+    if self.cascade is not None:
+      out["cascade"] = self.cascade.to_json()
+    if self.calibrated is not None:
+      out["calibrated"] = self.calibrated.to_json()
+    return json_safe(out)
+
+  @classmethod
+  def from_json(cls, obj, source: str = "metrics.json") -> "Evaluation":
+    """The record of metrics.json's parsed `obj` (null -> NaN); CorruptFileError naming `source`
+    and the entry when one is missing or of the wrong type."""
+    f = Fields(obj, source, FIX)
+    return cls(pooled=Metrics.from_fields(f), mean=Metrics.from_fields(f.fields("mean")),
+               per_category={n: Metrics.from_fields(m) for n, m in f.each("per_category").items()},
+               settings=EvalSettings.from_fields(f.fields("settings")),
+               images=tuple(ImageResult.from_fields(i) for i in f.list_of("images")),
+               cascade=CascadeResults.from_fields(f.fields("cascade")) if f.has("cascade") else None,
+               calibrated=(CalibratedResults.from_fields(f.fields("calibrated"))
+                           if f.has("calibrated") else None))
