@@ -116,6 +116,16 @@ def base_config() -> ml_collections.ConfigDict:
   # band around the calibrated threshold (fmjax/decide/cascade.py). Calibrate with it enabled first.
   c.evaluate.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
                                                       margin=0.1))
+  # Images of any size (fmjax/score/tiling.py): 0 scores each image whole; else square tiles of
+  # this side (a multiple of the model's stride) overlapping by tile_overlap (-1: a quarter of
+  # the tile), blended into one map. Images above max_image_pixels are refused.
+  c.evaluate.tile_size = 0
+  c.evaluate.tile_overlap = -1
+  c.evaluate.max_image_pixels = 50_000_000
+  # Gaussian smoothing of the heatmap before the image score (fmjax/score/smoothing.py): sigma in
+  # pixels, or as a fraction of the map's shorter side; 0: off (the paper's setting).
+  c.evaluate.smoothing_sigma = 0.0
+  c.evaluate.smoothing_sigma_fraction = 0.0
   c.evaluate.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
 
   c.calibrate = ml_collections.ConfigDict()  # --mode=calibrate (and after train_and_evaluate)

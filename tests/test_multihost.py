@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -46,6 +47,10 @@ def _env(devices: int, process: int | None = None, count: int = 1, port: int = 0
   for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(key, None)
   if process is not None:
+    # Gloo (CPU collectives) gives up when one process reaches a new collective more than 30 s
+    # after another. A compilation cache that one process hits and the other misses makes them
+    # that far apart on a busy machine, so processes of one run compile alike, from scratch.
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(count),
                JAX_PROCESS_ID=str(process))
   return env
@@ -62,32 +67,53 @@ def _start(config_path, workdir, processes: int, devices: int, *extra, bucket=No
     env = _env(devices, i if processes > 1 else None, processes, port)
     if bucket is not None:
       env["FMJAX_TEST_BUCKET"] = str(bucket)
-    procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, cwd=cwd))
+    # Output goes to a file, not a pipe: a process whose pipe is not being read blocks once it
+    # is full, and then holds the others at their next collective or at the shutdown barrier.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    proc.log = log
+    procs.append(proc)
   return procs
+
+
+def _output(proc) -> str:
+  proc.log.seek(0)
+  return proc.log.read()
+
+
+def _all_output(procs, tail: int = 3000) -> str:
+  """Each process's exit code, its lines that name an error, and the end of its output."""
+  def show(text):
+    errors = [l for l in text.splitlines() if "fmjax:" in l or "Error" in l][:20]
+    return "\n".join(errors) + "\n[...]\n" + text[-tail:]
+  return "\n".join(f"--- process {i} (exit code {p.poll()}):\n{show(_output(p))}"
+                   for i, p in enumerate(procs))
 
 
 def _finish(procs, timeout: float = 900) -> list[tuple[int, str]]:
   """Waits for every process (at most `timeout` s in all); kills what is left, always."""
   deadline = time.time() + timeout
-  out = []
   try:
     for p in procs:
-      text, _ = p.communicate(timeout=max(1.0, deadline - time.time()))
-      out.append((p.returncode, text))
+      try:
+        p.wait(timeout=max(1.0, deadline - time.time()))
+      except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout:.0f} s:\n{_all_output(procs)}")
+    return [(p.returncode, _output(p)) for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
-  return out
+      p.log.close()
 
 
 def _run(config_path, workdir, processes: int, devices: int, *extra, bucket=None, cwd=REPO):
   results = _finish(_start(config_path, workdir, processes, devices, *extra, bucket=bucket,
                            cwd=cwd))
-  for i, (code, text) in enumerate(results):
-    assert code == 0, f"process {i} of {processes} failed:\n{text[-4000:]}"
+  if any(code != 0 for code, _ in results):
+    pytest.fail("\n".join(f"--- process {i} of {processes} (exit code {code}):\n{text[-3000:]}"
+                          for i, (code, text) in enumerate(results)))
   return results
 
 
@@ -185,7 +211,8 @@ def test_a_dying_process_stops_the_others(config_path, tmp_path):
   try:
     deadline = time.time() + 900  # start-up and compilation, on a busy 2-core machine too
     while not (tmp_path / "run" / "train_metrics.jsonl").exists():  # both are training
-      assert time.time() < deadline and procs[0].poll() is None, "training never started"
+      assert time.time() < deadline and procs[0].poll() is None, (
+          f"training never started:\n{_all_output(procs)}")
       time.sleep(1)
     procs[1].send_signal(signal.SIGKILL)
     start = time.time()

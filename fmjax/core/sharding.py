@@ -24,7 +24,9 @@ def initialize_distributed() -> None:
   JAX_PROCESS_ID (see launch/); on Cloud TPU pods and under SLURM jax finds them itself
   when FMJAX_DISTRIBUTED=1. FMJAX_DISTRIBUTED_TIMEOUT (seconds, default 300) bounds the
   wait for the other processes at start-up; a process that dies is noticed after at most
-  min(that, 100) seconds and the others stop.
+  min(that, 100) seconds and the others stop. On CPU devices, gloo also gives up when one
+  process reaches a new collective more than 30 s after another (its own default), so give
+  every host the same compilation cache, or none.
   """
   if jax.distributed.is_initialized():
     return

@@ -67,12 +67,21 @@ def scorers_for(objective_name: str) -> list[str]:
   return [n for n, s in _registry()[0].items() if s.objective == objective_name]
 
 
+# evaluate.* keys that change heatmaps for every method (fmjax/score/tiling.py, smoothing.py).
+GEOMETRY_KEYS = ("tile_size", "tile_overlap", "smoothing_sigma", "smoothing_sigma_fraction")
+
+
 def scorer_options(eval_config, name: str | None = None) -> dict:
   """The chosen scorer's settings: the shared keys it uses (K, T) and evaluate.<name>.*."""
   s = scorer(name or eval_config.method)
   options = {k: eval_config[k] for k in s.uses}
   if s.options:
     options.update(eval_config[s.name].to_dict())
+  # How the heatmap is made beyond the method (tiles, smoothing): recorded only when not the
+  # default, so the settings of a default scorer are what they have always been.
+  for key in GEOMETRY_KEYS:
+    if eval_config.get(key, 0) and (key != "tile_overlap" or eval_config.get("tile_size", 0)):
+      options[key] = eval_config[key]
   return options
 
 

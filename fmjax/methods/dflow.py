@@ -48,7 +48,7 @@ def d_flow(velocity_fn, y: jax.Array, x0: jax.Array, labels: jax.Array, num_step
 
 
 def _heatmaps(velocity, y, labels, ids, ctx):
-  x0 = mismatch.draw_seeds(ctx.key, ids, 1, y.shape[1:])[:, 0]
+  x0 = ctx.draw_seeds(ids, 1, y.shape[1:])[:, 0]
   o = ctx.options
   return d_flow(velocity, y, x0, labels, ctx.num_times, o["iterations"], o["learning_rate"],
                 max_forward_batch=ctx.max_forward_batch)

@@ -12,7 +12,7 @@ from fmjax.methods.settings import SCORER_OPTIONS
 
 
 def _heatmaps(velocity, y, labels, ids, ctx):
-  x0 = mismatch.draw_seeds(ctx.key, ids, ctx.num_seeds, y.shape[1:])
+  x0 = ctx.draw_seeds(ids, ctx.num_seeds, y.shape[1:])
   heat, _ = mismatch.flow_mismatch(velocity, y, x0, mismatch.interior_times(ctx.num_times), labels,
                                    ctx.options["aggregator"], ctx.options["quantile"],
                                    max_forward_batch=ctx.max_forward_batch)

@@ -85,7 +85,7 @@ def isolation_forest_scores(normal_heatmaps: np.ndarray, seed: int):
 
 
 def _heatmaps(velocity, y, labels, ids, ctx):
-  x0 = mismatch.draw_seeds(ctx.key, ids, 1, y.shape[1:])[:, 0]
+  x0 = ctx.draw_seeds(ids, 1, y.shape[1:])[:, 0]
   return radar_heatmaps(velocity, y, x0, labels, ctx.options["t"], ctx.options["edge_filter"],
                         max_forward_batch=ctx.max_forward_batch)
 

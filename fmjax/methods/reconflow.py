@@ -33,7 +33,7 @@ def recon_flow(velocity_fn, y: jax.Array, x0: jax.Array, labels: jax.Array, t_in
 
 
 def _heatmaps(velocity, y, labels, ids, ctx):
-  x0 = mismatch.draw_seeds(ctx.key, ids, ctx.num_seeds, y.shape[1:])
+  x0 = ctx.draw_seeds(ids, ctx.num_seeds, y.shape[1:])
   return recon_flow(velocity, y, x0, labels, ctx.options["t_init"], ctx.num_times,
                     max_forward_batch=ctx.max_forward_batch)
 

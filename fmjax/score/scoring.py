@@ -12,6 +12,7 @@ mesh) and caches the jitted functions.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -25,6 +26,7 @@ from fmjax.core.progress import Progress
 from fmjax.core.runlog import StepTrace
 from fmjax.data import NormStats
 from fmjax.methods import mismatch
+from fmjax.score import smoothing, tiling
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
 THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
@@ -46,7 +48,9 @@ def local_score_fn(model, norm: NormStats, eval_config):
   one device (not jitted): normalisation, the configured scorer, the image score.
 
   `eval_config.method` names the scorer in `fmjax.methods`; its options are
-  `eval_config.<method>.*`. Scores are max + mean of the top 1% of each heatmap.
+  `eval_config.<method>.*`. Images of any H, W are padded to the model's stride, scored
+  whole (evaluate.tile_size 0) or in blended tiles (`fmjax.score.tiling`), cropped back and
+  smoothed (`fmjax.score.smoothing`). Scores are max + mean of the top 1% of each heatmap.
   """
   scorer = methods.scorer(eval_config.method)
   problems = scorer.check(methods.scorer_options(eval_config))
@@ -57,11 +61,24 @@ def local_score_fn(model, norm: NormStats, eval_config):
       num_times=eval_config.num_times, max_forward_batch=max(1, eval_config.max_forward_batch),
       options=eval_config[scorer.name].to_dict() if scorer.options else {})
 
+  stride = 2 ** (len(model.channel_mult) - 1)
+  tile, overlap = int(eval_config.tile_size), tiling.tile_overlap(eval_config)
+
   def score_local(params, images, labels, ids):
-    """This device's images: one scorer call, chunked to max_forward_batch forwards."""
-    y = norm.normalize(images)
+    """This device's images: padded to the stride, scored whole or tile by tile (forwards
+    chunked to max_forward_batch), cropped back, smoothed, and their image scores."""
+    h, w = images.shape[1:3]
+    y = tiling.pad_to_stride(norm.normalize(images), stride)
     velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
-    heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
+    if tile == 0:  # whole images, seeds per image
+      heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
+    else:  # tiles, seeds per pixel position (the same for any tiling)
+      grid = tiling.tile_grid(y.shape[1], y.shape[2], tile, overlap)
+      heat = tiling.blend_tiles(
+          lambda y_tile, origin: scorer.heatmaps(velocity, y_tile, labels, ids,
+                                                 dataclasses.replace(ctx, origin=origin)),
+          y, grid)
+    heat = smoothing.smooth(heat[:, :h, :w], smoothing.sigma_pixels(eval_config, h, w))
     return heat, mismatch.image_score(heat)
 
   return score_local

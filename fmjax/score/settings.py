@@ -1,14 +1,68 @@
-"""The scoring batches of the config (evaluate.batch_size, evaluate.max_forward_batch; the
-method and K, T are the methods' check, evaluate.cascade.* the decisions')."""
+"""The scoring batches, tiles and smoothing of the config (evaluate.batch_size,
+evaluate.max_forward_batch, evaluate.tile_*, evaluate.smoothing_*, evaluate.max_image_pixels;
+the method and K, T are the methods' check, evaluate.cascade.* the decisions'). No JAX here."""
 
 from __future__ import annotations
+
+import math
 
 from fmjax.core.settings import rule_errors
 
 
+def model_stride(model_config) -> int:
+  """The U-Net's total down-sampling factor: 2^(levels - 1)."""
+  return 2 ** (len(model_config.channel_mult) - 1)
+
+
+def nearest_multiples(size: int, stride: int) -> str:
+  """The multiples of `stride` either side of `size`, for error messages: "96 or 128"."""
+  below, above = (size // stride) * stride, -(-size // stride) * stride
+  if below == above:
+    return str(size)
+  return f"{above}" if below < stride else f"{below} or {above}"
+
+
+def tile_overlap(eval_config) -> int:
+  """evaluate.tile_overlap in pixels (-1: a quarter of evaluate.tile_size)."""
+  overlap = int(eval_config.tile_overlap)
+  return int(eval_config.tile_size) // 4 if overlap == -1 else overlap
+
+
+def tile_errors(tile: int, overlap: int, stride: int, what: str = "evaluate.tile_size") -> list[str]:
+  """What is wrong with a tile side and overlap for a model of stride `stride` (tile 0: none)."""
+  if tile == 0:
+    return []
+  if tile < 0 or tile % stride:
+    return [f"{what} {tile} must be a multiple of the model's stride {stride} "
+            f"(nearest valid: {nearest_multiples(max(tile, 1), stride)})"]
+  if not 0 <= overlap < tile:
+    return [f"evaluate.tile_overlap {overlap} must be in [0, {what} = {tile}) (-1: a quarter "
+            f"of the tile)"]
+  return []
+
+
+def smoothing_errors(eval_config) -> list[str]:
+  """What is wrong with evaluate.smoothing_sigma and evaluate.smoothing_sigma_fraction."""
+  sigma, fraction = float(eval_config.smoothing_sigma), float(eval_config.smoothing_sigma_fraction)
+  errors = []
+  if not (sigma >= 0 and math.isfinite(sigma)):
+    errors.append(f"evaluate.smoothing_sigma must be >= 0 (pixels; 0: off), got {sigma}")
+  if not 0 <= fraction < 1:
+    errors.append(f"evaluate.smoothing_sigma_fraction must be in [0, 1) (of the map's shorter "
+                  f"side; 0: off), got {fraction}")
+  if sigma and fraction:
+    errors.append("set evaluate.smoothing_sigma (pixels) or evaluate.smoothing_sigma_fraction "
+                  "(of the shorter side), not both")
+  return errors
+
+
 def config_errors(config) -> list[str]:
-  """What is wrong with how test images are batched for scoring."""
+  """What is wrong with how test images are batched, tiled and smoothed for scoring."""
   ec = config.evaluate
-  return rule_errors([
+  errors = rule_errors([
       ("evaluate.batch_size", ec.batch_size, ec.batch_size >= 1, ">= 1"),
-      ("evaluate.max_forward_batch", ec.max_forward_batch, ec.max_forward_batch >= 1, ">= 1")])
+      ("evaluate.max_forward_batch", ec.max_forward_batch, ec.max_forward_batch >= 1, ">= 1"),
+      ("evaluate.max_image_pixels", ec.max_image_pixels, ec.max_image_pixels >= 0,
+       ">= 0 (0: no limit)")])
+  errors += tile_errors(ec.tile_size, tile_overlap(ec), model_stride(config.model))
+  return errors + smoothing_errors(ec)
