@@ -61,8 +61,8 @@ def local_score_fn(model, norm: NormStats, eval_config):
       num_times=eval_config.num_times, max_forward_batch=max(1, eval_config.max_forward_batch),
       options=eval_config[scorer.name].to_dict() if scorer.options else {})
 
-  stride = 2 ** (len(model.channel_mult) - 1)
-  tile, overlap = int(eval_config.tile_size), tiling.tile_overlap(eval_config)
+  stride = tiling.model_stride(model)  # the U-Net module carries its channel_mult
+  tile, overlap = int(eval_config.get("tile_size", 0)), tiling.tile_overlap(eval_config)
 
   def score_local(params, images, labels, ids):
     """This device's images: padded to the stride, scored whole or tile by tile (forwards

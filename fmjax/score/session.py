@@ -69,7 +69,7 @@ class ScoringSession:
     """Heatmaps [M,H,W], on-device image scores [M] and images/s for uint8 images [M,H,W,3]
     of class indices [M] (batches of eval_config.batch_size)."""
     ec = eval_config if eval_config is not None else self.config.evaluate
-    tiling.check_image_size(images.shape[1], images.shape[2], int(ec.max_image_pixels))
+    tiling.check_image_size(images.shape[1], images.shape[2], int(ec.get("max_image_pixels", 0)))
     options = methods.scorer_options(ec)
     description = f"{what} {ec.method} " + " ".join(
         f"{methods.base.SHARED_KEYS[k]}={options[k]}" for k in methods.scorer(ec.method).uses)

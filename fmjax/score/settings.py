@@ -23,9 +23,9 @@ def nearest_multiples(size: int, stride: int) -> str:
 
 
 def tile_overlap(eval_config) -> int:
-  """evaluate.tile_overlap in pixels (-1: a quarter of evaluate.tile_size)."""
-  overlap = int(eval_config.tile_overlap)
-  return int(eval_config.tile_size) // 4 if overlap == -1 else overlap
+  """evaluate.tile_overlap in pixels (-1, also when absent: a quarter of evaluate.tile_size)."""
+  overlap = int(eval_config.get("tile_overlap", -1))
+  return int(eval_config.get("tile_size", 0)) // 4 if overlap == -1 else overlap
 
 
 def tile_errors(tile: int, overlap: int, stride: int, what: str = "evaluate.tile_size") -> list[str]:
