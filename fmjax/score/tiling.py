@@ -104,6 +104,8 @@ def blend_tiles(tile_heatmaps, y: jax.Array, grid: TileGrid) -> jax.Array:
   `tile_heatmaps(y_tile [B,th,tw,C], origin int32 [2]) -> [B,th,tw]`, one tile at a time
   (a scan, so memory holds one tile's work and the [B,H,W] sum), blended by the grid's weights.
   """
+  if grid.num_tiles == 1:  # the whole image: no scan, no weights
+    return tile_heatmaps(y, jnp.zeros((2,), jnp.int32)).astype(jnp.float32)
   b, c = y.shape[0], y.shape[-1]
   th, tw = grid.tile_h, grid.tile_w
   iy, ix = np.meshgrid(np.arange(len(grid.ys)), np.arange(len(grid.xs)), indexing="ij")
@@ -123,8 +125,6 @@ def blend_tiles(tile_heatmaps, y: jax.Array, grid: TileGrid) -> jax.Array:
     return jax.lax.dynamic_update_slice(acc, current + weighted, (zero, y0, x0)), None
 
   acc0 = jnp.zeros_like(y[..., 0], jnp.float32)
-  if grid.num_tiles == 1:  # the whole image: no scan, no weights
-    return tile_heatmaps(y, jnp.zeros((2,), jnp.int32)).astype(jnp.float32)
   acc, _ = jax.lax.scan(one_tile, acc0, (origins, index))
   return acc
 
