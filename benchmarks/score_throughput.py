@@ -5,7 +5,7 @@
       [--config=configs/mvtec.py] [--config.evaluate.max_forward_batch=800]
 
 Times `fmjax.score.scoring.make_score_fn` -- the jitted, sharded function `fmjax.main`
-scores test splits with (seeds and times folded into forward batches of at most
+scores test splits (whole images, or tiles) with (seeds and times folded into forward batches of at most
 `evaluate.max_forward_batch` samples per device, bf16 compute per `model.dtype`,
 cuDNN attention on GPU) -- on random images with randomly initialised weights
 (speed does not depend on the values). Compilation is timed separately and
@@ -77,7 +77,8 @@ def main(argv):
       args = (params,
               jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data),
               jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data),
-              jax.device_put(np.arange(batch, dtype=np.int32), data))
+              jax.device_put(np.arange(batch, dtype=np.int32), data),
+              jax.device_put(np.zeros((batch, 2), np.int32), data))  # whole images
       try:
         t0 = time.perf_counter()
         compiled = score.lower(*args).compile()

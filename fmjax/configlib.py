@@ -52,6 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.root = ""
   c.data.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
   c.data.image_size = 128
+  # How each file is sized (fmjax/data/decode.py): square (to data.image_size x image_size, the
+  # paper's), scale:<f>, long_side:<n> or native (the last three keep the aspect ratio).
+  c.data.resize = "square"
+  # Training on random square crops of this side (0: whole images, which must then share one
+  # size); a multiple of the model's stride, at most the smallest training image's side.
+  c.data.crop_size = 0
   c.data.class_conditional = True  # False: one pooled model fed the null label
   c.data.image_level_only = False  # True: no masks (image metrics only)
   c.data.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
@@ -122,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.tile_size = 0
   c.evaluate.tile_overlap = -1
   c.evaluate.max_image_pixels = 50_000_000
-  # Gaussian smoothing of the heatmap before the image score (fmjax/score/smoothing.py): sigma in
+  # Gaussian smoothing of the heatmap before the image score (fmjax/score/maps.py): sigma in
   # pixels, or as a fraction of the map's shorter side; 0: off (the paper's setting).
   c.evaluate.smoothing_sigma = 0.0
   c.evaluate.smoothing_sigma_fraction = 0.0

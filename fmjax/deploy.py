@@ -1,12 +1,17 @@
 """Scoring with an exported scorer (`--mode=export`): jax and numpy only.
 
   scorer = fmjax.deploy.load("runs/bottle/export")
-  result = scorer(images_uint8_BxSxSx3, category="bottle")
-  result.heatmaps [B,S,S] float32, result.scores [B] float32, result.decisions [B] bool or None
+  result = scorer(images, category="bottle")   # uint8 [B,H,W,3], or a list of [H_i,W_i,3]
+  result.heatmaps [B,H,W] float32 (a list for mixed sizes), result.scores [B] float32,
+  result.decisions [B] bool or None
+
+An export made with evaluate.tile_size > 0 scores images of any size (cut into its tiles and
+blended as in evaluation); one made without scores images of its data.image_size.
 
   python -m fmjax.deploy <export dir> <image or folder> [--category=C] [--out=DIR]
 
-The command prints one line per image (score, decision) and writes a heatmap picture per image.
+The command prints one line per image (path, score and decision, width x height) and writes a
+heatmap picture per image; files are read at the size training read them (`data.resize`).
 Neither loading nor scoring imports Flax, the model code or a checkpoint.
 """
 
@@ -22,6 +27,7 @@ import jax
 import numpy as np
 
 from fmjax.core.ids import image_ids
+from fmjax.score import maps, tiling
 
 
 class DeployError(ValueError):
@@ -30,7 +36,7 @@ class DeployError(ValueError):
 
 @dataclasses.dataclass
 class Scored:
-  heatmaps: np.ndarray  # float32 [B,S,S]
+  heatmaps: np.ndarray | list  # float32 [B,H,W], or a list of [H_i,W_i] for mixed sizes
   scores: np.ndarray  # float32 [B]
   decisions: np.ndarray | None  # bool [B] (True: anomalous); None without a threshold
   threshold: float | None
@@ -38,20 +44,25 @@ class Scored:
 
 
 class Scorer:
-  """An exported scorer; call it with uint8 images [B,S,S,3] (and their category)."""
+  """An exported scorer; call it with uint8 images [B,H,W,3] or a list of [H_i,W_i,3] (and
+  their category)."""
 
   def __init__(self, path: str, manifest: dict, exported, params: list, devices):
     self.path, self.manifest, self._exported, self._devices = path, manifest, exported, devices
     self.image_size = manifest["image_size"]
     self.class_names = manifest["class_names"]
+    self.tile_size, self.stride = manifest["tile_size"], manifest["stride"]
+    self.tile_shape = tuple(manifest["tile_shape"])
+    self.batch = 8 * len(devices)  # tiles per call
     if len(devices) > 1:  # data-parallel: the exported one-device function under shard_map
       mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
       rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
       self._data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
       spec = jax.sharding.PartitionSpec("data")
       self._call = jax.jit(jax.shard_map(exported.call, mesh=mesh,
-                                         in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
-                                         out_specs=(spec, spec)))
+                                         in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec,
+                                                   spec),
+                                         out_specs=spec))
       self._params = jax.device_put(params, rep)
     else:
       self._data = devices[0]
@@ -75,30 +86,55 @@ class Scorer:
     label = self.class_names.index(category) if m["class_conditional"] else m["null_label"]
     return np.full(count, label, np.int32)
 
-  def __call__(self, images: np.ndarray, category: str | None = None) -> Scored:
-    images = np.asarray(images)
+  def check_images(self, images) -> list[np.ndarray]:
+    """The images as a list of uint8 [H,W,3]; DeployError for what this export cannot score."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+      images = list(images)
+    images = [np.asarray(im) for im in images]
     s = self.image_size
-    if images.ndim != 4 or images.shape[1:] != (s, s, 3) or images.dtype != np.uint8:
-      raise DeployError(f"This export scores uint8 images [B,{s},{s},3]; got {images.dtype} "
-                        f"{list(images.shape)}. Resize them to {s}x{s} (`read_images` does) or "
-                        "export the model at this image size.")
+    for im in images:
+      if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+        raise DeployError(f"This export scores uint8 images [H,W,3]; got {im.dtype} "
+                          f"{list(im.shape)}.")
+      if self.tile_size == 0 and tiling.scored_shape(*im.shape[:2], self.stride, 0) != self.tile_shape:
+        raise DeployError(
+            f"This export scores {s}x{s} images whole; got {im.shape[1]}x{im.shape[0]}. Resize "
+            f"them to {s}x{s} (`read_image` does), or export with --config.evaluate.tile_size "
+            "(a multiple of the model's stride) to score images of any size in tiles.")
+    return images
+
+  def __call__(self, images, category: str | None = None) -> Scored:
+    images = self.check_images(images)
     category = self.resolve_category(category)
-    labels = self.labels_for(category, len(images))
+    label = self.labels_for(category, 1)[0]
     ids = image_ids(images)
-    n, pad = len(images), (-len(images)) % len(self._devices)
-    if pad:  # a multiple of the devices: repeat the last image, drop its rows after
-      images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
-      labels = np.concatenate([labels, np.repeat(labels[-1:], pad)])
-      ids = np.concatenate([ids, np.repeat(ids[-1:], pad)])
-    put = lambda x: jax.device_put(x, self._data)
-    heat, scores = jax.device_get(self._call(self._params, put(images), put(labels), put(ids)))
-    heat, scores = np.asarray(heat)[:n], np.asarray(scores)[:n]
+    tiler = tiling.Tiler([im.shape for im in images], self.stride, self.tile_size,
+                         self.manifest["tile_overlap"])
+    heatmaps, scores = [None] * len(images), np.zeros(len(images), np.float32)
+    for tiles in tiler.groups(self.batch):
+      pixels = tiler.cut(images, tiles)
+      index = np.array([t.image for t in tiles])
+      origins = np.array([(t.y0, t.x0) for t in tiles], np.int32)
+      heat = self._score(pixels, np.full(len(tiles), label, np.int32), ids[index], origins)
+      for i, raw in tiler.add(tiles, heat):
+        heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
+    same = all(h.shape == heatmaps[0].shape for h in heatmaps)
+    heatmaps = np.stack(heatmaps) if same else heatmaps
     t = self.manifest["thresholds"].get(category, {})
     threshold = t.get("image")
     if threshold is None:
-      return Scored(heat, scores, None, None, "")
+      return Scored(heatmaps, scores, None, None, "")
     decisions = scores > threshold if t["strict"] else scores >= threshold
-    return Scored(heat, scores, decisions, float(threshold), t["kind"])
+    return Scored(heatmaps, scores, decisions, float(threshold), t["kind"])
+
+  def _score(self, tiles, labels, ids, origins) -> np.ndarray:
+    """Heatmaps [n,h,w] of n tiles, padded to a multiple of the devices for the call."""
+    n, pad = len(tiles), (-len(tiles)) % len(self._devices)
+    arrays = [tiles, labels, ids, origins]
+    if pad:  # repeat the last row, drop its results after
+      arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays]
+    put = lambda x: jax.device_put(x, self._data)
+    return np.asarray(jax.device_get(self._call(self._params, *(put(a) for a in arrays))))[:n]
 
 
 def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
@@ -111,7 +147,7 @@ def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
                       "python -m fmjax.main --config <config> --workdir <dir> --mode=export.")
   with open(manifest_path) as f:
     manifest = json.load(f)
-  if image_size is not None and image_size != manifest["image_size"]:
+  if image_size is not None and manifest.get("tile_size", 0) == 0 and image_size != manifest["image_size"]:
     raise DeployError(f"{path} was exported for {manifest['image_size']}x{manifest['image_size']} "
                       f"images, not {image_size}x{image_size}: export the model again at "
                       f"--config.data.image_size={image_size} (a model is trained at one size).")
@@ -136,6 +172,9 @@ def main(argv=None) -> int:
   parser.add_argument("--category", default=None, help="the images' category (class-conditional models)")
   parser.add_argument("--out", default=None, help="where to write heatmaps (default <export_dir>/scored)")
   parser.add_argument("--batch", type=int, default=32, help="images per call")
+  parser.add_argument("--resize", default=None,
+                      help="how files are sized (data.resize: square, scale:<f>, long_side:<n>, "
+                           "native; default: as the export's training read them)")
   args = parser.parse_args(argv)
   from fmjax.data.decode import IMAGE_EXTENSIONS, read_image  # reading files: PIL and numpy
   try:
@@ -155,9 +194,10 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from fmjax.core import plots  # matplotlib and numpy
+    resize = args.resize or scorer.manifest.get("resize", "square")  # as training read them
     for start in range(0, len(paths), args.batch):
       chunk = paths[start:start + args.batch]
-      images = np.stack([read_image(p, scorer.image_size) for p in chunk])
+      images = [read_image(p, scorer.image_size, resize) for p in chunk]
       result = scorer(images, args.category)
       pixel = scorer.manifest["thresholds"].get(scorer.resolve_category(args.category), {}).get("pixel")
       # Full colour at the calibrated pixel threshold (a predicted defect), else the batch's scale.
@@ -165,15 +205,16 @@ def main(argv=None) -> int:
       for i, p in enumerate(chunk):
         decided = ("" if result.decisions is None else
                    " anomalous" if result.decisions[i] else " normal")
-        print(f"{p}\t{result.scores[i]:.6g}{decided}", flush=True)
+        h, w = images[i].shape[:2]
+        print(f"{p}\t{result.scores[i]:.6g}{decided}\t{w}x{h}", flush=True)
         panel = Image.fromarray(plots.overlay(images[i], result.heatmaps[i], scale))
-        zoom = max(1, 256 // scorer.image_size)
-        panel.resize((scorer.image_size * zoom,) * 2, Image.NEAREST).save(
+        zoom = max(1, 256 // max(h, w))  # small images enlarged, with their aspect ratio
+        panel.resize((w * zoom, h * zoom), Image.NEAREST).save(
             os.path.join(out, os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"))
     if result.threshold is not None:
       print(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); heatmaps in {out}/")
     return 0
-  except (DeployError, OSError) as e:
+  except (DeployError, OSError, ValueError) as e:
     print(f"fmjax.deploy: error: {e}", file=sys.stderr)
     return 1
 

@@ -90,8 +90,11 @@ def test_wrong_size_platform_or_category_is_refused(exported, tmp_path):
   with pytest.raises(deploy.DeployError, match="exported for 16x16 images, not 32x32"):
     deploy.load(str(path), image_size=32)
   scorer = deploy.load(str(path))
-  with pytest.raises(deploy.DeployError, match=r"uint8 images \[B,16,16,3\]; got uint8 \[2, 32, 32, 3\]"):
+  with pytest.raises(deploy.DeployError, match=r"scores 16x16 images whole; got 32x32. .* "
+                                               r"--config.evaluate.tile_size"):
     scorer(np.zeros((2, 32, 32, 3), np.uint8), "weave")
+  with pytest.raises(deploy.DeployError, match=r"uint8 images \[H,W,3\]; got float32 \[16, 16, 3\]"):
+    scorer(np.zeros((2, 16, 16, 3), np.float32), "weave")
   with pytest.raises(deploy.DeployError, match="class-conditional: give category="):
     scorer(np.zeros((2, 16, 16, 3), np.uint8))
   with pytest.raises(deploy.DeployError, match="Unknown category 'cable'"):
@@ -124,11 +127,52 @@ def test_deploy_command_prints_scores_and_writes_heatmaps(exported, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [l.split("\t") for l in out.stdout.splitlines() if not l.startswith("#")]
   expected = deploy.load(str(path))(dataset.test_images[:3], "weave")
-  assert [os.path.basename(p) for p, _ in lines] == ["part0.png", "part1.png", "part2.png"]
-  for (_, said), score, flag in zip(lines, expected.scores, expected.decisions):
+  assert [os.path.basename(p) for p, *_ in lines] == ["part0.png", "part1.png", "part2.png"]
+  for (_, said, size), score, flag in zip(lines, expected.scores, expected.decisions):
     value, decision = said.split()
+    assert size == "16x16"
     assert float(value) == pytest.approx(float(score), rel=1e-5)
     assert decision == ("anomalous" if flag else "normal")
   assert sorted(os.listdir(tmp_path / "maps")) == [f"part{i}_heatmap.png" for i in range(3)]
   bad = run(str(path), str(tmp_path / "missing"))
   assert bad.returncode == 1 and "neither an image file nor a folder" in bad.stderr
+
+
+def test_a_tiled_export_scores_images_of_any_size_as_evaluation_does(exported, tmp_path):
+  """Exported with evaluate.tile_size, the scorer takes images of mixed, non-square sizes (and
+  a batch of one size), and gives the heatmaps and scores of in-process tiled scoring."""
+  workdir, _, _ = exported
+  config = tiny_config(**OVERRIDES, **{"evaluate.tile_size": 8, "evaluate.tile_overlap": 2,
+                                       "evaluate.smoothing_sigma": 0.7})
+  fm_main.run(config, str(workdir), "export")
+  scorer = deploy.load(str(workdir / "export"))
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+            for shape in [(16, 16), (21, 34), (8, 5), (40, 24)]]
+  session = ScoringSession.load(config, str(workdir))
+  heat, scores, _ = session.score(images, np.zeros(4, np.int32))
+  out = scorer(images, "weave")
+  assert [h.shape for h in out.heatmaps] == [im.shape[:2] for im in images]
+  for mine, theirs in zip(out.heatmaps, heat):
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.scores, scores, rtol=1e-5)
+  same = scorer(np.stack([images[1]] * 3), "weave")  # an array of one size
+  assert same.heatmaps.shape == (3, 21, 34)
+  np.testing.assert_allclose(same.scores, scores[1], rtol=1e-5)
+  # The command on a folder of mixed sizes, read at their own size.
+  folder = tmp_path / "mixed"
+  folder.mkdir()
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(folder / f"part{i}.png")
+  out = subprocess.run([sys.executable, "-m", "fmjax.deploy", str(workdir / "export"), str(folder),
+                        "--category=weave", "--resize=native", f"--out={tmp_path / 'maps'}"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [l.split("\t") for l in out.stdout.splitlines() if not l.startswith("#")]
+  assert [size for *_, size in lines] == [f"{im.shape[1]}x{im.shape[0]}" for im in images]
+  np.testing.assert_allclose([float(said.split()[0]) for _, said, _ in lines], scores, rtol=1e-5)
+  for i, image in enumerate(images):
+    with Image.open(tmp_path / "maps" / f"part{i}_heatmap.png") as im:
+      zoom = max(1, 256 // max(image.shape[:2]))
+      assert im.size == (image.shape[1] * zoom, image.shape[0] * zoom)  # its aspect ratio

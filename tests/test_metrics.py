@@ -80,6 +80,47 @@ def test_pixel_metrics_match_oracles(n, size, ties, dtype):
   assert aupro(maps, masks) == got["aupro"]
 
 
+def test_pixel_metrics_pool_maps_of_different_sizes():
+  """Maps of many sizes: every pixel pooled. Oracles: sklearn on the concatenated pixels, and
+  per-region overlaps and the pooled false-positive rate computed map by map."""
+  rng = np.random.default_rng(7)
+  shapes = [(8, 13), (11, 6), (5, 5), (16, 9)]
+  maps, masks = [], []
+  for h, w in shapes:
+    mask = np.zeros((h, w), np.uint8)
+    r, c = rng.integers(0, h - 2), rng.integers(0, w - 2)
+    mask[r:r + 2, c:c + rng.integers(1, 3)] = 1
+    maps.append(rng.random((h, w)) + 0.7 * mask)
+    masks.append(mask)
+  values = np.concatenate([m.ravel() for m in maps])
+  labels = np.concatenate([k.ravel() for k in masks])
+  got = pixel_metrics(maps, masks)
+  assert got["auroc"] == pytest.approx(roc_auc_score(labels, values), abs=1e-9)
+  assert got["ap"] == pytest.approx(average_precision_score(labels, values), abs=1e-9)
+  regions = []
+  for i, k in enumerate(masks):
+    lab, n = ndimage.label(k, structure=np.ones((3, 3)))
+    regions += [(i, lab == r) for r in range(1, n + 1)]
+  num_normal = sum(int((k == 0).sum()) for k in masks)
+  points = [(0.0, 0.0)]
+  for th in np.unique(values)[::-1]:
+    fp = sum(int(((m >= th) & (k == 0)).sum()) for m, k in zip(maps, masks))
+    pro = np.mean([((maps[i] >= th) & reg).sum() / reg.sum() for i, reg in regions])
+    points.append((fp / num_normal, pro))
+  fpr, pro = np.array(points).T
+  inside = fpr <= 0.3
+  x, y = list(fpr[inside]), list(pro[inside])
+  j = int(np.argmax(~inside))
+  y.append(pro[j - 1] + (0.3 - fpr[j - 1]) * (pro[j] - pro[j - 1]) / (fpr[j] - fpr[j - 1]))
+  x.append(0.3)
+  assert got["aupro"] == pytest.approx(np.trapezoid(y, x) / 0.3, abs=1e-9)
+  # An object array (as the loader holds many sizes) gives the same.
+  as_objects = np.empty(4, object)
+  for i, m in enumerate(maps):
+    as_objects[i] = m
+  assert pixel_metrics(as_objects, masks) == got
+
+
 @pytest.mark.parametrize("n,ties", [(40, False), (200, True), (1000, False)])
 def test_binary_curves_match_sklearn_and_loop(n, ties):
   rng = np.random.default_rng(n)
@@ -150,7 +191,7 @@ def test_perfect_and_undefined_cases():
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="non-finite"):
     compute_metrics(np.array([0.1, np.nan]), np.array([0, 1]))
-  with pytest.raises(ValueError, match=r"must both be \[N,H,W\]"):
+  with pytest.raises(ValueError, match=r"anomaly map 0 \(4, 4\) and its mask \(4, 5\) must both be \[H,W\]"):
     compute_metrics(np.array([0.1, 0.2]), np.array([0, 1]), np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
   with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
     compute_metrics(np.array([0.1, 0.2]), np.array([0, 2]))

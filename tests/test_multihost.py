@@ -128,39 +128,14 @@ def config_path(tmp_path_factory):
   return path
 
 
-def test_two_processes_equal_one_and_hand_over_their_checkpoint(config_path, tmp_path):
-  two, one = tmp_path / "two", tmp_path / "one"
-  out = _run(config_path, two, 2, 2)
-  assert "mesh {'data': 4}" in out[0][1] and "mesh {'data': 4}" in out[1][1]
-  assert "Report written" in out[0][1] and "Report written" not in out[1][1]  # process 0 writes
-  _run(config_path, one, 1, 4)
-  logged2, logged1 = _lines(two / "train_metrics.jsonl"), _lines(one / "train_metrics.jsonl")
-  assert [r["step"] for r in logged2] == [1, 2, 3, 4, 5, 6]  # written once, by process 0
-  for key in ("loss", "grad_norm", "param_norm"):
-    np.testing.assert_allclose([r[key] for r in logged2], [r[key] for r in logged1], rtol=1e-5)
-  assert len(_lines(two / "run_history.jsonl")) == 1
-  m2, m1 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (two, one))
-  np.testing.assert_allclose([i["score"] for i in m2["images"]], [i["score"] for i in m1["images"]],
-                             rtol=1e-5)
-  assert m2["image_auroc"] == pytest.approx(m1["image_auroc"]) and m2["settings"]["num_devices"] == 4
-
-  # The 2-process checkpoint restores in 1 process: the same evaluation, and training resumes.
-  out = _run(config_path, two, 1, 4, "--mode=evaluate")
-  again = json.loads((two / "eval" / "metrics.json").read_text())
-  np.testing.assert_allclose([i["score"] for i in again["images"]],
-                             [i["score"] for i in m2["images"]], rtol=1e-5)
-  out = _run(config_path, two, 1, 2, "--mode=train", "--config.train.num_steps=8")
-  assert "Resuming from step 6" in out[0][1]
-  _run(config_path, one, 1, 4, "--mode=train", "--config.train.num_steps=8")
-  resumed, straight = _lines(two / "train_metrics.jsonl"), _lines(one / "train_metrics.jsonl")
-  assert [r["step"] for r in resumed] == list(range(1, 9))
-  np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight], rtol=1e-5)
-
-
-def test_two_processes_share_a_bucket_workdir(config_path, tmp_path, monkeypatch):
-  """2 processes x 2 devices with --workdir gs://...: every process writes its checkpoint shards
-  into the bucket, process 0 the logs and report; the result equals 1 process x 4 devices in a
-  local folder, and the bucket's checkpoint resumes in this (one) process."""
+@pytest.mark.multiprocess
+def test_two_processes_equal_one_share_a_bucket_and_hand_over_their_checkpoint(
+    config_path, tmp_path, monkeypatch):
+  """2 processes x 2 devices with --workdir gs://... (a local folder serves the bucket in every
+  process): every process writes its checkpoint shards into the bucket, process 0 the logs and
+  the report. The run equals 1 process x 4 devices in a local folder, and its checkpoint
+  evaluates and resumes in one process on other device counts. (One multi-process run covers
+  all of this: each costs minutes on a 2-core machine.)"""
   from fake_bucket import local_bucket, local_path
   from fmjax import main as fm_main
   from tiny import tiny_config
@@ -169,24 +144,34 @@ def test_two_processes_share_a_bucket_workdir(config_path, tmp_path, monkeypatch
   monkeypatch.chdir(tmp_path)  # a gs:// path taken for a local one would appear here, as "gs:"
   remote = "gs://fmjax-test/two"
   out = _run(config_path, remote, 2, 2, bucket=root, cwd=tmp_path)
-  assert "Report written" in out[0][1] and "Report written" not in out[1][1]
+  assert "mesh {'data': 4}" in out[0][1] and "mesh {'data': 4}" in out[1][1]
+  assert "Report written" in out[0][1] and "Report written" not in out[1][1]  # process 0 writes
   with local_bucket(str(root)):
     stored = pathlib.Path(local_path(remote))
     overrides = {"mesh.num_devices": 4, "train.num_steps": 6, "train.batch_size": 8,
                  "train.checkpoint_every_steps": 3, "evaluate.batch_size": 8}
     fm_main.run(tiny_config(**overrides), str(local), "train_and_evaluate")
     logged2, logged1 = _lines(stored / "train_metrics.jsonl"), _lines(local / "train_metrics.jsonl")
-    assert [r["step"] for r in logged2] == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose([r["loss"] for r in logged2], [r["loss"] for r in logged1], rtol=1e-5)
+    assert [r["step"] for r in logged2] == [1, 2, 3, 4, 5, 6]  # written once, by process 0
+    for key in ("loss", "grad_norm", "param_norm"):
+      np.testing.assert_allclose([r[key] for r in logged2], [r[key] for r in logged1], rtol=1e-5)
+    assert len(_lines(stored / "run_history.jsonl")) == 1
     m2, m1 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (stored, local))
     np.testing.assert_allclose([i["score"] for i in m2["images"]],
                                [i["score"] for i in m1["images"]], rtol=1e-5)
+    assert m2["image_auroc"] == pytest.approx(m1["image_auroc"])
+    assert m2["settings"]["num_devices"] == 4
     assert sorted(os.listdir(stored / "checkpoints")) == ["3", "6"]
     assert not (stored / LOCK_NAME).exists() and not (tmp_path / "gs:").exists()
-    # Resumed here, in one process, from the step-6 checkpoint the two processes wrote.
+    # The checkpoint the two processes wrote, evaluated here on 2 devices: the same scores.
+    fm_main.run(tiny_config(**{**overrides, "mesh.num_devices": 2}), remote, "evaluate")
+    again = json.loads((stored / "eval" / "metrics.json").read_text())
+    np.testing.assert_allclose([i["score"] for i in again["images"]],
+                               [i["score"] for i in m2["images"]], rtol=1e-5)
+    # ... and resumed here on 2 devices, against the local run resumed on 4.
     longer = {**overrides, "train.num_steps": 8}
-    for workdir in (remote, str(local)):
-      fm_main.run(tiny_config(**longer), workdir, "train")
+    fm_main.run(tiny_config(**{**longer, "mesh.num_devices": 2}), remote, "train")
+    fm_main.run(tiny_config(**longer), str(local), "train")
     resumed, straight = _lines(stored / "train_metrics.jsonl"), _lines(local / "train_metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 9))
     np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in straight],
@@ -205,6 +190,7 @@ def test_each_host_reads_only_its_rows_of_every_batch():
     np.testing.assert_array_equal(np.concatenate(rows), whole[step]["image"][:, 0, 0, 0])
 
 
+@pytest.mark.multiprocess
 def test_a_dying_process_stops_the_others(config_path, tmp_path):
   procs = _start(config_path, tmp_path / "run", 2, 2, "--mode=train", "--config.train.num_steps=100000",
                  "--config.train.checkpoint_every_steps=100000")

@@ -23,7 +23,7 @@ import pytest
 from scipy import stats
 
 from fmjax.methods import mismatch
-from fmjax.score import scoring
+from fmjax.score import maps, scoring
 from fmjax.core import sharding
 from fmjax.data import NormStats
 from fmjax.data.synthetic import make_synthetic_dataset
@@ -90,8 +90,10 @@ def _fast_path(config, num_classes, norm, params, batch, dtype):
   mesh = sharding.make_mesh(2)
   score = scoring.make_score_fn(model, norm, config.evaluate, mesh)
   data = sharding.data_sharding(mesh)
-  heat, scores = score(params, *(jax.device_put(a, data) for a in batch))
-  return np.asarray(heat, np.float64), np.asarray(scores, np.float64)
+  origins = np.zeros((len(batch[0]), 2), np.int32)  # whole images: seeds per image
+  heat = np.asarray(score(params, *(jax.device_put(a, data) for a in (*batch, origins))))
+  scores = np.array([maps.image_score(h) for h in heat], np.float64)
+  return heat.astype(np.float64), scores
 
 
 def _relative_l2(a, b):

@@ -2,7 +2,9 @@
 
 The procedural data scores near 100% whatever the scorer does; this test fails when the
 trainer or the scorer breaks on real data. It needs ../shared/data beside the repository
-and skips with a message without it. About a quarter of an hour on a 2-core CPU.
+and skips with a message without it. It trains the recipe's model for 500 of its 1,500 steps
+(about 8 minutes on a 2-core CPU), which measured image AUROC 0.908, pixel AUROC 0.789 and
+PRO 0.570 here; it requires 0.85 and 0.72 (an untrained or broken scorer is near 0.5).
 """
 
 import importlib.util
@@ -23,13 +25,14 @@ def test_small_unet_detects_bottle_defects(shared_data, tmp_path):
   config = _config("cpu_bottle")
   config.data.root = str(shared_data / "mvtec")
   config.mesh.num_devices = 2  # the 2 cores, not the 8 simulated devices of the test session
+  config.train.num_steps = 500  # a third of the recipe, to keep the suite short
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
   settings = result.settings
   assert settings.method_options == {"num_seeds": 10, "num_times": 10, "aggregator": "min",
                                      "quantile": None}
-  assert settings.num_test_images == 83 and settings.checkpoint_step == 1500
+  assert settings.num_test_images == 83 and settings.checkpoint_step == 500
   pooled = result.pooled
   print(f"bottle 32x32: image AUROC {pooled.image_auroc:.4f}, pixel AUROC "
         f"{pooled.pixel_auroc:.4f}, PRO {pooled.pixel_aupro:.4f}")
-  assert pooled.image_auroc >= 0.93, pooled.image_auroc
-  assert pooled.pixel_auroc >= 0.85, pooled.pixel_auroc
+  assert pooled.image_auroc >= 0.85, pooled.image_auroc
+  assert pooled.pixel_auroc >= 0.72, pooled.pixel_auroc

@@ -116,7 +116,7 @@ def test_profile_steps_trace_exactly_the_named_steps(tmp_path):
   fm_main.run(config, str(tmp_path), "train_and_evaluate")
   assert _traced_calls(tmp_path / "profile" / "train", "step_fn") == 2  # steps 2 and 3 of 4
   # Scoring batch 1 (its compilation included) is in the trace.
-  assert _traced_calls(tmp_path / "profile" / "score", "score_local") >= 1
+  assert _traced_calls(tmp_path / "profile" / "score", "score_tiles") >= 1
 
 
 def test_profile_window_must_be_two_increasing_steps():

@@ -35,7 +35,7 @@ def count_compilations():
 
 
 def _score_compilations(counts) -> int:
-  return sum(n for name, n in counts.items() if "score_local" in name)
+  return sum(n for name, n in counts.items() if "score_tiles" in name)
 
 
 def test_train_and_evaluate_compiles_each_scoring_setting_once(tmp_path):

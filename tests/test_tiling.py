@@ -12,10 +12,11 @@ import scipy.stats
 from fmjax import configlib
 from fmjax.core import sharding
 from fmjax.core.errors import ConfigError
+from fmjax.core.ids import image_ids
 from fmjax.data import NormStats
 from fmjax.methods import mismatch
 from fmjax.model.unet import build_unet, init_params
-from fmjax.score import scoring, smoothing, tiling
+from fmjax.score import maps, scoring, tiling
 
 from conftest import tiny_config
 
@@ -33,7 +34,9 @@ class PixelModel:
     return jnp.tanh(a * x) * (1.0 + tb) + 0.3 * labels[:, None, None, None] - x * tb
 
 
-def _score(model, params, images, eval_overrides, labels=None, ids=None, mesh=None, batch=None):
+def _score(model, params, images, eval_overrides, labels=None, mesh=None, batch=None):
+  """Heatmaps and scores of `images` through the evaluator's loop (tiles cut and blended on the
+  host), on `mesh` (default: one device) in batches of `batch` tiles (default: 2)."""
   config = tiny_config()
   ec = config.evaluate
   ec.num_seeds, ec.num_times = 3, 2
@@ -41,12 +44,10 @@ def _score(model, params, images, eval_overrides, labels=None, ids=None, mesh=No
     ec[key] = value
   n = len(images)
   labels = np.zeros(n, np.int32) if labels is None else labels
-  if mesh is None:
-    fn = jax.jit(scoring.local_score_fn(model, NORM, ec))
-    ids = np.arange(n, dtype=np.int32) + 7 if ids is None else ids
-    return tuple(np.asarray(a) for a in fn(params, jnp.asarray(images), labels, ids))
+  mesh = sharding.make_mesh(1) if mesh is None else mesh
   score = scoring.make_score_fn(model, NORM, ec, mesh)
-  heat, scores, _ = scoring.score_in_batches(score, params, images, labels, batch, mesh, "test")
+  heat, scores, _ = scoring.score_in_batches(score, params, images, labels, batch or 2, mesh,
+                                             "test", ec, tiling.model_stride(model))
   return heat, scores
 
 
@@ -74,13 +75,26 @@ def test_a_tile_larger_than_the_image_is_the_whole_image():
   grid = tiling.tile_grid(24, 40, 64, 16)
   assert grid.num_tiles == 1 and (grid.tile_h, grid.tile_w) == (24, 40)
   np.testing.assert_array_equal(grid.weight(0, 0), 1.0)
+  # The scorer pads such an image (by reflection) to one tile, so every tile has one shape,
+  # and crops the tile's heatmap back to the image.
+  image = _images(1, 22, 37)[0]
+  tiler = tiling.Tiler([image.shape], 4, 64, 16)
+  (tile,) = tiler.tiles()
+  (pixels,) = tiler.cut([image], [tile])
+  assert pixels.shape == (64, 64, 3) and np.array_equal(pixels[:22, :37], image)
+  np.testing.assert_array_equal(pixels[22:43, :37], image[20::-1])  # rows 20, 19, .., 0 reflected
+  heat = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
+  ((index, whole),) = tiler.add([tile], heat)
+  assert index == 0 and np.array_equal(whole, heat[0, :22, :37])
 
 
 def test_positional_seeds_are_the_whole_images_cut_to_the_tile_and_normal():
   key, ids = jax.random.key(3), jnp.array([5, 9])
-  whole = np.asarray(mismatch.positional_seeds(key, ids, 4, (24, 40, 3), jnp.array([0, 0])))
-  tile = np.asarray(mismatch.positional_seeds(key, ids, 4, (8, 12, 3), jnp.array([13, 27])))
-  np.testing.assert_array_equal(tile, whole[:, :, 13:21, 27:39])
+  whole = np.asarray(mismatch.positional_seeds(key, ids, 4, (24, 40, 3), jnp.zeros((2, 2), int)))
+  tile = np.asarray(mismatch.positional_seeds(key, ids, 4, (8, 12, 3),
+                                              jnp.array([[13, 27], [2, 5]])))
+  np.testing.assert_array_equal(tile[0], whole[0, :, 13:21, 27:39])
+  np.testing.assert_array_equal(tile[1], whole[1, :, 2:10, 5:17])
   assert not np.array_equal(whole[0], whole[1])  # images differ, and so do seeds k
   assert not np.array_equal(whole[:, 0], whole[:, 1])
   assert scipy.stats.kstest(whole.ravel(), "norm").pvalue > 1e-3  # a standard normal
@@ -99,9 +113,10 @@ def test_tiled_scoring_equals_whole_image_scoring_for_a_per_pixel_field(shape):
     np.testing.assert_allclose(scores, whole_s, rtol=2e-6)
   # The oracle: for a per-pixel field, the heatmap is the mismatch of each pixel with its own
   # seeds, computed here directly in numpy from the same positional seeds.
-  y = np.asarray(tiling.pad_to_stride(NORM.normalize(jnp.asarray(images)), 4))
-  x0 = np.asarray(mismatch.positional_seeds(jax.random.key(0), jnp.arange(2) + 7, 3, y.shape[1:],
-                                            jnp.array([0, 0])))
+  y = NORM.normalize(np.stack([tiling.pad_to_stride(im, 4) for im in images]))
+  ids = image_ids(images)
+  x0 = np.asarray(mismatch.positional_seeds(jax.random.key(0), jnp.asarray(ids), 3, y.shape[1:],
+                                            jnp.zeros((2, 2), int)))
   expected = np.zeros(y.shape[:3])
   for t in (1 / 3, 2 / 3):
     xt = (1 - t) * x0 + t * y[:, None]
@@ -131,10 +146,10 @@ def test_a_unet_tile_matches_the_whole_image_inside_the_tile():
   whole image's heatmap is about 0.11 and its correlation with it 0.98. The test allows 0.2 and
   0.95; two different images differ by about 0.87, so the bound still separates."""
   model, params = _random_unet()
-  images = _images(2, 48, 64, seed=1)
-  whole, _ = _score(model, params, images, {"tile_size": 128})
+  images = _images(2, 64, 64, seed=1)
+  whole, _ = _score(model, params, images, {"tile_size": 64})  # one tile: the whole image
   tiled, _ = _score(model, params, images, {"tile_size": 32, "tile_overlap": 0})
-  grid = tiling.tile_grid(48, 64, 32, 0)
+  grid = tiling.tile_grid(64, 64, 32, 0)
   assert grid.num_tiles == 4
   m = 8
   for y0, x0 in itertools.product(grid.ys, grid.xs):
@@ -161,13 +176,15 @@ def test_tiled_scores_do_not_depend_on_devices_or_batching():
   np.testing.assert_allclose(h, base_h[order], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("sigma,shape", [(0.5, (7, 9)), (1.0, (16, 16)), (4.0, (10, 30)),
-                                         (3.0, (5, 3))])
-def test_smoothing_equals_scipy_gaussian_filter(sigma, shape):
-  maps = np.random.default_rng(4).random((2,) + shape).astype(np.float32)
-  expected = np.stack([scipy.ndimage.gaussian_filter(m.astype(np.float64), sigma) for m in maps])
-  np.testing.assert_allclose(np.asarray(smoothing.smooth(jnp.asarray(maps), sigma)), expected,
-                             atol=1e-6)
+def test_image_score_is_the_max_plus_the_mean_of_the_top_percent():
+  rng = np.random.default_rng(4)
+  for shape in [(7, 9), (16, 16), (40, 30)]:
+    heat = rng.random(shape).astype(np.float32)
+    k = int(np.ceil(0.01 * heat.size))
+    top = sorted(heat.ravel().tolist(), reverse=True)[:k]
+    assert maps.image_score(heat) == pytest.approx(top[0] + sum(top) / k, rel=1e-6)
+    assert maps.image_score(heat) == pytest.approx(
+        float(mismatch.image_score(jnp.asarray(heat[None]))[0]), rel=1e-6)  # the kernel's
 
 
 def test_smoothing_in_evaluation_is_scipys_before_the_image_score():

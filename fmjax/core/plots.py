@@ -15,7 +15,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
-from fmjax.core import files
+from fmjax.core import files, ragged
 
 DPI = 100
 CMAP = "inferno"  # perceptually uniform, dark (low) to bright yellow (high)
@@ -47,7 +47,7 @@ def heat_scale(heatmaps: np.ndarray) -> Normalize:
   transparent) to the 99.9th percentile (full colour). Logarithmic when those are positive
   and more than two decades apart (squared mismatches are heavy-tailed: on a linear scale a
   few extreme pixels would leave every other heatmap blank)."""
-  values = np.asarray(heatmaps, np.float64).ravel()
+  values = ragged.pixels(heatmaps)
   values = values[np.isfinite(values)]
   if values.size == 0:
     return Normalize(0.0, 1.0, clip=True)

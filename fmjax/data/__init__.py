@@ -26,20 +26,21 @@ def categories_of(data_config) -> list[str]:
 
 def load_folder_dataset(root: str, categories=(), image_size: int = 128,
                         image_level_only: bool = False, name: str = "folder",
-                        skip_corrupt: bool = False) -> AnomalyDataset:
-  """Reads categories (all sub-folders of `root` with a train/ folder when empty) of an MVTec-layout tree."""
+                        skip_corrupt: bool = False, resize: str = "square") -> AnomalyDataset:
+  """Reads categories (all sub-folders of `root` with a train/ folder when empty) of an
+  MVTec-layout tree, each file at its `data.resize` size."""
   categories, samples = mvtec_samples(root, categories, image_level_only)
   return read_samples(name, categories, samples, image_size, with_masks=not image_level_only,
-                      skip_corrupt=skip_corrupt)
+                      skip_corrupt=skip_corrupt, resize=resize)
 
 
 def load_visa_dataset(root: str, categories=(), image_size: int = 128,
                       split_csv: str = "split_csv/1cls.csv", skip_corrupt: bool = False,
-                      image_level_only: bool = False) -> AnomalyDataset:
+                      image_level_only: bool = False, resize: str = "square") -> AnomalyDataset:
   """Reads VisA as distributed, split by its official CSV; masks binarised (nonzero = defect)."""
   categories, samples = visa_samples(root, categories, split_csv, image_level_only)
   return read_samples("visa", categories, samples, image_size, with_masks=not image_level_only,
-                      skip_corrupt=skip_corrupt)
+                      skip_corrupt=skip_corrupt, resize=resize)
 
 
 def load_dataset(data_config) -> AnomalyDataset:
@@ -60,9 +61,12 @@ def _load_source(data_config) -> AnomalyDataset:
     raise ConfigError(f"Unknown dataset {name!r}: use one of {DATASETS}.")
   if not data_config.root:
     raise ConfigError(f"Set --config.data.root to the {name} data folder.")
+  resize = data_config.get("resize", "square")
   if data_config.tfds_dir:
     if name not in ("mvtec", "visa"):
       raise ConfigError(f"data.tfds_dir works with mvtec and visa, not {name!r}.")
+    if resize != "square":
+      raise ConfigError(f"data.tfds_dir stores square images; it cannot read data.resize={resize}.")
     from fmjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
     categories = categories_of(data_config)
     builder = tfds_builders.make_builder(
@@ -74,6 +78,6 @@ def _load_source(data_config) -> AnomalyDataset:
   if name == "visa":
     return load_visa_dataset(data_config.root, categories_of(data_config), data_config.image_size,
                              data_config.visa_split_csv, data_config.skip_corrupt,
-                             data_config.image_level_only)
+                             data_config.image_level_only, resize)
   return load_folder_dataset(data_config.root, categories_of(data_config), data_config.image_size,
-                             data_config.image_level_only, name, data_config.skip_corrupt)
+                             data_config.image_level_only, name, data_config.skip_corrupt, resize)

@@ -14,10 +14,12 @@ from fmjax.core.errors import DataLayoutError
 
 @dataclasses.dataclass
 class AnomalyDataset:
-  """Normal training images and a labelled test split, all at one resolution.
+  """Normal training images and a labelled test split.
 
   Images are uint8 [N,H,W,3]; masks are uint8 {0,1} [M,H,W] or None for
-  image-level-only datasets. Classes index `class_names` (one per category).
+  image-level-only datasets. A dataset of many sizes (`data.resize` other than square)
+  holds 1-D object arrays of [H_i,W_i,3] images and [H_i,W_i] masks instead, indexed,
+  masked and iterated like the stacks. Classes index `class_names` (one per category).
   """
   name: str
   class_names: list[str]
@@ -56,7 +58,16 @@ class AnomalyDataset:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """[H,W,3] of the training images when they share one size (ValueError otherwise)."""
+    if self.train_images.dtype == object:
+      raise ValueError(f"Dataset {self.name!r} holds images of {len(self.train_sizes())} sizes.")
     return tuple(self.train_images.shape[1:])
+
+  def train_sizes(self) -> set[tuple[int, int]]:
+    """The (height, width) of the training images."""
+    if self.train_images.dtype != object:
+      return {tuple(self.train_images.shape[1:3])}
+    return {tuple(im.shape[:2]) for im in self.train_images}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +78,19 @@ class NormStats:
 
   @classmethod
   def of(cls, images: np.ndarray) -> "NormStats":
-    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return cls(tuple(float(v) for v in x.mean(0)), tuple(float(max(v, 1e-6)) for v in x.std(0)))
+    """The statistics of uint8 images [N,H,W,3] (or an object array of [H_i,W_i,3]: every pixel
+    counted once)."""
+    if images.dtype != object:
+      x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+      return cls(tuple(float(v) for v in x.mean(0)), tuple(float(max(v, 1e-6)) for v in x.std(0)))
+    count, total = 0, 0.0
+    for im in images:  # two passes (mean, then squared deviations), as np.std
+      x = im.reshape(-1, im.shape[-1]).astype(np.float64) / 255.0
+      count, total = count + len(x), total + x.sum(0)
+    mean = total / count
+    squares = sum(np.square(im.reshape(-1, im.shape[-1]) / 255.0 - mean).sum(0) for im in images)
+    std = np.sqrt(squares / count)
+    return cls(tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std))
 
   def normalize(self, images):
     """uint8 [...,3] -> float32 (x/255 - mean) / std; works on numpy and jax arrays."""

@@ -1,12 +1,21 @@
-"""Decoding image and mask files into fixed-size arrays, strictly.
+"""Decoding image and mask files into arrays, strictly, at the size `data.resize` asks for.
 
-Every image becomes uint8 RGB [S,S,3]: greyscale is repeated over three
+Every image becomes uint8 RGB [H,W,3]: greyscale is repeated over three
 channels, alpha is dropped, palettes are expanded, 16-bit and 32-bit integer
 images are scaled from their full range (65535) to 8 bits, and the result is
-resized with an antialiased bilinear filter. Masks become uint8 {0,1} [S,S]
+resized with an antialiased bilinear filter. Masks become uint8 {0,1} [H,W]
 (any nonzero pixel is foreground, so VisA's non-binary masks work) resized with
-nearest neighbour. A file that cannot be decoded raises `CorruptImageError`
-naming it.
+nearest neighbour to their image's size. A file that cannot be decoded raises
+`CorruptImageError` naming it.
+
+`data.resize` (`resized_size`) sets H, W from the file's width w and height h:
+  square         S x S (S = data.image_size): squashed, the aspect ratio is lost
+  scale:<f>      round(f w) x round(f h)
+  long_side:<n>  the long side n, the short side in proportion (rounded)
+  native         w x h, the file's own size
+The last three keep the aspect ratio (to rounding), so one dataset may hold many sizes.
+Sides need not be multiples of the model's stride: scoring pads them
+(`fmjax.score.tiling`), and training crops (`data.crop_size`) are multiples.
 """
 
 from __future__ import annotations
@@ -17,11 +26,43 @@ import numpy as np
 from PIL import Image
 
 from fmjax.core.errors import CorruptDataError
+from fmjax.core.ragged import stack as stack_images  # noqa: F401  (the data modules' name)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 CorruptImageError = CorruptDataError  # the name the data modules use
+
+RESIZE_RULES = ("square", "scale:<f>", "long_side:<n>", "native")
+
+
+def parse_resize(rule: str) -> tuple[str, float]:
+  """data.resize -> (kind, value): ("square", 0), ("scale", f), ("long_side", n) or
+  ("native", 0); ValueError naming the valid forms otherwise."""
+  text = str(rule).strip()
+  kind, _, value = text.partition(":")
+  try:
+    if kind in ("square", "native") and not value:
+      return kind, 0.0
+    if kind == "scale" and 0 < float(value) <= 16:
+      return kind, float(value)
+    if kind == "long_side" and value.isdigit() and int(value) >= 1:
+      return kind, float(int(value))
+  except ValueError:
+    pass
+  raise ValueError(f"data.resize {rule!r} is not one of {', '.join(RESIZE_RULES)} "
+                   "(e.g. scale:0.5, long_side:512; f in (0, 16], n >= 1)")
+
+
+def resized_size(width: int, height: int, image_size: int, rule: str = "square") -> tuple[int, int]:
+  """(width, height) an image of `width` x `height` is read at under `data.resize` = `rule`."""
+  kind, value = parse_resize(rule)
+  if kind == "square":
+    return image_size, image_size
+  if kind == "native":
+    return width, height
+  f = value if kind == "scale" else value / max(width, height)
+  return max(1, int(round(width * f))), max(1, int(round(height * f)))
 
 
 def _open(path: str) -> Image.Image:
@@ -47,24 +88,28 @@ def to_rgb8(im: Image.Image) -> Image.Image:
   return im.convert("RGB")
 
 
-def read_image_and_size(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-  """An image file -> (uint8 RGB [size,size,3] (antialiased bilinear resize), original (w, h))."""
+def read_image_and_size(path: str, size: int, resize: str = "square"
+                        ) -> tuple[np.ndarray, tuple[int, int]]:
+  """An image file -> (uint8 RGB [H,W,3] at `resized_size` (antialiased bilinear), the
+  file's (w, h))."""
   with _open(path) as im:
     rgb = to_rgb8(im)
   original = rgb.size
-  if original != (size, size):
-    rgb = rgb.resize((size, size), Image.BILINEAR, reducing_gap=None)
+  target = resized_size(*original, size, resize)
+  if original != target:
+    rgb = rgb.resize(target, Image.BILINEAR, reducing_gap=None)
   return np.asarray(rgb, np.uint8), original
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """An image file -> uint8 RGB [size,size,3] (antialiased bilinear resize)."""
-  return read_image_and_size(path, size)[0]
+def read_image(path: str, size: int, resize: str = "square") -> np.ndarray:
+  """An image file -> uint8 RGB [H,W,3] at `resized_size` (antialiased bilinear resize)."""
+  return read_image_and_size(path, size, resize)[0]
 
 
 def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,
-              notes: list[str] | None = None) -> np.ndarray:
-  """A mask file -> uint8 {0,1} [size,size]; foreground = any nonzero pixel.
+              notes: list[str] | None = None, resize: str = "square") -> np.ndarray:
+  """A mask file -> uint8 {0,1} [H,W] at its image's `resized_size`; foreground = any nonzero
+  pixel.
 
   With `image_wh` (the image's original width, height), a mask of another size
   is resized to it with a warning before the final resize. Warnings go to
@@ -78,14 +123,16 @@ def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,
     note = (f"Mask {path} is {binary.size[0]}x{binary.size[1]} but its image is "
             f"{image_wh[0]}x{image_wh[1]}; resizing the mask to the image (nearest).")
     binary = binary.resize(tuple(image_wh), Image.NEAREST)
-  if binary.size != (size, size):
-    binary = binary.resize((size, size), Image.NEAREST)
+  target = resized_size(*binary.size, size, resize)
+  if binary.size != target:
+    binary = binary.resize(target, Image.NEAREST)
   out = (np.asarray(binary) > 127).astype(np.uint8)
   if not (m > 0).any():
     note = f"Mask {path} has no foreground pixel; its image counts as anomalous with an empty mask."
   elif not out.any():
-    note = (f"Mask {path} loses all its foreground pixels when resized to {size}x{size} (nearest); "
-            "its image counts as anomalous with an empty mask (a larger data.image_size keeps it).")
+    note = (f"Mask {path} loses all its foreground pixels when resized to {target[0]}x{target[1]} "
+            "(nearest); its image counts as anomalous with an empty mask (a larger "
+            "data.image_size, or data.resize=native, keeps it).")
   if note is not None:
     if notes is None:
       warnings.warn(note, stacklevel=2)

@@ -1,7 +1,8 @@
 """grain input pipelines: random-access sources, the training batch stream, device prefetch.
 
 Training batches are a grain `MapDataset`: the images shuffled per epoch from the
-config seed, repeated, batched and sliced per host. Element `s` of a host's
+config seed, repeated, cropped (`data.crop_size`; each crop's position drawn from the seed
+and the stream index), batched and sliced per host. Element `s` of a host's
 dataset is that host's rows of global batch `s`, so the stream is a pure
 function of (seed, step): the iterator state saved with each checkpoint is just
 the next index, and resuming reproduces the uninterrupted run exactly.
@@ -47,27 +48,50 @@ class ArraySource(grain.sources.RandomAccessDataSource):
 
 
 class ImageFileSource(grain.sources.RandomAccessDataSource):
-  """Image files decoded and resized on access -> {"image" uint8 [S,S,3], "label"}."""
+  """Image files decoded and resized (`data.resize`) on access -> {"image" uint8 [H,W,3], "label"}."""
 
-  def __init__(self, paths: Sequence[str], labels: np.ndarray, image_size: int):
+  def __init__(self, paths: Sequence[str], labels: np.ndarray, image_size: int,
+               resize: str = "square"):
     if len(paths) != len(labels):
       raise ValueError(f"{len(paths)} paths but {len(labels)} labels.")
     self._paths, self._labels, self._size = list(paths), np.asarray(labels, np.int32), image_size
+    self._resize = resize
 
   def __len__(self) -> int:
     return len(self._paths)
 
   def __getitem__(self, index: int) -> dict:
-    return {"image": read_image(self._paths[index], self._size), "label": self._labels[index]}
+    image = read_image(self._paths[index], self._size, self._resize)
+    return {"image": image, "label": self._labels[index]}
+
+
+class RandomCrop(grain.transforms.RandomMap):
+  """{"image" [H,W,3], ...} -> the same with a `size` x `size` crop at a uniform position, from
+  the generator grain seeds with (pipeline seed, stream index): a pure function of both."""
+
+  def __init__(self, size: int):
+    self.size = size
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    image = element["image"]
+    h, w = image.shape[:2]
+    if h < self.size or w < self.size:
+      raise ConfigError(f"data.crop_size {self.size} is larger than a {w}x{h} training image.")
+    y, x = rng.integers(0, h - self.size + 1), rng.integers(0, w - self.size + 1)
+    return {**element, "image": image[y:y + self.size, x:x + self.size]}
 
 
 def train_dataset(source: grain.sources.RandomAccessDataSource, batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """This host's batches: element s = {"image" [B/P,H,W,3], "label" [B/P]} of global batch s."""
+                  process_index: int = 0, process_count: int = 1,
+                  crop_size: int = 0) -> grain.MapDataset:
+  """This host's batches: element s = {"image" [B/P,H,W,3], "label" [B/P]} of global batch s;
+  with `crop_size`, every image a random crop [crop_size,crop_size,3] (`RandomCrop`)."""
   if batch_size % process_count:
     raise ConfigError(f"train.batch_size {batch_size} is not divisible by {process_count} hosts.")
   per_host = batch_size // process_count
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  if crop_size:
+    ds = ds.random_map(RandomCrop(crop_size))
   ds = ds.batch(per_host, drop_remainder=True)
   return ds[process_index::process_count] if process_count > 1 else ds
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from fmjax.data.dataset import AnomalyDataset
 from fmjax.core.errors import DataLayoutError
-from fmjax.data.decode import IMAGE_EXTENSIONS, CorruptImageError, read_image_and_size, read_mask
+from fmjax.data.decode import (IMAGE_EXTENSIONS, CorruptImageError, read_image_and_size, read_mask,
+                               stack_images)
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
                     "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
@@ -162,18 +163,19 @@ def visa_samples(root: str, categories=(), split_csv: str = "split_csv/1cls.csv"
 class _Decode(grain.transforms.Map):
   """Sample -> {"image", "mask", "error"}; errors are returned, not raised, to report all at once."""
 
-  def __init__(self, image_size: int, with_masks: bool):
-    self.size, self.with_masks = image_size, with_masks
+  def __init__(self, image_size: int, with_masks: bool, resize: str = "square"):
+    self.size, self.with_masks, self.resize = image_size, with_masks, resize
 
   def map(self, sample: Sample) -> dict:
     out = {"image": None, "mask": None, "error": None, "warnings": []}
     try:
-      out["image"], original_wh = read_image_and_size(sample.path, self.size)
+      out["image"], original_wh = read_image_and_size(sample.path, self.size, self.resize)
       if self.with_masks and sample.split == "test":
         if sample.mask is None:
-          out["mask"] = np.zeros((self.size, self.size), np.uint8)
+          out["mask"] = np.zeros(out["image"].shape[:2], np.uint8)
         else:
-          out["mask"] = read_mask(sample.mask, self.size, original_wh, notes=out["warnings"])
+          out["mask"] = read_mask(sample.mask, self.size, original_wh, notes=out["warnings"],
+                                  resize=self.resize)
     except CorruptImageError as e:
       out["error"] = str(e)
     return out
@@ -199,9 +201,10 @@ def _decode_all(samples: list[Sample], decode: _Decode, skip_corrupt: bool,
 
 def read_samples(name: str, categories: list[str], samples: list[Sample], image_size: int,
                  with_masks: bool = True, skip_corrupt: bool = False,
-                 num_threads: int = 16) -> AnomalyDataset:
-  """Decodes every sample (grain, `num_threads` threads) into an in-memory AnomalyDataset."""
-  decoded = _decode_all(samples, _Decode(image_size, with_masks), skip_corrupt, num_threads)
+                 num_threads: int = 16, resize: str = "square") -> AnomalyDataset:
+  """Decodes every sample (grain, `num_threads` threads) into an in-memory AnomalyDataset at
+  the size `resize` (`decode.resized_size`) gives each file."""
+  decoded = _decode_all(samples, _Decode(image_size, with_masks, resize), skip_corrupt, num_threads)
   for d in decoded:
     for w in d["warnings"]:
       warnings.warn(w, stacklevel=2)
@@ -215,12 +218,12 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
         raise DataLayoutError(f"Category {cat!r} has no readable {split} images.")
   return AnomalyDataset(
       name=name, class_names=list(categories),
-      train_images=np.stack([d["image"] for _, d in train]),
+      train_images=stack_images([d["image"] for _, d in train]),
       train_classes=np.asarray([class_of[s.category] for s, _ in train], np.int32),
-      test_images=np.stack([d["image"] for _, d in test]),
+      test_images=stack_images([d["image"] for _, d in test]),
       test_classes=np.asarray([class_of[s.category] for s, _ in test], np.int32),
       test_labels=np.asarray([s.label for s, _ in test], np.int32),
-      test_masks=np.stack([d["mask"] for _, d in test]) if with_masks else None,
+      test_masks=stack_images([d["mask"] for _, d in test]) if with_masks else None,
       test_defects=[s.defect for s, _ in test], test_paths=[s.path for s, _ in test],
       train_paths=[s.path for s, _ in train])
 
@@ -238,16 +241,16 @@ def folder_images(folder: str) -> list[str]:
 
 @dataclasses.dataclass
 class DecodedImages:
-  array: np.ndarray  # uint8 [n_ok,S,S,3]
+  array: np.ndarray  # uint8 [n_ok,H,W,3], or an object array of [H_i,W_i,3] (many sizes)
   ok: list[bool]  # per input path: decoded (False only with skip_corrupt)
 
 
 def read_images(paths: list[str], image_size: int, skip_corrupt: bool = False,
-                num_threads: int = 16) -> DecodedImages:
+                num_threads: int = 16, resize: str = "square") -> DecodedImages:
   """Decodes image files in parallel (grain threads); corrupt files raise or are skipped."""
   samples = [Sample(p, "", "score") for p in paths]
-  decoded = _decode_all(samples, _Decode(image_size, with_masks=False), skip_corrupt, num_threads)
+  decoded = _decode_all(samples, _Decode(image_size, False, resize), skip_corrupt, num_threads)
   ok = [not d["error"] for d in decoded]
   if not any(ok):
     raise CorruptImageError(f"None of the {len(paths)} files could be decoded.")
-  return DecodedImages(np.stack([d["image"] for d in decoded if not d["error"]]), ok)
+  return DecodedImages(stack_images([d["image"] for d in decoded if not d["error"]]), ok)

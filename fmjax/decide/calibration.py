@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from fmjax.core import files
+from fmjax.core import files, ragged
 from fmjax.core.records import Fields, read_json_file
 from fmjax.core.settings import parse_list
 
@@ -77,7 +77,7 @@ class RateThreshold:
 def threshold_at(scores: np.ndarray, rate: float) -> RateThreshold:
   """The threshold that flags floor(rate * n) of the n normal `scores` [...] (flagged: score >
   it): when n < 1 / rate the rate is not resolved, k = 0 and the threshold is the maximum."""
-  s = np.sort(np.asarray(scores, np.float64).ravel())
+  s = np.sort(ragged.pixels(scores))
   n = s.size
   if n == 0:
     raise ValueError("no held-out scores to calibrate on")

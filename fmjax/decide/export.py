@@ -1,12 +1,16 @@
 """`--mode=export`: the workdir's scorer as StableHLO, shippable without the training code.
 
   <workdir>/export/
-    scorer.jax      jax.export serialization of (params, images uint8 [b,S,S,3], labels [b],
-                    ids [b]) -> (heatmaps float32 [b,S,S], scores float32 [b]) for a fixed
-                    image size S and a symbolic batch b; normalisation, the method with its
-                    K, T and seed, and the image score are inside
+    scorer.jax      jax.export serialization of (params, tiles uint8 [b,h,w,3], labels [b],
+                    ids [b], origins int32 [b,2]) -> heatmaps float32 [b,h,w] for one tile
+                    shape (evaluate.tile_size, or the padded data.image_size when images are
+                    scored whole) and a symbolic batch b; normalisation and the method with
+                    its K, T and seed are inside. Tiling, blending, smoothing and the image
+                    score run on the host (`fmjax.score.tiling`, `fmjax.score.maps`), as in
+                    evaluation
     params.npz      the parameters the function takes, as its flat list (leaf_00000, ...)
-    manifest.json   image size, class names and labels, method and options, checkpoint step,
+    manifest.json   image size, tile, stride and smoothing, class names and labels, method
+                    and options, checkpoint step,
                     platforms, and per category the decision threshold (calibrated on held-out
                     normals when available, else the F1-optimal one of the last evaluation)
 
@@ -29,11 +33,11 @@ from fmjax.core.workdir import prepare_workdir
 from fmjax.decide import calibration, decisions
 from fmjax.decide.settings import export_platforms
 from fmjax.model.unet import build_unet
-from fmjax.score import scoring
+from fmjax.score import scoring, tiling
 from fmjax.score.session import ScoringSession
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the function scores tiles; the host blends, smooths and scores
 
 
 def export_scorer(config, workdir: str) -> str:
@@ -54,16 +58,18 @@ def export_scorer(config, workdir: str) -> str:
     model_config.attention_impl = "xla"  # cuDNN attention lowers for CUDA only
   model = build_unet(model_config, len(class_names))
   leaves, treedef = jax.tree.flatten(jax.device_get(session.params))
-  score_local = scoring.local_score_fn(model, session.norm, ec)
+  score_tiles = scoring.tile_score_fn(model, session.norm, ec)
 
-  def exported_fn(flat_params, images, labels, ids):
-    return score_local(jax.tree.unflatten(treedef, flat_params), images, labels, ids)
+  def exported_fn(flat_params, tiles, labels, ids, origins):
+    return score_tiles(jax.tree.unflatten(treedef, flat_params), tiles, labels, ids, origins)
 
-  size = config.data.image_size
+  size, stride, tile = config.data.image_size, tiling.model_stride(config.model), int(ec.tile_size)
+  tile_h, tile_w = tiling.scored_shape(size, size, stride, 0) if tile == 0 else (tile, tile)
   (b,) = jax.export.symbolic_shape("b")
   args = ([jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves],
-          jax.ShapeDtypeStruct((b, size, size, 3), np.uint8),
-          jax.ShapeDtypeStruct((b,), np.int32), jax.ShapeDtypeStruct((b,), np.int32))
+          jax.ShapeDtypeStruct((b, tile_h, tile_w, 3), np.uint8),
+          jax.ShapeDtypeStruct((b,), np.int32), jax.ShapeDtypeStruct((b,), np.int32),
+          jax.ShapeDtypeStruct((b, 2), np.int32))
   exported = jax.export.export(jax.jit(exported_fn), platforms=platforms)(*args)
 
   out_dir = os.path.join(workdir, "export")
@@ -85,7 +91,10 @@ def export_scorer(config, workdir: str) -> str:
   manifest = {
       "format_version": FORMAT_VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "image_size": size, "channels": 3, "platforms": platforms,
+      "image_size": size, "channels": 3, "platforms": platforms, "stride": stride,
+      "tile_size": tile, "tile_overlap": tiling.tile_overlap(ec), "tile_shape": [tile_h, tile_w],
+      "resize": config.data.resize, "smoothing_sigma": float(ec.smoothing_sigma),
+      "smoothing_sigma_fraction": float(ec.smoothing_sigma_fraction),
       "class_names": list(class_names), "class_conditional": bool(config.data.class_conditional),
       "null_label": len(class_names), "num_params": int(sum(np.size(x) for x in leaves)),
       "num_param_arrays": len(leaves), "method": ec.method,
@@ -96,7 +105,8 @@ def export_scorer(config, workdir: str) -> str:
                   "(F1-optimal, tuned on test labels)"}
   files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
   known = [n for n, t in thresholds.items() if t["image"] is not None]
-  print(f"Exported {ec.method} (step {step}, {size}x{size}, platforms {','.join(platforms)}, "
+  shape = f"{size}x{size}" if tile == 0 else f"any size in {tile}x{tile} tiles"
+  print(f"Exported {ec.method} (step {step}, {shape}, platforms {','.join(platforms)}, "
         f"{manifest['num_params']:,} parameters) to {out_dir}/; thresholds for "
         f"{len(known)}/{len(class_names)} categories "
         f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).", flush=True)

@@ -67,7 +67,7 @@ def scorers_for(objective_name: str) -> list[str]:
   return [n for n, s in _registry()[0].items() if s.objective == objective_name]
 
 
-# evaluate.* keys that change heatmaps for every method (fmjax/score/tiling.py, smoothing.py).
+# evaluate.* keys that change heatmaps for every method (fmjax/score/tiling.py, maps.py).
 GEOMETRY_KEYS = ("tile_size", "tile_overlap", "smoothing_sigma", "smoothing_sigma_fraction")
 
 

@@ -37,16 +37,16 @@ class ScoreContext:
   num_times: int  # T
   max_forward_batch: int  # samples per velocity call, per device
   options: Mapping[str, Any]  # evaluate.<name>.* as a plain dict
-  # None: seeds per image (fold_in(key, id)); else the tile's (row, column) origin in its
-  # image (int32 [2]): seeds per pixel position (`mismatch.positional_seeds`), so tiles of
+  # None: seeds per image (fold_in(key, id)); else each tile's (row, column) origin in its
+  # image (int32 [B,2]): seeds per pixel position (`mismatch.positional_seeds`), so tiles of
   # one image see the noise of the whole image.
-  origin: Any = None
+  origins: Any = None
 
   def draw_seeds(self, ids: jax.Array, num: int, image_shape) -> jax.Array:
     """Seeds [B,num,H,W,C] for images (or tiles) [B,H,W,C] with global ids [B]."""
-    if self.origin is None:
+    if self.origins is None:
       return mismatch.draw_seeds(self.key, ids, num, image_shape)
-    return mismatch.positional_seeds(self.key, ids, num, image_shape, self.origin)
+    return mismatch.positional_seeds(self.key, ids, num, image_shape, self.origins)
 
 
 @dataclasses.dataclass(frozen=True)

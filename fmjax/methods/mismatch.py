@@ -159,8 +159,8 @@ def draw_seeds(key: jax.Array, image_ids: jax.Array, num_seeds: int, image_shape
 
 
 def positional_seeds(key: jax.Array, image_ids: jax.Array, num_seeds: int, tile_shape,
-                     origin: jax.Array) -> jax.Array:
-  """Seeds x0 [B,K,h,w,C] of the tile of shape (h, w, C) at `origin` (int32 [2]: row, column)
+                     origins: jax.Array) -> jax.Array:
+  """Seeds x0 [B,K,h,w,C] of tiles of shape (h, w, C) at `origins` (int32 [B,2]: row, column)
   of images with global ids [B], in which every value depends only on (key, image id, its
   pixel's row and column in the whole image, k, c).
 
@@ -173,20 +173,20 @@ def positional_seeds(key: jax.Array, image_ids: jax.Array, num_seeds: int, tile_
     raise ValueError(f"The number of seeds K must be >= 1, got {num_seeds}.")
   h, w, c = tuple(tile_shape)
   k = num_seeds
-  rows = (origin[0] + jnp.arange(h, dtype=jnp.int32)).astype(jnp.uint32)
-  cols = (origin[1] + jnp.arange(w, dtype=jnp.int32)).astype(jnp.uint32)
   kk, cc = jnp.arange(k, dtype=jnp.uint32), jnp.arange(c, dtype=jnp.uint32)
-  # Counters [K,h,w,C]: the high word is the row, the low word the position within the row.
-  hi = jnp.broadcast_to(rows[None, :, None, None], (k, h, w, c))
-  lo = (cols[None, None, :, None] * k + kk[:, None, None, None]) * c + cc[None, None, None, :]
-  lo = jnp.broadcast_to(lo, (k, h, w, c))
 
-  def one_image(i):
+  def one_tile(i, origin):
+    # Counters [K,h,w,C]: the high word is the row, the low word the position within the row.
+    rows = (origin[0] + jnp.arange(h, dtype=jnp.int32)).astype(jnp.uint32)
+    cols = (origin[1] + jnp.arange(w, dtype=jnp.int32)).astype(jnp.uint32)
+    hi = jnp.broadcast_to(rows[None, :, None, None], (k, h, w, c))
+    lo = (cols[None, None, :, None] * k + kk[:, None, None, None]) * c + cc[None, None, None, :]
+    lo = jnp.broadcast_to(lo, (k, h, w, c))
     pair = jax.random.key_data(jax.random.fold_in(key, i))
     bits = jax.extend.random.threefry_2x32(pair, jnp.concatenate([hi.ravel(), lo.ravel()]))
     return bits[:hi.size].reshape(hi.shape)  # the first word of each (hi, lo) pair's hash
 
-  bits = jax.vmap(one_image)(image_ids)
+  bits = jax.vmap(one_tile)(image_ids, jnp.asarray(origins, jnp.int32))
   # 23 mantissa bits -> a uniform in [1, 2) -> (-1, 1) -> a normal by the inverse error function.
   u = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
   u = jnp.maximum(2.0 * u - 1.0, jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0)))

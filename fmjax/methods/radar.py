@@ -69,7 +69,10 @@ def radar_heatmaps(velocity_fn, y: jax.Array, x0: jax.Array, labels: jax.Array, 
 
 
 def map_features(heatmaps: np.ndarray) -> np.ndarray:
-  """Per-image features [N,6] of maps [N,H,W]: max, top-1% mean, mean, std, p99, p90."""
+  """Per-image features [N,6] of maps [N,H,W] (or N maps of any sizes): max, top-1% mean, mean,
+  std, p99, p90."""
+  if isinstance(heatmaps, np.ndarray) and heatmaps.dtype == object:
+    return np.concatenate([map_features(np.asarray(m)[None]) for m in heatmaps])
   flat = np.asarray(heatmaps, np.float64).reshape(len(heatmaps), -1)
   k = max(1, math.ceil(0.01 * flat.shape[1]))
   top = -np.sort(-flat, axis=1)[:, :k]

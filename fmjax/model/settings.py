@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from fmjax.core.settings import rule_errors
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
@@ -29,6 +27,7 @@ def config_errors(config) -> list[str]:
       errors.append(f"channel width {width} is not divisible by model.norm_groups={mc.norm_groups}")
     if mc.head_channels >= 1 and width % mc.head_channels and has_attention:
       errors.append(f"channel width {width} is not divisible by model.head_channels={mc.head_channels}")
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  (the rest of this module is JAX-free)
   try:
     jnp.dtype(mc.dtype)
   except TypeError:
@@ -36,3 +35,16 @@ def config_errors(config) -> list[str]:
   if mc.attention_impl not in ATTENTION_IMPLS:
     errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
   return errors
+
+
+def model_stride(model_config) -> int:
+  """The U-Net's total down-sampling factor: 2^(levels - 1)."""
+  return 2 ** (len(model_config.channel_mult) - 1)
+
+
+def nearest_multiples(size: int, stride: int) -> str:
+  """The multiples of `stride` either side of `size`, for error messages: "96 or 128"."""
+  below, above = (size // stride) * stride, -(-size // stride) * stride
+  if below == above:
+    return str(size)
+  return f"{above}" if below < stride else f"{below} or {above}"

@@ -80,14 +80,16 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   else:
     print(f"No calibrated thresholds in the report: {why}.", flush=True)
   images = []
-  for path, c, defect, label, score in zip(dataset.test_paths, dataset.test_classes,
-                                           dataset.test_defects, dataset.test_labels, scores):
+  for path, c, defect, label, score, image in zip(dataset.test_paths, dataset.test_classes,
+                                                  dataset.test_defects, dataset.test_labels, scores,
+                                                  dataset.test_images):
     category = dataset.class_names[c]
     threshold = None if outcomes is None else outcomes.first_threshold(category)
     decision = None if threshold is None else (
         "anomalous" if calibration.flagged(float(score), threshold) else "normal")
     images.append(ImageResult(path=path, category=category, defect=defect, label=int(label),
-                              score=float(score), calibrated_decision=decision))
+                              score=float(score), calibrated_decision=decision,
+                              width=int(image.shape[1]), height=int(image.shape[0])))
   result = Evaluation(
       pooled=Metrics.from_dict(overall),
       mean=Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()})),
@@ -126,7 +128,8 @@ def score_folder(config, workdir: str) -> dict:
   if config.data.class_conditional and category not in class_names:
     raise ConfigError(f"Set --config.data.score_category to the category of the images: one of "
                       f"{class_names} (the model is class-conditional); got {category!r}.")
-  images = read_images(paths, config.data.image_size, config.data.skip_corrupt)
+  images = read_images(paths, config.data.image_size, config.data.skip_corrupt,
+                       resize=config.data.get("resize", "square"))
   paths = [p for p, ok in zip(paths, images.ok) if ok]
   classes = np.full(len(paths), class_names.index(category) if category in class_names else 0)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")

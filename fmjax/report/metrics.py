@@ -120,26 +120,53 @@ def binary_curves(scores, labels, with_curves: bool = False) -> dict:
   return _curves_from_sorted(_Sorted.of(scores), labels, with_curves)
 
 
-def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
-  """Per pixel 1 / (num_regions * size of its 8-connected region), 0 outside; and num_regions."""
-  structure = np.zeros((3, 3, 3), bool)
-  structure[1] = True  # 8-connectivity within each map, none across maps
-  labeled, num_regions = ndimage.label(masks, structure=structure)
+_EIGHT = np.ones((3, 3), bool)  # 8-connected regions within a map
+
+
+def _region_weights(labeled: np.ndarray, num_regions: int) -> np.ndarray:
+  """Per pixel 1 / (num_regions * size of its region), 0 outside a region (label 0)."""
   if num_regions == 0:
-    return np.zeros(masks.shape, np.float64), 0
-  sizes = np.bincount(labeled.ravel()).astype(np.float64)
+    return np.zeros(labeled.shape, np.float64)
+  sizes = np.bincount(labeled).astype(np.float64)
   sizes[0] = np.inf  # background weight 0
-  return 1.0 / (num_regions * sizes[labeled]), num_regions
+  return 1.0 / (num_regions * sizes[labeled])
 
 
-def _aupro_from_sorted(srt: _Sorted, masks: np.ndarray, fpr_limit: float) -> float:
-  weights, num_regions = _region_weights(masks)
-  normal = ~masks.ravel()
+@dataclasses.dataclass
+class _Pixels:
+  """Every pixel of N maps, pooled (maps of different sizes too)."""
+  values: np.ndarray  # float [P]
+  defect: np.ndarray  # bool [P]
+  regions: np.ndarray  # int [P]: its 8-connected defect region (numbered over all maps), 0 outside
+  num_regions: int
+
+
+def _pixels(anomaly_maps, masks) -> _Pixels:
+  """The pooled pixels of maps and masks: arrays [N,H,W], or sequences of N [H_i,W_i] maps."""
+  if len(anomaly_maps) != len(masks):
+    raise ValueError(f"{len(anomaly_maps)} anomaly maps for {len(masks)} masks.")
+  values, defect, regions, total = [], [], [], 0
+  for i, (m, k) in enumerate(zip(anomaly_maps, masks)):
+    m, k = np.asarray(m), np.asarray(k).astype(bool)
+    if m.shape != k.shape or m.ndim != 2:
+      raise ValueError(f"anomaly map {i} {m.shape} and its mask {k.shape} must both be [H,W].")
+    labeled, n = ndimage.label(k, structure=_EIGHT)
+    values.append(m.ravel())
+    defect.append(k.ravel())
+    regions.append(np.where(labeled > 0, labeled + total, 0).ravel())
+    total += n
+  return _Pixels(_finite_floats(np.concatenate(values), "Anomaly maps"), np.concatenate(defect),
+                 np.concatenate(regions), total)
+
+
+def _aupro_from_sorted(srt: _Sorted, pixels: _Pixels, fpr_limit: float) -> float:
+  weights = _region_weights(pixels.regions, pixels.num_regions)
+  normal = ~pixels.defect
   num_normal = int(normal.sum())
-  if num_regions == 0 or num_normal == 0:
-    _undefined("AUPRO is", num_regions, num_normal)
+  if pixels.num_regions == 0 or num_normal == 0:
+    _undefined("AUPRO is", pixels.num_regions, num_normal)
     return float("nan")
-  pro = np.r_[0.0, np.minimum(srt.cumulative(weights.ravel()), 1.0)]
+  pro = np.r_[0.0, np.minimum(srt.cumulative(weights), 1.0)]
   fpr = np.r_[0.0, srt.cumulative(normal) / num_normal]
   inside = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr is non-decreasing
   x, y = fpr[:inside], pro[:inside]
@@ -150,28 +177,24 @@ def _aupro_from_sorted(srt: _Sorted, masks: np.ndarray, fpr_limit: float) -> flo
   return float(np.trapezoid(y, x) / fpr_limit)
 
 
-def _check_maps(anomaly_maps, masks) -> tuple[np.ndarray, np.ndarray]:
-  maps, masks = np.asarray(anomaly_maps), np.asarray(masks)
-  if maps.shape != masks.shape or maps.ndim != 3:
-    raise ValueError(f"anomaly_maps {maps.shape} and masks {masks.shape} must both be [N,H,W].")
-  return _finite_floats(maps, "Anomaly maps"), masks.astype(bool)
-
-
 def aupro(anomaly_maps, masks, fpr_limit: float = 0.3) -> float:
   """Area under the per-region-overlap curve up to `fpr_limit`, normalised to [0, 1].
 
-  anomaly_maps [N,H,W] float, masks [N,H,W] (nonzero = defect).
+  anomaly_maps [N,H,W] float and masks [N,H,W] (nonzero = defect), or sequences of N maps and
+  masks of any sizes (every pixel pooled).
   """
-  maps, masks = _check_maps(anomaly_maps, masks)
-  return _aupro_from_sorted(_Sorted.of(maps.ravel()), masks, fpr_limit)
+  pixels = _pixels(anomaly_maps, masks)
+  return _aupro_from_sorted(_Sorted.of(pixels.values), pixels, fpr_limit)
 
 
 def pixel_metrics(anomaly_maps, masks, fpr_limit: float = 0.3, with_curves: bool = False) -> dict:
-  """Pixel AUROC/AP/F1-max (+ threshold) and AUPRO from one sort of all pixels."""
-  maps, masks = _check_maps(anomaly_maps, masks)
-  srt = _Sorted.of(maps.ravel())
-  curves = _curves_from_sorted(srt, masks.ravel(), with_curves)
-  curves["aupro"] = _aupro_from_sorted(srt, masks, fpr_limit) if masks.any() else float("nan")
+  """Pixel AUROC/AP/F1-max (+ threshold) and AUPRO from one sort of all pixels (pooled over
+  maps of any sizes)."""
+  pixels = _pixels(anomaly_maps, masks)
+  srt = _Sorted.of(pixels.values)
+  curves = _curves_from_sorted(srt, pixels.defect, with_curves)
+  curves["aupro"] = (_aupro_from_sorted(srt, pixels, fpr_limit) if pixels.defect.any()
+                     else float("nan"))
   return curves
 
 
@@ -180,7 +203,7 @@ def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None,
   """The seven metrics (fractions in [0, 1]) and the F1-optimal thresholds.
 
   image_scores [N], image_labels [N] (1 = anomalous), anomaly_maps [N,H,W] and
-  masks [N,H,W]. Without masks only the image keys are returned. A metric that
+  masks [N,H,W] (or N maps and masks of any sizes, pooled). Without masks only the image keys are returned. A metric that
   is undefined (one class only, no defect pixels) is NaN, with a warning. With
   `with_curves`, "image_curves" / "pixel_curves" hold the ROC and PR curves.
   """

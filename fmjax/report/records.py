@@ -97,14 +97,17 @@ class EvalSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
-  """One test image: its label (1 = anomalous), image score and, when calibrated, the decision
-  at the first calibrated rate ("anomalous" or "normal"; None: its category has no calibration)."""
+  """One test image: its label (1 = anomalous), image score, the size it was scored at (pixels;
+  0 in evaluations from before sizes were recorded) and, when calibrated, the decision at the
+  first calibrated rate ("anomalous" or "normal"; None: its category has no calibration)."""
   path: str
   category: str
   defect: str
   label: int
   score: float
   calibrated_decision: str | None = None
+  width: int = 0
+  height: int = 0
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -114,9 +117,10 @@ class ImageResult:
 
   @classmethod
   def from_fields(cls, f: Fields) -> "ImageResult":
+    size = {k: f.integer(k) for k in ("width", "height") if f.has(k)}
     return cls(f.string("path"), f.string("category"), f.string("defect"), f.integer("label"),
                f.number("score", nullable=True),
-               f.string("calibrated_decision") if f.has("calibrated_decision") else None)
+               f.string("calibrated_decision") if f.has("calibrated_decision") else None, **size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The score function of a method, and the loop that feeds it batches.
 
 The method (`evaluate.method`, Flow Mismatching by default) comes from the
-`fmjax.methods` registry. Images are scored in fixed-size batches (the last one padded,
-so nothing recompiles) by one jitted function sharded over the "data" mesh axis. Seeds
-depend only on (config.evaluate.seed, a hash of the image's pixels), so scores do not
-depend on the batch size, the number of devices or the order of the images.
+`fmjax.methods` registry. Images of any sizes are cut into tiles (`fmjax.score.tiling`;
+whole images by default), which one jitted function, sharded over the "data" mesh axis,
+scores in fixed-size batches (the last one padded, so nothing recompiles; once per tile
+shape). The host blends the tiles back and smooths and scores each map (`fmjax.score.maps`).
+Seeds depend only on (config.evaluate.seed, a hash of the image's pixels, and with tiles the
+pixel's position), so scores do not depend on the batch size, the number of devices, the
+order of the images or the tiling.
 
 `fmjax.score.session.ScoringSession` holds what these need (model, params, normalisation,
 mesh) and caches the jitted functions.
@@ -16,17 +19,17 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fmjax import methods
-from fmjax.core import sharding
+from fmjax.core import ragged, sharding
 from fmjax.core.errors import ConfigError, DataLayoutError
 from fmjax.core.ids import image_ids
 from fmjax.core.progress import Progress
 from fmjax.core.runlog import StepTrace
 from fmjax.data import NormStats
-from fmjax.methods import mismatch
-from fmjax.score import smoothing, tiling
+from fmjax.score import maps, tiling
 
 # What a stored threshold depends on: it is used only when these match the current scorer.
 THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
@@ -43,14 +46,15 @@ def scorer_settings(config, step: int, eval_config=None) -> dict:
           "seed": ec.seed, "val_fraction": float(config.data.val_fraction)}
 
 
-def local_score_fn(model, norm: NormStats, eval_config):
-  """(params, images uint8 [B,H,W,3], labels [B], ids [B]) -> (heatmaps [B,H,W], scores [B]) on
-  one device (not jitted): normalisation, the configured scorer, the image score.
+def tile_score_fn(model, norm: NormStats, eval_config):
+  """(params, tiles uint8 [B,h,w,3], labels [B], ids [B], origins int32 [B,2]) -> heatmaps
+  float32 [B,h,w] on one device (not jitted): normalisation and the configured scorer.
 
   `eval_config.method` names the scorer in `fmjax.methods`; its options are
-  `eval_config.<method>.*`. Images of any H, W are padded to the model's stride, scored
-  whole (evaluate.tile_size 0) or in blended tiles (`fmjax.score.tiling`), cropped back and
-  smoothed (`fmjax.score.smoothing`). Scores are max + mean of the top 1% of each heatmap.
+  `eval_config.<method>.*`. h and w are multiples of the model's stride (`fmjax.score.tiling`
+  pads). Seeds are per image (the image's id) when images are scored whole
+  (evaluate.tile_size 0), else per pixel position (`mismatch.positional_seeds` at each tile's
+  origin in its image), so that how an image is tiled does not change its noise.
   """
   scorer = methods.scorer(eval_config.method)
   problems = scorer.check(methods.scorer_options(eval_config))
@@ -60,49 +64,39 @@ def local_score_fn(model, norm: NormStats, eval_config):
       key=jax.random.key(eval_config.seed), num_seeds=eval_config.num_seeds,
       num_times=eval_config.num_times, max_forward_batch=max(1, eval_config.max_forward_batch),
       options=eval_config[scorer.name].to_dict() if scorer.options else {})
+  positional = int(eval_config.get("tile_size", 0)) > 0
 
-  stride = tiling.model_stride(model)  # the U-Net module carries its channel_mult
-  tile, overlap = int(eval_config.get("tile_size", 0)), tiling.tile_overlap(eval_config)
-
-  def score_local(params, images, labels, ids):
-    """This device's images: padded to the stride, scored whole or tile by tile (forwards
-    chunked to max_forward_batch), cropped back, smoothed, and their image scores."""
-    h, w = images.shape[1:3]
-    y = tiling.pad_to_stride(norm.normalize(images), stride)
+  def score_tiles(params, tiles, labels, ids, origins):
     velocity = lambda x, t, lab: model.apply({"params": params}, x, t, lab)
-    if tile == 0:  # whole images, seeds per image
-      heat = scorer.heatmaps(velocity, y, labels, ids, ctx)
-    else:  # tiles, seeds per pixel position (the same for any tiling)
-      grid = tiling.tile_grid(y.shape[1], y.shape[2], tile, overlap)
-      heat = tiling.blend_tiles(
-          lambda y_tile, origin: scorer.heatmaps(velocity, y_tile, labels, ids,
-                                                 dataclasses.replace(ctx, origin=origin)),
-          y, grid)
-    heat = smoothing.smooth(heat[:, :h, :w], smoothing.sigma_pixels(eval_config, h, w))
-    return heat, mismatch.image_score(heat)
+    tile_ctx = dataclasses.replace(ctx, origins=origins) if positional else ctx
+    return scorer.heatmaps(velocity, norm.normalize(tiles), labels, ids, tile_ctx).astype(jnp.float32)
 
-  return score_local
+  return score_tiles
 
 
 def make_score_fn(model, norm: NormStats, eval_config, mesh):
-  """`local_score_fn` jitted and sharded over the mesh's data axis (batch B a multiple of it)."""
-  score_local = local_score_fn(model, norm, eval_config)
+  """`tile_score_fn` jitted and sharded over the mesh's data axis (batch B a multiple of it)."""
+  score_tiles = tile_score_fn(model, norm, eval_config)
   spec = jax.sharding.PartitionSpec(sharding.DATA_AXIS)
-  score = jax.shard_map(score_local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec),
-                        out_specs=(spec, spec))
+  score = jax.shard_map(score_tiles, mesh=mesh,
+                        in_specs=(jax.sharding.PartitionSpec(), spec, spec, spec, spec),
+                        out_specs=spec)
   data = sharding.data_sharding(mesh)
   rep = sharding.replicated(mesh)
-  return jax.jit(score, in_shardings=(rep, data, data, data), out_shardings=(data, data))
+  return jax.jit(score, in_shardings=(rep, data, data, data, data), out_shardings=data)
 
 
-def score_in_batches(score, params, images: np.ndarray, labels: np.ndarray, batch: int, mesh,
-                     description: str, trace: StepTrace | None = None):
-  """Heatmaps [M,H,W], scores [M] and images/s of `score` (a `make_score_fn`) over uint8 images
-  [M,H,W,3] with model labels [M], in batches of `batch` (the last one padded).
+def score_in_batches(score, params, images, labels: np.ndarray, batch: int, mesh,
+                     description: str, eval_config, stride: int, trace: StepTrace | None = None):
+  """Heatmaps, scores [M] and images/s of `score` (a `make_score_fn`) over M uint8 images
+  ([M,H,W,3], or a list of [H_i,W_i,3] of any sizes) with model labels [M].
 
-  Each image is scored with the seeds of its `image_ids` (its content). `trace` profiles the
-  batches it names (1-based). The rate leaves out the first batch (compilation) when there
-  are more.
+  Images are cut into tiles (`tiling.Tiler`: whole images when evaluate.tile_size is 0),
+  which are scored `batch` at a time (the last batch of a shape padded), blended back,
+  cropped, smoothed and scored on the host (`maps.finish`). Heatmaps are [M,H,W] when the
+  images share a size, else an object array of [H_i,W_i] (`fmjax.core.ragged`). Each image is scored with the seeds of its
+  `image_ids` (its content). `trace` profiles the batches it names (1-based). The rate
+  leaves out the first batch (compilation) when there are more.
   """
   sharding.check_batch_size(batch, mesh, "evaluate.batch_size")
   m = len(images)
@@ -110,33 +104,41 @@ def score_in_batches(score, params, images: np.ndarray, labels: np.ndarray, batc
     raise DataLayoutError("There are no images to score.")
   data = sharding.data_sharding(mesh)
   ids = image_ids(images)
-  heatmaps, scores = [], []
+  tiler = tiling.Tiler([im.shape for im in images], stride, int(eval_config.get("tile_size", 0)),
+                       tiling.tile_overlap(eval_config))
+  heatmaps, scores = [None] * m, np.zeros(m, np.float32)
   progress = Progress(m, description, "img")
 
-  def dispatch(start):
-    """Sends one batch to the devices and starts scoring it (asynchronously)."""
+  def dispatch(number, tiles):
+    """Sends one batch of tiles to the devices and starts scoring it (asynchronously)."""
     if trace is not None:
-      trace.before(start // batch + 1)
-    arrays, valid = sharding.padded_batch((images, labels, ids), start, batch, data)
-    return score(params, *arrays), valid
+      trace.before(number)
+    index = np.array([t.image for t in tiles])
+    origins = np.array([(t.y0, t.x0) for t in tiles], np.int32)
+    arrays, valid = sharding.padded_batch(
+        (tiler.cut(images, tiles), labels[index], ids[index], origins), 0, batch, data)
+    return score(params, *arrays), valid, tiles
 
   # One batch in flight while the previous one is fetched: the next batch's transfer and
   # launch overlap the current one's compute.
-  t0, t_start = None, time.time()
-  starts = list(range(0, m, batch))
-  in_flight = dispatch(starts[0])
-  for i in range(len(starts)):
-    (h, s), valid = in_flight
-    if i + 1 < len(starts):
-      in_flight = dispatch(starts[i + 1])
-    h, s = sharding.to_host((h, s))  # every row on every host
+  t0, t_start, first = None, time.time(), 0
+  groups = tiler.groups(batch)
+  in_flight = dispatch(1, next(groups))
+  number = 1
+  while in_flight is not None:
+    heat, valid, tiles = in_flight
+    upcoming = next(groups, None)
+    in_flight = None if upcoming is None else dispatch(number + 1, upcoming)
+    heat = np.asarray(sharding.to_host(heat))[valid]  # every row on every host
     if trace is not None:
-      trace.after(i + 1)
-    heatmaps.append(np.asarray(h)[valid])
-    scores.append(np.asarray(s)[valid])
+      trace.after(number)
+    finished = tiler.add(tiles, heat)
+    for i, raw in finished:
+      heatmaps[i], scores[i] = maps.finish(raw, eval_config)
     if t0 is None:
-      t0, first = time.time(), int(valid.sum())  # exclude compilation from the rate
-    progress.update(int(valid.sum()))
+      t0, first = time.time(), len(finished)  # exclude compilation from the rate
+    progress.update(len(finished))
+    number += 1
   progress.close()
   if trace is not None:
     trace.close()  # a window past the last batch ends with the scoring
@@ -146,7 +148,7 @@ def score_in_batches(score, params, images: np.ndarray, labels: np.ndarray, batc
     images_per_s = timed / elapsed
   else:  # one batch only: the rate includes compilation
     images_per_s = m / max(time.time() - t_start, 1e-9)
-  return np.concatenate(heatmaps), np.concatenate(scores), images_per_s
+  return ragged.stack(heatmaps), scores, images_per_s
 
 
 def apply_fitted(fitted, class_names, classes: np.ndarray, heatmaps: np.ndarray,

@@ -2,7 +2,7 @@
 
 It holds what every scoring call needs (the model, its parameters, the normalisation, the
 mesh and the class names) and caches the jitted score function of each scorer setting
-(method, its options, K, T, seed, forward chunk), so an evaluation, its calibration, the
+(method, its options, K, T, seed, forward chunk, whether seeds are positional), so an evaluation, its calibration, the
 cascade, a study or an export compiles each setting once per input shape. Evaluation
 settings are passed as a `config.evaluate` subtree (default: the session's own).
 """
@@ -58,23 +58,29 @@ class ScoringSession:
     """The jitted, sharded score function of `eval_config` (`scoring.make_score_fn`), made once
     per setting; jax compiles it once per input shape."""
     ec = eval_config if eval_config is not None else self.config.evaluate
-    key = (ec.method, json.dumps(methods.scorer_options(ec), sort_keys=True, default=str),
-           int(ec.seed), int(ec.max_forward_batch))
+    device_options = {k: v for k, v in methods.scorer_options(ec).items()
+                      if k not in methods.GEOMETRY_KEYS}  # tiles and smoothing are the host's
+    key = (ec.method, json.dumps(device_options, sort_keys=True, default=str),
+           int(ec.seed), int(ec.max_forward_batch), int(ec.get("tile_size", 0)) > 0)
     if key not in self._score_fns:
       self._score_fns[key] = scoring.make_score_fn(self.model, self.norm, ec, self.mesh)
     return self._score_fns[key]
 
-  def score(self, images: np.ndarray, classes: np.ndarray, eval_config=None, what: str = "score",
+  def score(self, images, classes: np.ndarray, eval_config=None, what: str = "score",
             trace: StepTrace | None = None):
-    """Heatmaps [M,H,W], on-device image scores [M] and images/s for uint8 images [M,H,W,3]
-    of class indices [M] (batches of eval_config.batch_size)."""
+    """Heatmaps, image scores [M] and images/s for M uint8 images (an array [M,H,W,3], or a
+    list of [H_i,W_i,3] of any sizes) of class indices [M], `eval_config.batch_size` tiles at a
+    time. Heatmaps are [M,H,W] for images of one size, else an object array of [H_i,W_i]."""
     ec = eval_config if eval_config is not None else self.config.evaluate
-    tiling.check_image_size(images.shape[1], images.shape[2], int(ec.get("max_image_pixels", 0)))
+    limit = int(ec.get("max_image_pixels", 0))
+    for shape in {tuple(im.shape[:2]) for im in images}:
+      tiling.check_image_size(*shape, limit)
     options = methods.scorer_options(ec)
     description = f"{what} {ec.method} " + " ".join(
         f"{methods.base.SHARED_KEYS[k]}={options[k]}" for k in methods.scorer(ec.method).uses)
     return scoring.score_in_batches(self.score_fn(ec), self.params, images, self.labels(classes),
-                                    ec.batch_size, self.mesh, description, trace)
+                                    ec.batch_size, self.mesh, description, ec,
+                                    tiling.model_stride(self.config.model), trace)
 
   def image_score_fit(self, dataset: AnomalyDataset | None = None, eval_config=None):
     """{category: heatmaps -> scores} fitted on each category's normal training images when the

@@ -7,19 +7,7 @@ from __future__ import annotations
 import math
 
 from fmjax.core.settings import rule_errors
-
-
-def model_stride(model_config) -> int:
-  """The U-Net's total down-sampling factor: 2^(levels - 1)."""
-  return 2 ** (len(model_config.channel_mult) - 1)
-
-
-def nearest_multiples(size: int, stride: int) -> str:
-  """The multiples of `stride` either side of `size`, for error messages: "96 or 128"."""
-  below, above = (size // stride) * stride, -(-size // stride) * stride
-  if below == above:
-    return str(size)
-  return f"{above}" if below < stride else f"{below} or {above}"
+from fmjax.model.settings import model_stride, nearest_multiples  # noqa: F401  (re-exported)
 
 
 def tile_overlap(eval_config) -> int:

@@ -1,13 +1,21 @@
-"""Scoring an image of any size: stride padding, overlapping tiles and their blending.
+"""Scoring an image of any size: stride padding, overlapping tiles, blending (numpy, no JAX).
+
+The device scores tiles of one shape at a time; this module cuts images into those tiles and
+puts the tiles' heatmaps back together on the host, so one compiled function serves images
+of every size, device memory depends on the tile and not on the image, and the exported
+scorer (`fmjax.deploy`) assembles maps with the same code.
 
 Rule for the model's stride s = 2^(levels - 1): an image whose side is not a multiple of s
-is padded at its bottom and right edges, by reflection, to the next multiple; it is scored
-padded and its heatmap cropped back, so a heatmap always has the image's own shape.
+is padded at its bottom and right edges, by reflection (numpy's "reflect", repeated for pads
+longer than the side), to the next multiple; it is scored padded and its heatmap cropped
+back, so a heatmap always has the image's own shape.
 
 Tiles (`evaluate.tile_size` > 0): square tiles of side `tile` (a multiple of s) start every
 `tile - overlap` pixels; the last tile of a row or column is moved back to end at the
-image's edge, so tiles never leave the image. A side no longer than `tile` is one tile of
-that side's (padded) length: a tile larger than the image scores the whole image.
+image's edge, so tiles never leave the image. A side shorter than `tile` is padded (by the
+same reflection) up to `tile` and is one tile: a tile larger than the image scores the
+whole image. Every tile therefore has the shape tile x tile, and one compiled function
+serves images of all sizes. `tile_size` 0 scores every image whole, at its padded size.
 
 Blending: tile i's heatmap is weighted by w_i(y, x) = a_i(y) b_i(x) / (A(y) B(x)), where a_i, b_i
 are 1-D windows that rise linearly over the overlap from 1/(overlap + 1) to 1 at the tile's
@@ -19,9 +27,8 @@ normalise them, and a pixel's value is a convex mix of the tiles that cover it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fmjax.core.errors import ConfigError
@@ -46,7 +53,7 @@ def _windows(length: int, tile: int, starts: tuple[int, ...], overlap: int) -> n
   """Normalised 1-D blend weights [len(starts), tile] (summing to 1 at every position)."""
   ramp = (np.arange(tile, dtype=np.float64) + 1.0) / (overlap + 1.0)
   windows = np.ones((len(starts), tile), np.float64)
-  for i, s in enumerate(starts):
+  for i in range(len(starts)):
     if overlap > 0 and i > 0:  # rises from its first pixel where a previous tile overlaps
       windows[i] = np.minimum(windows[i], ramp)
     if overlap > 0 and i < len(starts) - 1:  # falls to its last pixel where the next overlaps
@@ -88,45 +95,117 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> TileGrid:
                   _windows(width, tile_w, xs, min(overlap, tile_w - 1)))
 
 
-def pad_to_stride(images: jax.Array, stride: int) -> jax.Array:
-  """[B,H,W,C] padded at the bottom and right, by reflection, to multiples of `stride`."""
-  h, w = images.shape[1:3]
-  ph, pw = padded_side(h, stride) - h, padded_side(w, stride) - w
-  if ph == 0 and pw == 0:
-    return images
-  if ph >= h or pw >= w:  # reflection needs a side longer than the pad
-    return jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-  return jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+def scored_shape(height: int, width: int, stride: int, tile: int) -> tuple[int, int]:
+  """The padded size an image of `height` x `width` is scored at: its sides rounded up to
+  multiples of `stride`, and (with tiles) to at least `tile`."""
+  return max(padded_side(height, stride), tile), max(padded_side(width, stride), tile)
 
 
-def blend_tiles(tile_heatmaps, y: jax.Array, grid: TileGrid) -> jax.Array:
-  """Heatmaps [B,H,W] of images y [B,H,W,C] (H, W = grid.height, grid.width) from
-  `tile_heatmaps(y_tile [B,th,tw,C], origin int32 [2]) -> [B,th,tw]`, one tile at a time
-  (a scan, so memory holds one tile's work and the [B,H,W] sum), blended by the grid's weights.
+def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """An image [H,W,...] padded at the bottom and right, by reflection, to `height` x `width`."""
+  h, w = image.shape[:2]
+  if (h, w) == (height, width):
+    return image
+  widths = ((0, height - h), (0, width - w)) + ((0, 0),) * (image.ndim - 2)
+  return np.pad(image, widths, mode="reflect")
+
+
+def pad_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
+  """An image [H,W,...] padded at the bottom and right, by reflection, to multiples of `stride`."""
+  h, w = image.shape[:2]
+  return pad_to(image, padded_side(h, stride), padded_side(w, stride))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+  """One piece of work for the device: rows y0:y0+h, columns x0:x0+w of padded image `image`."""
+  image: int  # index of the image in the scored list
+  index: tuple[int, int]  # (row, column) of the tile in its image's grid
+  y0: int
+  x0: int
+  h: int
+  w: int
+
+
+class Tiler:
+  """Cuts images of any sizes into tiles and blends the tiles' heatmaps back into one map per
+  image (cropped to the image's size).
+
+    tiler = Tiler(shapes, stride, tile, overlap)
+    for shape, tiles in tiler.groups(batch): ...   # tiles of one shape, `batch` at a time
+      pixels = tiler.cut(images, tiles)           # uint8 [n,h,w,C]
+      for image, heatmap in tiler.add(tiles, heat): ...  # the images these tiles completed
   """
-  if grid.num_tiles == 1:  # the whole image: no scan, no weights
-    return tile_heatmaps(y, jnp.zeros((2,), jnp.int32)).astype(jnp.float32)
-  b, c = y.shape[0], y.shape[-1]
-  th, tw = grid.tile_h, grid.tile_w
-  iy, ix = np.meshgrid(np.arange(len(grid.ys)), np.arange(len(grid.xs)), indexing="ij")
-  iy, ix = iy.ravel(), ix.ravel()
-  origins = jnp.asarray(np.stack([np.asarray(grid.ys)[iy], np.asarray(grid.xs)[ix]], 1), jnp.int32)
-  wy, wx = jnp.asarray(grid.weights_y), jnp.asarray(grid.weights_x)
-  index = jnp.asarray(np.stack([iy, ix], 1), jnp.int32)
-  zero = jnp.zeros((), jnp.int32)
 
-  def one_tile(acc, tile):
-    origin, (i, j) = tile
-    y0, x0 = origin[0], origin[1]
-    y_tile = jax.lax.dynamic_slice(y, (zero, y0, x0, zero), (b, th, tw, c))
-    heat = tile_heatmaps(y_tile, origin).astype(jnp.float32)
-    weighted = heat * (wy[i][:, None] * wx[j][None, :])[None]
-    current = jax.lax.dynamic_slice(acc, (zero, y0, x0), (b, th, tw))
-    return jax.lax.dynamic_update_slice(acc, current + weighted, (zero, y0, x0)), None
+  def __init__(self, shapes: Sequence[tuple[int, int]], stride: int, tile: int, overlap: int):
+    self.shapes = [tuple(int(v) for v in s[:2]) for s in shapes]
+    self.stride, self.tile, self.overlap = stride, tile, overlap
+    self.grids = [tile_grid(*scored_shape(h, w, stride, tile), tile, overlap)
+                  for h, w in self.shapes]
+    self._left = [g.num_tiles for g in self.grids]  # tiles still to come, per image
+    self._maps: dict[int, np.ndarray] = {}  # blended sums of images in progress
+    self._padded: dict[int, np.ndarray] = {}  # padded pixels of images being cut
 
-  acc0 = jnp.zeros_like(y[..., 0], jnp.float32)
-  acc, _ = jax.lax.scan(one_tile, acc0, (origins, index))
-  return acc
+  @property
+  def num_tiles(self) -> int:
+    return sum(g.num_tiles for g in self.grids)
+
+  def tiles(self) -> list[Tile]:
+    """Every tile, image by image (row-major within an image)."""
+    out = []
+    for i, g in enumerate(self.grids):
+      for iy, y0 in enumerate(g.ys):
+        for ix, x0 in enumerate(g.xs):
+          out.append(Tile(i, (iy, ix), y0, x0, g.tile_h, g.tile_w))
+    return out
+
+  def groups(self, batch: int) -> Iterator[list[Tile]]:
+    """Lists of at most `batch` tiles of one shape, shapes in order of first appearance and
+    images in order within a shape (so an image's tiles are cut and finished together)."""
+    by_shape: dict[tuple[int, int], list[Tile]] = {}
+    for t in self.tiles():
+      by_shape.setdefault((t.h, t.w), []).append(t)
+    for tiles in by_shape.values():
+      for start in range(0, len(tiles), batch):
+        yield tiles[start:start + batch]
+
+  def cut(self, images, tiles: Sequence[Tile]) -> np.ndarray:
+    """The tiles' pixels [n,h,w,C] from `images` (a sequence of [H,W,C] arrays)."""
+    out = []
+    for t in tiles:
+      padded = self._padded.get(t.image)
+      if padded is None:
+        g = self.grids[t.image]
+        padded = self._padded[t.image] = pad_to(np.asarray(images[t.image]), g.height, g.width)
+      out.append(padded[t.y0:t.y0 + t.h, t.x0:t.x0 + t.w])
+      self._cut_done(t)
+    return np.stack(out)
+
+  def _cut_done(self, t: Tile) -> None:
+    g = self.grids[t.image]
+    if t.index == (len(g.ys) - 1, len(g.xs) - 1):  # its image's last tile: drop its pixels
+      self._padded.pop(t.image, None)
+
+  def add(self, tiles: Sequence[Tile], heatmaps: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Blends the tiles' heatmaps [n,h,w]; returns (image index, heatmap float32 [H,W]) for every
+    image whose last tile this was."""
+    done = []
+    for t, heat in zip(tiles, heatmaps):
+      g = self.grids[t.image]
+      if g.num_tiles == 1:
+        whole = np.asarray(heat, np.float32)
+      else:
+        acc = self._maps.get(t.image)
+        if acc is None:
+          acc = self._maps[t.image] = np.zeros((g.height, g.width), np.float32)
+        acc[t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += heat * g.weight(*t.index)
+      self._left[t.image] -= 1
+      if self._left[t.image] == 0:
+        if g.num_tiles > 1:
+          whole = self._maps.pop(t.image)
+        h, w = self.shapes[t.image]
+        done.append((t.image, np.ascontiguousarray(whole[:h, :w])))
+    return done
 
 
 def check_image_size(height: int, width: int, max_pixels: int) -> None:
@@ -134,6 +213,6 @@ def check_image_size(height: int, width: int, max_pixels: int) -> None:
   if max_pixels and height * width > max_pixels:
     raise ConfigError(
         f"An image of {width}x{height} = {height * width / 1e6:.1f} megapixels is above "
-        f"evaluate.max_image_pixels = {max_pixels / 1e6:.1f} megapixels; raise the limit (memory "
-        f"grows with the image: about 8 bytes per pixel per image, beside the tiles' work), or "
-        f"resize the images (data.resize).")
+        f"evaluate.max_image_pixels = {max_pixels / 1e6:.1f} megapixels; raise the limit (the "
+        f"host holds about 8 bytes per pixel of each image in progress; device memory depends "
+        f"only on the tile), or resize the images (data.resize).")

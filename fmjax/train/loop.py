@@ -23,7 +23,7 @@ from fmjax.core import files, sharding
 from fmjax import methods
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
-from fmjax.core.errors import NonFiniteError
+from fmjax.core.errors import ConfigError, NonFiniteError
 from fmjax.model.unet import build_unet, count_params, init_params
 from fmjax.model.optim import build_optimizer, warmup_factor
 from fmjax.core.progress import Progress
@@ -138,12 +138,40 @@ def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   return stats
 
 
+def training_image_shape(config, dataset: AnomalyDataset) -> tuple[int, int, int]:
+  """[H,W,3] of a training batch's images: data.crop_size square crops, else the dataset's one
+  size; ConfigError when the images have many sizes and no crop is set, or a crop does not fit
+  the smallest image."""
+  crop = int(config.data.get("crop_size", 0))
+  sizes = dataset.train_sizes()
+  if crop:
+    (h, w), path = _smallest(dataset)
+    if crop > min(h, w):
+      raise ConfigError(f"data.crop_size {crop} is larger than the smallest training image "
+                        f"({w}x{h}{', ' + path if path else ''}); use at most {min(h, w)} "
+                        "(a multiple of the model's stride) or a larger data.resize.")
+    return crop, crop, 3
+  if len(sizes) > 1:
+    examples = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
+    raise ConfigError(f"The training images have {len(sizes)} sizes ({examples}, ...): set "
+                      "data.crop_size to train on square crops of one size (a multiple of the "
+                      "model's stride).")
+  return dataset.image_shape
+
+
+def _smallest(dataset: AnomalyDataset) -> tuple[tuple[int, int], str]:
+  """((height, width) of the training image with the shortest side, its path or "")."""
+  shapes = [im.shape[:2] for im in dataset.train_images]
+  i = min(range(len(shapes)), key=lambda j: (min(shapes[j]), j))
+  return tuple(shapes[i]), (dataset.train_paths[i] if dataset.train_paths else "")
+
+
 def _restore_or_create(config, workdir: str, dataset: AnomalyDataset, mesh, model, optimizer):
   """(manager, state, saved checkpoint meta or None, {"model", "state"} meta): the newest
   checkpoint that restores and matches the config, else a fresh state."""
   ema = config.train.ema_decay > 0
-  abstract = abstract_train_state(model, optimizer, dataset.image_shape, dataset.num_classes, ema,
-                                  mesh)
+  shape = training_image_shape(config, dataset)
+  abstract = abstract_train_state(model, optimizer, shape, dataset.num_classes, ema, mesh)
   meta = {"model": model_meta(config, dataset.class_names), "state": state_meta(config)}
 
   def restore(manager, step):
@@ -159,8 +187,8 @@ def _restore_or_create(config, workdir: str, dataset: AnomalyDataset, mesh, mode
     saved, state = restored
     print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
   else:
-    init = jax.jit(lambda k: create_train_state(model, optimizer, dataset.image_shape,
-                                                dataset.num_classes, k, ema),
+    init = jax.jit(lambda k: create_train_state(model, optimizer, shape, dataset.num_classes, k,
+                                                ema),
                    out_shardings=sharding.replicated(mesh))
     state = init(jax.random.key(config.seed))
   print(f"Model: {count_params(state.params):,} parameters; {dataset.num_classes} classes "
@@ -186,7 +214,8 @@ def _batches(config, dataset: AnomalyDataset, mesh, iterator_state, start: int, 
   labels = class_labels(config, dataset.train_classes, dataset.num_classes)
   source = pipeline.ArraySource(dataset.train_images, labels)
   stream = pipeline.train_dataset(source, config.train.batch_size, config.seed,
-                                  jax.process_index(), jax.process_count())
+                                  jax.process_index(), jax.process_count(),
+                                  int(config.data.get("crop_size", 0)))
   iterator = pipeline.train_iterator(stream, iterator_state, config.data.loader_workers,
                                      config.data.loader_threads, start=start)
   return pipeline.DevicePrefetcher(iterator, mesh, total - start)

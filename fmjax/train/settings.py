@@ -4,13 +4,18 @@ check, train.profile_steps core's)."""
 from __future__ import annotations
 
 from fmjax.core.settings import rule_errors
+from fmjax.model.settings import model_stride, nearest_multiples
 
 
 def config_errors(config) -> list[str]:
-  """What is wrong with the batch, the length, the optimiser, logging and checkpoints."""
+  """What is wrong with the batch, its crops, the length, the optimiser, logging and checkpoints."""
   tc = config.train
   errors = [] if tc.num_steps > 0 or tc.num_epochs > 0 else [
       "set train.num_epochs > 0 or train.num_steps > 0"]
+  crop, stride = int(config.data.crop_size), model_stride(config.model)
+  if crop < 0 or crop % stride:
+    errors.append(f"data.crop_size {crop} must be a multiple of the model's stride {stride} "
+                  f"(nearest valid: {nearest_multiples(max(crop, 1), stride)}; 0: whole images)")
   return errors + rule_errors([
       ("train.batch_size", tc.batch_size, tc.batch_size >= 1, ">= 1"),
       ("train.log_every_steps", tc.log_every_steps, tc.log_every_steps >= 1, ">= 1"),
