@@ -113,6 +113,8 @@ class ImageResult:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     if self.calibrated_decision is None:
       del out["calibrated_decision"]
+    if not self.width:  # an evaluation from before sizes were recorded reads back as it was
+      del out["width"], out["height"]
     return out
 
   @classmethod

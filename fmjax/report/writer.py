@@ -201,19 +201,21 @@ def cascade_section(c: CascadeResults) -> list[str]:
 
 
 def write_scores_csv(path: str, result: Evaluation) -> None:
-  """One row per test image: its size as scored (width, height in pixels), the decision at the
-  F1-optimal threshold (tuned on the test labels, score >= threshold) and, when calibrated, at
-  the first calibrated rate (score > threshold)."""
-  rows = [["path", "category", "defect", "label", "width", "height", "score", "threshold",
-           "decision", "calibrated_threshold", "calibrated_decision"]]
+  """One row per test image: its size as scored (width, height in pixels; left out for an
+  evaluation from before sizes were recorded), the decision at the F1-optimal threshold (tuned
+  on the test labels, score >= threshold) and, when calibrated, at the first calibrated rate
+  (score > threshold)."""
+  sized = any(r.width for r in result.images)
+  rows = [["path", "category", "defect", "label"] + (["width", "height"] if sized else []) +
+          ["score", "threshold", "decision", "calibrated_threshold", "calibrated_decision"]]
   f1_thresholds = result.f1_thresholds()
   for r in result.images:
     t = f1_thresholds[r.category]
     decision = "" if not np.isfinite(t) else ("anomalous" if r.score >= t else "normal")
     ct = None if result.calibrated is None else result.calibrated.first_threshold(r.category)
-    rows.append([r.path, r.category, r.defect, r.label, r.width, r.height, f"{r.score:.8g}",
-                 f"{t:.8g}", decision,
-                 "" if ct is None else f"{ct:.8g}", r.calibrated_decision or ""])
+    rows.append([r.path, r.category, r.defect, r.label] + ([r.width, r.height] if sized else []) +
+                [f"{r.score:.8g}", f"{t:.8g}", decision, "" if ct is None else f"{ct:.8g}",
+                 r.calibrated_decision or ""])
   files.write_text(path, files.csv_text(rows))
 
 
