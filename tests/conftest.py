@@ -26,6 +26,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 from tiny import tiny_config  # noqa: E402,F401  (the tests' small config, re-exported)
 
 
+# The longest test files first: with 2 pytest workers (`-n 2 --dist loadfile`), whichever long
+# file starts last sets when the suite ends. The order within a file is kept.
+LONG_FIRST = ("test_real_data.py", "test_quickstart.py", "test_notebooks.py", "test_studies.py",
+              "test_scaling.py", "test_methods.py", "test_main.py", "test_bucket_workdir.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable
+
+
 @pytest.fixture
 def shared_data():
   if not SHARED_DATA.is_dir():
