@@ -2,7 +2,7 @@
 
   scorer = fmjax.deploy.load("runs/bottle/export")
   result = scorer(images, category="bottle")   # uint8 [B,H,W,3], or a list of [H_i,W_i,3]
-  result.heatmaps [B,H,W] float32 (a list for mixed sizes), result.scores [B] float32,
+  result.heatmaps [B,H,W] float32 (an object array of [H_i,W_i] for mixed sizes), result.scores [B] float32,
   result.decisions [B] bool or None
 
 An export made with evaluate.tile_size > 0 scores images of any size (cut into its tiles and
@@ -26,6 +26,7 @@ import sys
 import jax
 import numpy as np
 
+from fmjax.core import ragged
 from fmjax.core.ids import image_ids
 from fmjax.score import maps, tiling
 
@@ -36,7 +37,7 @@ class DeployError(ValueError):
 
 @dataclasses.dataclass
 class Scored:
-  heatmaps: np.ndarray | list  # float32 [B,H,W], or a list of [H_i,W_i] for mixed sizes
+  heatmaps: np.ndarray  # float32 [B,H,W], or an object array of [H_i,W_i] for mixed sizes
   scores: np.ndarray  # float32 [B]
   decisions: np.ndarray | None  # bool [B] (True: anomalous); None without a threshold
   threshold: float | None
@@ -113,13 +114,11 @@ class Scorer:
     heatmaps, scores = [None] * len(images), np.zeros(len(images), np.float32)
     for tiles in tiler.groups(self.batch):
       pixels = tiler.cut(images, tiles)
-      index = np.array([t.image for t in tiles])
-      origins = np.array([(t.y0, t.x0) for t in tiles], np.int32)
+      index, origins = tiling.positions(tiles)
       heat = self._score(pixels, np.full(len(tiles), label, np.int32), ids[index], origins)
       for i, raw in tiler.add(tiles, heat):
         heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
-    same = all(h.shape == heatmaps[0].shape for h in heatmaps)
-    heatmaps = np.stack(heatmaps) if same else heatmaps
+    heatmaps = ragged.stack(heatmaps)
     t = self.manifest["thresholds"].get(category, {})
     threshold = t.get("image")
     if threshold is None:

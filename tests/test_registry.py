@@ -170,5 +170,5 @@ def test_deploy_needs_jax_and_numpy_only():
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
              "read_image", "matplotlib.colors", "Normalize", "PIL", "Image", "fmjax.core", "plots",
-             "fmjax.score", "maps", "tiling"}
+             "fmjax.score", "maps", "tiling", "ragged"}
   assert imported <= allowed, imported - allowed

@@ -113,8 +113,7 @@ def score_in_batches(score, params, images, labels: np.ndarray, batch: int, mesh
     """Sends one batch of tiles to the devices and starts scoring it (asynchronously)."""
     if trace is not None:
       trace.before(number)
-    index = np.array([t.image for t in tiles])
-    origins = np.array([(t.y0, t.x0) for t in tiles], np.int32)
+    index, origins = tiling.positions(tiles)
     arrays, valid = sharding.padded_batch(
         (tiler.cut(images, tiles), labels[index], ids[index], origins), 0, batch, data)
     return score(params, *arrays), valid, tiles

@@ -208,6 +208,12 @@ class Tiler:
     return done
 
 
+def positions(tiles: Sequence[Tile]) -> tuple[np.ndarray, np.ndarray]:
+  """(image index [n], origin int32 [n,2]: row, column) of n tiles, as the score function takes them."""
+  return (np.array([t.image for t in tiles]),
+          np.array([(t.y0, t.x0) for t in tiles], np.int32).reshape(-1, 2))
+
+
 def check_image_size(height: int, width: int, max_pixels: int) -> None:
   """Refuses images above `max_pixels` (evaluate.max_image_pixels; 0: no limit), naming it."""
   if max_pixels and height * width > max_pixels:
