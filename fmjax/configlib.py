@@ -46,135 +46,177 @@ def base_config() -> ml_collections.ConfigDict:
   # What `python -m fmjax.main` runs when --mode is not given ("": train_and_evaluate);
   # configs/scaling.py sets "scaling".
   c.mode = ""
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "mvtec"  # synthetic | mvtec | visa | folder
-  c.data.root = ""
-  c.data.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
-  c.data.image_size = 128
-  # How each file is sized (fmjax/data/decode.py): square (to data.image_size x image_size, the
-  # paper's), scale:<f>, long_side:<n> or native (the last three keep the aspect ratio).
-  c.data.resize = "square"
-  # Training on random square crops of this side (0: whole images, which must then share one
-  # size); a multiple of the model's stride, at most the smallest training image's side.
-  c.data.crop_size = 0
-  c.data.class_conditional = True  # False: one pooled model fed the null label
-  c.data.image_level_only = False  # True: no masks (image metrics only)
-  c.data.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
-  c.data.visa_split_csv = "split_csv/1cls.csv"  # relative to data.root, or an absolute path
-  c.data.tfds_dir = ""  # mvtec/visa: prepare TFDS array_record files here once, then read them
-  c.data.score_dir = ""  # --mode=score: a folder of unlabeled images to score
-  c.data.score_category = ""  # --mode=score: their category (a class of the trained model)
-  # Normal training images held out of training per category (for calibration): the paper's
-  # reproduction configs set 0 and train on every normal image, as the paper does.
-  c.data.val_fraction = 0.1
-  c.data.loader_workers = 0  # grain worker processes for training batches (0: threads only)
-  c.data.loader_threads = 4  # grain threads reading training batches
-  c.data.synthetic = ml_collections.ConfigDict(dict(
-      categories=("weave", "brushed", "tiles"), num_train=200, num_test_normal=20,
-      num_test_anomalous=30, seed=0))
-
-  c.model = ml_collections.ConfigDict()
-  c.model.channels = 64
-  c.model.num_res_blocks = 3
-  c.model.channel_mult = (1, 1, 2, 2, 4, 4)
-  c.model.attention_rates = (4, 8, 16, 32)
-  c.model.head_channels = 32
-  c.model.dropout = 0.05
-  c.model.norm_groups = 32
-  c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
-  c.model.attention_impl = "auto"  # auto (cuDNN on GPU with bf16) | xla | cudnn
-
-  c.train = ml_collections.ConfigDict()
-  c.train.objective = "cfm"  # a name in fmjax.methods.OBJECTIVES; its options: train.<name>.*
-  c.train.batch_size = 32
-  c.train.num_epochs = 2000.0
-  c.train.num_steps = -1  # > 0 overrides num_epochs
-  c.train.learning_rate = 1e-4
-  c.train.weight_decay = 1e-4
-  c.train.b1 = 0.9
-  c.train.b2 = 0.99
-  c.train.eps = 1e-6
-  c.train.amsgrad = True
-  c.train.update_rms_clip = 1.0
-  c.train.grad_clip_norm = 0.0  # 0: off (the paper's default)
-  c.train.warmup_steps = 0  # linear learning-rate warm-up over this many updates (0: off)
-  c.train.ema_decay = 0.0  # 0: off
-  c.train.log_every_steps = 50
-  c.train.log_every_seconds = 10.0
-  c.train.checkpoint_every_steps = 1000
-  c.train.keep_checkpoints = 3
-  c.train.profile_steps = ""  # "a,b": jax.profiler trace of steps a..b into <workdir>/profile/train
-
-  c.evaluate = ml_collections.ConfigDict()
-  # A name in fmjax.methods.SCORERS whose model is train.objective's; its options are
-  # evaluate.<name>.* (e.g. evaluate.flow_mismatch.aggregator, evaluate.reconflow.t_init).
-  c.evaluate.method = "flow_mismatch"
-  c.evaluate.num_seeds = 10  # K, for the methods that draw K seeds
-  c.evaluate.num_times = 10  # T: times (flow_mismatch) or Euler steps (reconflow, dflow, wtflow)
-  c.evaluate.batch_size = 8
-  c.evaluate.max_forward_batch = 400  # samples per forward pass, per device
-  c.evaluate.seed = 0
-  c.evaluate.use_ema = True
-  c.evaluate.num_heatmaps = 12  # full-size panels of the highest/lowest scores
-  c.evaluate.grid_columns = 8  # test images per category grid picture
-  # Cascade scoring: every image at a cheap K, T; the full setting only for cheap scores in a
-  # band around the calibrated threshold (fmjax/decide/cascade.py). Calibrate with it enabled first.
-  c.evaluate.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
-                                                      margin=0.1))
-  # Images of any size (fmjax/score/tiling.py): 0 scores each image whole; else square tiles of
-  # this side (a multiple of the model's stride) overlapping by tile_overlap (-1: a quarter of
-  # the tile), blended into one map. Images above max_image_pixels are refused.
-  c.evaluate.tile_size = 0
-  c.evaluate.tile_overlap = -1
-  c.evaluate.max_image_pixels = 50_000_000
-  # Gaussian smoothing of the heatmap before the image score (fmjax/score/maps.py): sigma in
-  # pixels, or as a fraction of the map's shorter side; 0: off (the paper's setting).
-  c.evaluate.smoothing_sigma = 0.0
-  c.evaluate.smoothing_sigma_fraction = 0.0
-  c.evaluate.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
-
-  c.calibrate = ml_collections.ConfigDict()  # --mode=calibrate (and after train_and_evaluate)
-  # Target false-alarm rates on the held-out normals, comma-separated; the first decides
-  # --mode=score and the report's calibrated column.
-  c.calibrate.false_alarm_rates = "0.01"
-
-  c.export = ml_collections.ConfigDict()  # --mode=export (fmjax/decide/export.py)
-  c.export.platforms = "cpu,cuda,tpu"  # the platforms the StableHLO is lowered for
-
-  c.study = ml_collections.ConfigDict()  # --mode=study (fmjax/studies/ablations.py)
-  c.study.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
-  c.study.compute = "paper"  # Table 6's 30 (K, T) settings, or "KxT,KxT,..."
-  c.study.aggregators = "min,mean,q0.1,q0.2,q0.3"  # Table 7
-  c.study.steps = ""  # checkpoints study: comma-separated steps; empty: every saved checkpoint
-  c.study.seeds = "0,1,2"  # seeds study: scoring seeds (evaluate.seed values)
-  c.study.methods = "flow_mismatch,reconflow,dflow"  # methods study: scorers on the same model
-
-  # --mode=scaling (fmjax/studies/scaling.py): one training run ("arm") per global batch size, each
-  # scored at the end; the defaults are the paper model's study (configs/scaling.py).
-  c.scaling = ml_collections.ConfigDict()
-  c.scaling.batch_sizes = "32,64,128,256,512,1024,2048,4096"
-  c.scaling.base_batch_size = 32  # train.learning_rate is the rate at this batch size
-  c.scaling.lr_rule = "sqrt"  # none | linear | sqrt: the learning rate at batch B
-  c.scaling.warmup_examples = 20480  # linear warm-up over this many examples (0: none)
-  c.scaling.budget_unit = "epochs"  # examples | epochs | steps: what every arm gets the same of
-  c.scaling.budget = 2000.0
-  c.scaling.val_every_examples = 0  # held-out loss every this many examples (0: budget / 40)
-  c.scaling.val_times = 10  # the held-out loss's fixed time grid: t = (j + 0.5) / val_times
-  c.scaling.val_seed = 0  # its fixed noise
-  c.scaling.noise_scale_every = 10  # gradient noise scale measured every this many steps (0: off)
-  c.scaling.noise_scale_groups = 8  # the batch is split into this many groups (B_small = B / groups)
-  c.scaling.target_val_loss = 0.0  # steps/examples to this held-out loss (0: the loss every arm reaches)
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.num_devices = -1  # -1: all devices
-
+  for name, section in (("data", _data_section), ("model", _model_section),
+                        ("train", _train_section), ("evaluate", _evaluate_section),
+                        ("calibrate", _calibrate_section), ("export", _export_section),
+                        ("study", _study_section), ("scaling", _scaling_section),
+                        ("mesh", _mesh_section)):
+    c[name] = section()
   # Each method's options, defaults stated in fmjax/methods/settings.py.
   for name, options in SCORER_OPTIONS.items():
     c.evaluate[name] = ml_collections.ConfigDict(copy.deepcopy(options))
   for name, options in OBJECTIVE_OPTIONS.items():
     c.train[name] = ml_collections.ConfigDict(copy.deepcopy(options))
   return c
+
+
+def _data_section() -> ml_collections.ConfigDict:
+  """What is read and how (fmjax/data): the source, categories, image geometry, held-out
+  normals, loaders."""
+  s = ml_collections.ConfigDict()
+  s.name = "mvtec"  # synthetic | mvtec | visa | folder
+  s.root = ""
+  s.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
+  s.image_size = 128
+  # How each file is sized (fmjax/data/decode.py): square (to data.image_size x image_size, the
+  # paper's), scale:<f>, long_side:<n> or native (the last three keep the aspect ratio).
+  s.resize = "square"
+  # Training on random square crops of this side (0: whole images, which must then share one
+  # size); a multiple of the model's stride, at most the smallest training image's side.
+  s.crop_size = 0
+  s.class_conditional = True  # False: one pooled model fed the null label
+  s.image_level_only = False  # True: no masks (image metrics only)
+  s.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
+  s.visa_split_csv = "split_csv/1cls.csv"  # relative to data.root, or an absolute path
+  s.tfds_dir = ""  # mvtec/visa: prepare TFDS array_record files here once, then read them
+  s.score_dir = ""  # --mode=score: a folder of unlabeled images to score
+  s.score_category = ""  # --mode=score: their category (a class of the trained model)
+  # Normal training images held out of training per category (for calibration): the paper's
+  # reproduction configs set 0 and train on every normal image, as the paper does.
+  s.val_fraction = 0.1
+  s.loader_workers = 0  # grain worker processes for training batches (0: threads only)
+  s.loader_threads = 4  # grain threads reading training batches
+  s.synthetic = ml_collections.ConfigDict(dict(
+      categories=("weave", "brushed", "tiles"), num_train=200, num_test_normal=20,
+      num_test_anomalous=30, seed=0))
+  return s
+
+
+def _model_section() -> ml_collections.ConfigDict:
+  """The velocity U-Net (fmjax/model/unet.py): the paper's 45M-parameter configuration."""
+  s = ml_collections.ConfigDict()
+  s.channels = 64
+  s.num_res_blocks = 3
+  s.channel_mult = (1, 1, 2, 2, 4, 4)
+  s.attention_rates = (4, 8, 16, 32)
+  s.head_channels = 32
+  s.dropout = 0.05
+  s.norm_groups = 32
+  s.dtype = "bfloat16"  # compute dtype; parameters stay float32
+  s.attention_impl = "auto"  # auto (cuDNN on GPU with bf16) | xla | cudnn
+  return s
+
+
+def _train_section() -> ml_collections.ConfigDict:
+  """The optimiser and schedule (Appendix C.1), logging, checkpoints, profiling (fmjax/train)."""
+  s = ml_collections.ConfigDict()
+  s.objective = "cfm"  # a name in fmjax.methods.OBJECTIVES; its options: train.<name>.*
+  s.batch_size = 32
+  s.num_epochs = 2000.0
+  s.num_steps = -1  # > 0 overrides num_epochs
+  s.learning_rate = 1e-4
+  s.weight_decay = 1e-4
+  s.b1 = 0.9
+  s.b2 = 0.99
+  s.eps = 1e-6
+  s.amsgrad = True
+  s.update_rms_clip = 1.0
+  s.grad_clip_norm = 0.0  # 0: off (the paper's default)
+  s.warmup_steps = 0  # linear learning-rate warm-up over this many updates (0: off)
+  s.ema_decay = 0.0  # 0: off
+  s.log_every_steps = 50
+  s.log_every_seconds = 10.0
+  s.checkpoint_every_steps = 1000
+  s.keep_checkpoints = 3
+  s.profile_steps = ""  # "a,b": jax.profiler trace of steps a..b into <workdir>/profile/train
+  return s
+
+
+def _evaluate_section() -> ml_collections.ConfigDict:
+  """The scorer with its K and T, batching, tiles for large images, smoothing, the report's
+  pictures (fmjax/score, fmjax/report)."""
+  s = ml_collections.ConfigDict()
+  # A name in fmjax.methods.SCORERS whose model is train.objective's; its options are
+  # evaluate.<name>.* (e.g. evaluate.flow_mismatch.aggregator, evaluate.reconflow.t_init).
+  s.method = "flow_mismatch"
+  s.num_seeds = 10  # K, for the methods that draw K seeds
+  s.num_times = 10  # T: times (flow_mismatch) or Euler steps (reconflow, dflow, wtflow)
+  s.batch_size = 8
+  s.max_forward_batch = 400  # samples per forward pass, per device
+  s.seed = 0
+  s.use_ema = True
+  s.num_heatmaps = 12  # full-size panels of the highest/lowest scores
+  s.grid_columns = 8  # test images per category grid picture
+  # Cascade scoring: every image at a cheap K, T; the full setting only for cheap scores in a
+  # band around the calibrated threshold (fmjax/decide/cascade.py). Calibrate with it enabled first.
+  s.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
+                                            margin=0.1))
+  # Images of any size (fmjax/score/tiling.py): 0 scores each image whole; else square tiles of
+  # this side (a multiple of the model's stride) overlapping by tile_overlap (-1: a quarter of
+  # the tile), blended into one map. Images above max_image_pixels are refused.
+  s.tile_size = 0
+  s.tile_overlap = -1
+  s.max_image_pixels = 50_000_000
+  # Gaussian smoothing of the heatmap before the image score (fmjax/score/maps.py): sigma in
+  # pixels, or as a fraction of the map's shorter side; 0: off (the paper's setting).
+  s.smoothing_sigma = 0.0
+  s.smoothing_sigma_fraction = 0.0
+  s.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
+  return s
+
+
+def _calibrate_section() -> ml_collections.ConfigDict:
+  """--mode=calibrate (and after train_and_evaluate): thresholds from held-out normals."""
+  s = ml_collections.ConfigDict()
+  # Target false-alarm rates on the held-out normals, comma-separated; the first decides
+  # --mode=score and the report's calibrated column.
+  s.false_alarm_rates = "0.01"
+  return s
+
+
+def _export_section() -> ml_collections.ConfigDict:
+  """--mode=export (fmjax/decide/export.py)."""
+  s = ml_collections.ConfigDict()
+  s.platforms = "cpu,cuda,tpu"  # the platforms the StableHLO is lowered for
+  return s
+
+
+def _study_section() -> ml_collections.ConfigDict:
+  """--mode=study (fmjax/studies/ablations/): the paper's ablations."""
+  s = ml_collections.ConfigDict()
+  s.name = "compute"  # compute | aggregators | checkpoints | seeds | pooling | methods
+  s.compute = "paper"  # Table 6's 30 (K, T) settings, or "KxT,KxT,..."
+  s.aggregators = "min,mean,q0.1,q0.2,q0.3"  # Table 7
+  s.steps = ""  # checkpoints study: comma-separated steps; empty: every saved checkpoint
+  s.seeds = "0,1,2"  # seeds study: scoring seeds (evaluate.seed values)
+  s.methods = "flow_mismatch,reconflow,dflow"  # methods study: scorers on the same model
+  return s
+
+
+def _scaling_section() -> ml_collections.ConfigDict:
+  """--mode=scaling (fmjax/studies/scaling.py): one training run ("arm") per global batch size,
+  each scored at the end; the defaults are the paper model's study (configs/scaling.py)."""
+  s = ml_collections.ConfigDict()
+  s.batch_sizes = "32,64,128,256,512,1024,2048,4096"
+  s.base_batch_size = 32  # train.learning_rate is the rate at this batch size
+  s.lr_rule = "sqrt"  # none | linear | sqrt: the learning rate at batch B
+  s.warmup_examples = 20480  # linear warm-up over this many examples (0: none)
+  s.budget_unit = "epochs"  # examples | epochs | steps: what every arm gets the same of
+  s.budget = 2000.0
+  s.val_every_examples = 0  # held-out loss every this many examples (0: budget / 40)
+  s.val_times = 10  # the held-out loss's fixed time grid: t = (j + 0.5) / val_times
+  s.val_seed = 0  # its fixed noise
+  s.noise_scale_every = 10  # gradient noise scale measured every this many steps (0: off)
+  s.noise_scale_groups = 8  # the batch is split into this many groups (B_small = B / groups)
+  s.target_val_loss = 0.0  # steps/examples to this held-out loss (0: the loss every arm reaches)
+  return s
+
+
+def _mesh_section() -> ml_collections.ConfigDict:
+  """The devices used (-1: all)."""
+  s = ml_collections.ConfigDict()
+  s.num_devices = -1  # -1: all devices
+  return s
 
 
 def small_cpu_unet(config, num_steps: int) -> ml_collections.ConfigDict:

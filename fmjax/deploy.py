@@ -26,7 +26,7 @@ import sys
 import jax
 import numpy as np
 
-from fmjax.core import ragged
+from fmjax.core import console, ragged
 from fmjax.core.ids import image_ids
 from fmjax.score import maps, tiling
 
@@ -165,6 +165,7 @@ def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
 
 
 def main(argv=None) -> int:
+  console.route_warnings()
   parser = argparse.ArgumentParser(prog="python -m fmjax.deploy", description=__doc__.split("\n")[0])
   parser.add_argument("export_dir")
   parser.add_argument("images", help="an image file or a folder of images")
@@ -205,16 +206,17 @@ def main(argv=None) -> int:
         decided = ("" if result.decisions is None else
                    " anomalous" if result.decisions[i] else " normal")
         h, w = images[i].shape[:2]
-        print(f"{p}\t{result.scores[i]:.6g}{decided}\t{w}x{h}", flush=True)
+        console.say(f"{p}\t{result.scores[i]:.6g}{decided}\t{w}x{h}")
         panel = Image.fromarray(plots.overlay(images[i], result.heatmaps[i], scale))
         zoom = max(1, 256 // max(h, w))  # small images enlarged, with their aspect ratio
         panel.resize((w * zoom, h * zoom), Image.NEAREST).save(
             os.path.join(out, os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"))
     if result.threshold is not None:
-      print(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); heatmaps in {out}/")
+      console.say(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); heatmaps in "
+                  f"{out}/")
     return 0
   except (DeployError, OSError, ValueError) as e:
-    print(f"fmjax.deploy: error: {e}", file=sys.stderr)
+    console.error(str(e), prog="fmjax.deploy")
     return 1
 
 

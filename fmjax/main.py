@@ -43,7 +43,7 @@ from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set
 from ml_collections import config_flags
 
 from fmjax import configlib  # noqa: E402
-from fmjax.core import sharding  # noqa: E402
+from fmjax.core import console, sharding  # noqa: E402
 from fmjax.core.errors import ConfigError, UserError  # noqa: E402
 from fmjax.core.settings import MODES  # noqa: E402
 
@@ -113,10 +113,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:  # library INFO logs (Orbax, XLA) off unless asked: -v 0
     logging.set_verbosity(logging.WARNING)
+  console.route_warnings()
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:  # a user's mistake: one message; anything else keeps its traceback
-    print(f"fmjax: error: {e}", file=sys.stderr)
+    console.error(str(e))
     sys.exit(1)
 
 
@@ -125,14 +126,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   moved = configlib.renamed_key_errors(
       a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config."))
   if moved:
-    print("fmjax: error: " + "; ".join(moved), file=sys.stderr)
+    console.error("; ".join(moved))
     sys.exit(1)
   try:
     rest = FLAGS(argv)
     FLAGS.config.keys()  # a config file that failed to load raises here, not at parse time
     return rest
   except Exception as e:  # pylint: disable=broad-except  (a bad flag, key or config file)
-    print(f"fmjax: error: {_flag_error(e, argv)}", file=sys.stderr)
+    console.error(_flag_error(e, argv))
     sys.exit(1)
 
 

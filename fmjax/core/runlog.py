@@ -29,12 +29,8 @@ import tempfile
 
 import jax
 
-from fmjax.core import files
+from fmjax.core import console, files
 from fmjax.core.settings import trace_window
-
-
-def _is_writer() -> bool:
-  return jax.process_index() == 0
 
 
 def _versions() -> dict:
@@ -59,7 +55,7 @@ def environment() -> dict:
 
 def write_run_record(workdir: str, config, mode: str, argv: list[str] | None = None) -> None:
   """config.json, environment.json, and a line in run_history.jsonl."""
-  if not _is_writer():
+  if not console.is_main_process():
     return
   command = list(sys.argv if argv is None else argv)
   started = datetime.datetime.now().isoformat(timespec="seconds")
@@ -97,7 +93,7 @@ class MetricWriter:
       self._drop_after(resume_from)
 
   def _drop_after(self, step: int) -> None:
-    if not _is_writer() or not files.exists(self.path):
+    if not console.is_main_process() or not files.exists(self.path):
       return
     lines = files.read_text(self.path).splitlines(keepends=True)
     kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
@@ -109,8 +105,7 @@ class MetricWriter:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       except ImportError:
-        print("fmjax: warning: tensorboardX is not installed: no TensorBoard files (JSONL only).",
-              file=sys.stderr, flush=True)
+        console.warn("tensorboardX is not installed: no TensorBoard files (JSONL only).")
         self._tb = False
       else:
         self._tb = SummaryWriter(self.tb_dir, purge_step=self._purge, flush_secs=30)
@@ -118,7 +113,7 @@ class MetricWriter:
 
   def write(self, step: int, **scalars) -> None:
     """One record: {"step": step, **scalars} (floats), to both outputs."""
-    if not _is_writer():
+    if not console.is_main_process():
       return
     values = {k: float(v) for k, v in scalars.items()
               if v is not None and math.isfinite(float(v))}  # undefined metrics are left out
@@ -130,7 +125,7 @@ class MetricWriter:
 
   def flush(self) -> None:
     """Makes every record written so far visible in the files (a bucket's JSONL is buffered)."""
-    if _is_writer():
+    if console.is_main_process():
       self._log.flush()
       if self._tb:
         self._tb.flush()
@@ -183,7 +178,6 @@ class StepTrace:
         finally:
           shutil.rmtree(self._local, ignore_errors=True)
           self._local = None
-      if _is_writer():
-        print(f"Profiler trace ({self.window[0]}..{self.window[1]}) written to {self.directory}/ "
-              f"(tensorboard --logdir {os.path.dirname(self.directory)}, or its "
-              f"perfetto_trace.json.gz in ui.perfetto.dev)", flush=True)
+      console.say(f"Profiler trace ({self.window[0]}..{self.window[1]}) written to "
+                  f"{self.directory}/ (tensorboard --logdir {os.path.dirname(self.directory)}, "
+                  f"or its perfetto_trace.json.gz in ui.perfetto.dev)")

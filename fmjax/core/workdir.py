@@ -9,21 +9,12 @@ import datetime
 import json
 import os
 import socket
-import sys
 import time
 
-import jax
-
-from fmjax.core import files
+from fmjax.core import console, files
 from fmjax.core.errors import WorkdirError
 
 LOCK_NAME = ".fmjax.lock"
-
-
-def warn(message: str) -> None:
-  """One warning line on stderr (process 0 only)."""
-  if jax.process_index() == 0:
-    print(f"fmjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -87,7 +78,7 @@ class WorkdirLock:
     return {}
 
   def __enter__(self):
-    if jax.process_index() != 0:
+    if not console.is_main_process():
       return self
     me = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode,
           "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -109,8 +100,8 @@ class WorkdirLock:
             f"workdir {self.workdir} in use by pid {pid} on host {host} (--mode="
             f"{holder.get('mode')}, since {holder.get('started')}). Wait for that run, or "
             f"remove {self.path} if it is gone.")
-      warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
-           "(that process is gone).")
+      console.warn(f"taking over the stale lock {self.path} of pid {pid} on host {host} "
+                   "(that process is gone).")
       files.remove(self.path)
     raise WorkdirError(f"Could not take the lock {self.path}; try again.")
 

@@ -12,14 +12,12 @@ import dataclasses
 import os
 import time
 
-import jax
 import numpy as np
 
 from fmjax import methods
-from fmjax.core import files
+from fmjax.core import console, files
 from fmjax.core.errors import CheckpointMismatchError, ConfigError
 from fmjax.core.records import Fields, read_json_file
-from fmjax.core.workdir import warn
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.decide import calibration, cascade
 from fmjax.score.scoring import CALIBRATION_KEYS, THRESHOLD_KEYS
@@ -61,10 +59,9 @@ def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None,
                                   scores[dataset.val_classes == ci], result.threshold(name),
                                   cc.margin)
                for ci, name in enumerate(dataset.class_names) if name in result.categories}))
-  if jax.process_index() == 0:
+  if console.is_main_process():
     path = calibration.save(workdir, result)
-    print("\n".join(calibration_lines(result)), flush=True)
-    print(f"Calibration written to {path}", flush=True)
+    console.say(*calibration_lines(result), f"Calibration written to {path}")
   return result
 
 
@@ -187,8 +184,8 @@ def decision_rule(workdir: str, category: str, current: dict) -> calibration.Dec
         strict=True, pixel_threshold=cal.threshold(category, level="pixel"))
   threshold = stored_threshold(workdir, category, current)
   if np.isfinite(threshold):
-    warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of the "
-         "labelled test split, which was tuned on its defects.")
+    console.warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of "
+                 "the labelled test split, which was tuned on its defects.")
     return calibration.Decision(threshold, "F1-optimal (test-tuned)", strict=False)
   return calibration.Decision(float("nan"), "", strict=False)
 
@@ -207,7 +204,7 @@ def stored_threshold(workdir: str, category: str, current: dict) -> float:
   saved = Fields(read_json_file(path, fix), path, fix)
   why = calibration.settings_mismatch(path, saved.fields("settings").obj, current, THRESHOLD_KEYS)
   if why:
-    warn(f"the F1-optimal thresholds are not used: {why}.")
+    console.warn(f"the F1-optimal thresholds are not used: {why}.")
     return float("nan")
   per_category = saved.fields("per_category")
   if not per_category.has(category):

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from fmjax import methods
-from fmjax.core import files
+from fmjax.core import console, files
 from fmjax.core.errors import ConfigError
 from fmjax.core.workdir import prepare_workdir
 from fmjax.decide import calibration, decisions
@@ -51,12 +51,34 @@ def export_scorer(config, workdir: str) -> str:
                       "=top1).")
   platforms = export_platforms(config.export.platforms)
   session = ScoringSession.load(config, workdir)
-  step, class_names = session.step, session.class_names
-  model_config = config.model
+  leaves, exported, tile_shape = _export_tile_function(config, session, platforms)
+  out_dir = os.path.join(workdir, "export")
+  prepare_workdir(out_dir)
+  if not console.is_main_process():
+    return out_dir
+  files.write_bytes(os.path.join(out_dir, "scorer.jax"), bytes(exported.serialize()))
+  buffer = io.BytesIO()
+  np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+  files.write_bytes(os.path.join(out_dir, "params.npz"), buffer.getvalue())
+  manifest = _manifest(config, workdir, session, platforms, leaves, tile_shape)
+  files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
+  thresholds, size, tile = manifest["thresholds"], manifest["image_size"], manifest["tile_size"]
+  known = [n for n, t in thresholds.items() if t["image"] is not None]
+  shape = f"{size}x{size}" if tile == 0 else f"any size in {tile}x{tile} tiles"
+  console.say(f"Exported {ec.method} (step {session.step}, {shape}, platforms "
+              f"{','.join(platforms)}, {manifest['num_params']:,} parameters) to {out_dir}/; "
+              f"thresholds for {len(known)}/{len(thresholds)} categories "
+              f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).")
+  return out_dir
+
+
+def _export_tile_function(config, session: ScoringSession, platforms: list[str]):
+  """(the parameters' flat leaves, the jax.export.Exported tile function, its tile (h, w))."""
+  ec, model_config = config.evaluate, config.model
   if platforms != ["cuda"] and model_config.attention_impl != "xla":
     model_config = model_config.copy_and_resolve_references()
     model_config.attention_impl = "xla"  # cuDNN attention lowers for CUDA only
-  model = build_unet(model_config, len(class_names))
+  model = build_unet(model_config, len(session.class_names))
   leaves, treedef = jax.tree.flatten(jax.device_get(session.params))
   score_tiles = scoring.tile_score_fn(model, session.norm, ec)
 
@@ -71,15 +93,13 @@ def export_scorer(config, workdir: str) -> str:
           jax.ShapeDtypeStruct((b,), np.int32), jax.ShapeDtypeStruct((b,), np.int32),
           jax.ShapeDtypeStruct((b, 2), np.int32))
   exported = jax.export.export(jax.jit(exported_fn), platforms=platforms)(*args)
+  return leaves, exported, (tile_h, tile_w)
 
-  out_dir = os.path.join(workdir, "export")
-  prepare_workdir(out_dir)
-  if jax.process_index() != 0:
-    return out_dir
-  files.write_bytes(os.path.join(out_dir, "scorer.jax"), bytes(exported.serialize()))
-  buffer = io.BytesIO()
-  np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-  files.write_bytes(os.path.join(out_dir, "params.npz"), buffer.getvalue())
+
+def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str], leaves,
+              tile_shape: tuple[int, int]) -> dict:
+  """manifest.json: geometry, smoothing, classes, method, checkpoint and decision thresholds."""
+  ec, class_names = config.evaluate, session.class_names
   settings = session.settings()
   thresholds = {}
   for name in class_names:
@@ -88,26 +108,19 @@ def export_scorer(config, workdir: str) -> str:
                         "strict": rule.strict,
                         "pixel": float(rule.pixel_threshold) if np.isfinite(rule.pixel_threshold)
                         else None}
-  manifest = {
+  return {
       "format_version": FORMAT_VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "image_size": size, "channels": 3, "platforms": platforms, "stride": stride,
-      "tile_size": tile, "tile_overlap": tiling.tile_overlap(ec), "tile_shape": [tile_h, tile_w],
+      "image_size": config.data.image_size, "channels": 3, "platforms": platforms,
+      "stride": tiling.model_stride(config.model), "tile_size": int(ec.tile_size),
+      "tile_overlap": tiling.tile_overlap(ec), "tile_shape": list(tile_shape),
       "resize": config.data.resize, "smoothing_sigma": float(ec.smoothing_sigma),
       "smoothing_sigma_fraction": float(ec.smoothing_sigma_fraction),
       "class_names": list(class_names), "class_conditional": bool(config.data.class_conditional),
       "null_label": len(class_names), "num_params": int(sum(np.size(x) for x in leaves)),
       "num_param_arrays": len(leaves), "method": ec.method,
       "method_options": methods.scorer_options(ec), "seed": ec.seed,
-      "checkpoint_step": int(step), "use_ema": bool(ec.use_ema), "thresholds": thresholds,
+      "checkpoint_step": int(session.step), "use_ema": bool(ec.use_ema), "thresholds": thresholds,
       "calibration_rate": calibration.parse_rates(config.calibrate.false_alarm_rates)[0],
       "decision": "anomalous when score > threshold (strict: calibrated) or score >= threshold "
                   "(F1-optimal, tuned on test labels)"}
-  files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
-  known = [n for n, t in thresholds.items() if t["image"] is not None]
-  shape = f"{size}x{size}" if tile == 0 else f"any size in {tile}x{tile} tiles"
-  print(f"Exported {ec.method} (step {step}, {shape}, platforms {','.join(platforms)}, "
-        f"{manifest['num_params']:,} parameters) to {out_dir}/; thresholds for "
-        f"{len(known)}/{len(class_names)} categories "
-        f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).", flush=True)
-  return out_dir

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 
-import jax
 import numpy as np
 
+from fmjax.core import console
 from fmjax.core.errors import ConfigError
 from fmjax.core.runlog import MetricWriter, StepTrace
-from fmjax.core.workdir import prepare_workdir, warn
+from fmjax.core.workdir import prepare_workdir
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.sources import folder_images, read_images
 from fmjax.decide import calibration, cascade, decisions
@@ -53,18 +53,8 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   heatmaps, scores, images_per_s = session.score_split(dataset, "test", trace=trace)
   settings = session.settings()
   calibrated, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
-  cascaded = None
-  if config.evaluate.cascade.enabled:
-    bands = decisions.cascade_in(calibrated, config)
-    if bands is None:
-      warn("evaluate.cascade.enabled, but no cascade band was calibrated for this checkpoint, "
-           "scorer and cheap setting: run --mode=calibrate with the same evaluate.cascade.* first.")
-    else:
-      _, cheap, cheap_rate = session.score(dataset.test_images, dataset.test_classes,
-                                           cascade.cheap_eval_config(config.evaluate),
-                                           "cascade (cheap)")
-      cascaded = decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
-  if jax.process_index() != 0:
+  cascaded = _cascade(config, session, dataset, calibrated, scores, images_per_s)
+  if not console.is_main_process():
     return None
 
   overall = compute_metrics(scores, dataset.test_labels, heatmaps, dataset.test_masks,
@@ -78,7 +68,46 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
     outcomes = decisions.calibrated_results(
         calibrated, dataset, scores, {n: m.image_f1_threshold for n, m in per_category.items()})
   else:
-    print(f"No calibrated thresholds in the report: {why}.", flush=True)
+    console.say(f"No calibrated thresholds in the report: {why}.")
+  result = Evaluation(
+      pooled=Metrics.from_dict(overall),
+      mean=Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()})),
+      per_category=per_category,
+      settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
+                            images_per_s=images_per_s, num_test_images=int(len(scores)),
+                            batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size)),
+      images=_image_results(dataset, scores, outcomes), cascade=cascaded, calibrated=outcomes)
+  writer = MetricWriter(workdir, "eval")
+  writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
+  writer.close()
+  report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
+                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
+  console.say(*report.summary_lines(result),
+              f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).")
+  return result
+
+
+def _cascade(config, session: ScoringSession, dataset: AnomalyDataset, calibrated,
+             scores: np.ndarray, images_per_s: float):
+  """The cascade's results on the test split (the cheap setting scores every image), or None
+  when the cascade is off or was not calibrated for this checkpoint and scorer."""
+  if not config.evaluate.cascade.enabled:
+    return None
+  bands = decisions.cascade_in(calibrated, config)
+  if bands is None:
+    console.warn("evaluate.cascade.enabled, but no cascade band was calibrated for this "
+                 "checkpoint, scorer and cheap setting: run --mode=calibrate with the same "
+                 "evaluate.cascade.* first.")
+    return None
+  _, cheap, cheap_rate = session.score(dataset.test_images, dataset.test_classes,
+                                       cascade.cheap_eval_config(config.evaluate),
+                                       "cascade (cheap)")
+  return decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
+
+
+def _image_results(dataset: AnomalyDataset, scores: np.ndarray, outcomes) -> tuple:
+  """One ImageResult per test image: path, category, label, score, size, and its decision at
+  the category's first calibrated threshold (None without calibration)."""
   images = []
   for path, c, defect, label, score, image in zip(dataset.test_paths, dataset.test_classes,
                                                   dataset.test_defects, dataset.test_labels, scores,
@@ -90,22 +119,7 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
     images.append(ImageResult(path=path, category=category, defect=defect, label=int(label),
                               score=float(score), calibrated_decision=decision,
                               width=int(image.shape[1]), height=int(image.shape[0])))
-  result = Evaluation(
-      pooled=Metrics.from_dict(overall),
-      mean=Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()})),
-      per_category=per_category,
-      settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
-                            images_per_s=images_per_s, num_test_images=int(len(scores)),
-                            batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size)),
-      images=tuple(images), cascade=cascaded, calibrated=outcomes)
-  writer = MetricWriter(workdir, "eval")
-  writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
-  writer.close()
-  report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
-                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
-  print("\n".join(report.summary_lines(result)), flush=True)
-  print(f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).", flush=True)
-  return result
+  return tuple(images)
 
 
 def score_folder(config, workdir: str) -> dict:
@@ -146,7 +160,7 @@ def score_folder(config, workdir: str) -> dict:
     setting = ["full"] * len(paths)
   rows = [{"path": p, "category": category, "score": float(s), "scored_with": w}
           for p, s, w in zip(paths, scores, setting)]
-  if jax.process_index() == 0:
+  if console.is_main_process():
     report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, decision, flags)
     if flags is not None:
       said = f"{int(np.sum(flags))} flagged at the {decision.kind} threshold {decision.threshold:.4g}. "
@@ -155,8 +169,8 @@ def score_folder(config, workdir: str) -> dict:
               "or --mode=evaluate on a labelled test split, with the same settings first). ")
     if config.evaluate.cascade.enabled:
       said += f"{setting.count('full')} of {len(paths)} images took the full setting. "
-    print(f"Scored {len(paths)} images from {folder} at {images_per_s:.2f} images/s (step {step}); "
-          + said + f"Results in {out_dir}/", flush=True)
+    console.say(f"Scored {len(paths)} images from {folder} at {images_per_s:.2f} images/s "
+                f"(step {step}); " + said + f"Results in {out_dir}/")
   return {"images": rows, "threshold": decision.threshold, "threshold_kind": decision.kind,
           "decisions": None if flags is None else [bool(f) for f in flags],
           "images_per_s": images_per_s, "checkpoint_step": int(step)}

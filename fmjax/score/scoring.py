@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax import methods
-from fmjax.core import ragged, sharding
+from fmjax.core import console, ragged, sharding
 from fmjax.core.errors import ConfigError, DataLayoutError
 from fmjax.core.ids import image_ids
-from fmjax.core.progress import Progress
 from fmjax.core.runlog import StepTrace
 from fmjax.data import NormStats
 from fmjax.score import maps, tiling
@@ -107,7 +106,7 @@ def score_in_batches(score, params, images, labels: np.ndarray, batch: int, mesh
   tiler = tiling.Tiler([im.shape for im in images], stride, int(eval_config.get("tile_size", 0)),
                        tiling.tile_overlap(eval_config))
   heatmaps, scores = [None] * m, np.zeros(m, np.float32)
-  progress = Progress(m, description, "img")
+  progress = console.Progress(m, description, "img")
 
   def dispatch(number, tiles):
     """Sends one batch of tiles to the devices and starts scoring it (asynchronously)."""

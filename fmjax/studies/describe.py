@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
 from fmjax import methods
+from fmjax.core import console
 from fmjax.data import NormStats, categories_of
 from fmjax.model.unet import build_unet, count_params, init_params
 from fmjax.model.optim import build_optimizer
@@ -105,12 +106,13 @@ def describe(config) -> dict:
           "objective": config.train.objective, "train_batch_size": batch,
           "flops_per_train_step": step_flops,
           "devices": [str(d) for d in jax.devices()]}
-  print(f"parameters:             {params:,} ({num_classes} classes + null label)")
-  print(f"FLOPs per forward:      {flops / 1e9:.2f} GFLOP at {size}x{size} (XLA cost analysis)")
-  print(f"FLOPs per scored image: {flops * forwards / 1e12:.3f} TFLOP with {scorer.title} "
-        f"({scorer.summary(settings)}: {forwards:g} forwards)")
-  print(f"FLOPs per train step:   {step_flops / 1e12:.3f} TFLOP at batch {batch}, "
-        f"{methods.objective(config.train.objective).title} "
-        f"({step_flops / batch / 1e9:.1f} GFLOP per image: forward, backward, update)")
-  print(json.dumps(info))
+  console.say(
+      f"parameters:             {params:,} ({num_classes} classes + null label)",
+      f"FLOPs per forward:      {flops / 1e9:.2f} GFLOP at {size}x{size} (XLA cost analysis)",
+      f"FLOPs per scored image: {flops * forwards / 1e12:.3f} TFLOP with {scorer.title} "
+      f"({scorer.summary(settings)}: {forwards:g} forwards)",
+      f"FLOPs per train step:   {step_flops / 1e12:.3f} TFLOP at batch {batch}, "
+      f"{methods.objective(config.train.objective).title} "
+      f"({step_flops / batch / 1e9:.1f} GFLOP per image: forward, backward, update)",
+      json.dumps(info))
   return info

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.optimize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from fmjax.core import files, plots, sharding
+from fmjax.core import console, files, plots, sharding
 from fmjax.report import evaluate
 from fmjax import methods
 from fmjax.studies import noise_scale, validation
@@ -112,7 +112,7 @@ def arm_dir(workdir: str, batch_size: int) -> str:
 
 def _write_json(path: str, obj) -> None:
   """Strict JSON (NaN -> null), written by process 0 only."""
-  if jax.process_index() == 0:
+  if console.is_main_process():
     files.write_json(path, json_safe(obj))
 
 
@@ -152,24 +152,9 @@ def final_noise_scale(records: list[dict]) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | None:
-  """Trains (or resumes) and evaluates one arm; returns its record (None on processes > 0)."""
-  directory = arm_dir(workdir, arm["batch_size"])
-  record_path = os.path.join(directory, "arm.json")
-  if files.exists(record_path):
-    record = files.read_json(record_path)
-    _check_same(record, arm, directory)
-    print(f"scaling: batch {arm['batch_size']} already done ({directory}/arm.json)", flush=True)
-    return record
-  prepare_workdir(directory)
-  settings_path = os.path.join(directory, "arm_settings.json")
-  if files.exists(settings_path):
-    _check_same(files.read_json(settings_path), arm, directory)
-  _write_json(settings_path, arm)
-  cfg = arm_config(config, arm)
-  write_run_record(directory, cfg, "scaling arm")
+def _arm_hooks(cfg, directory: str, dataset: AnomalyDataset, arm: dict, model) -> list:
+  """The arm's training hooks: the held-out loss and, when measured, the gradient noise scale."""
   mesh = sharding.make_mesh(cfg.mesh.num_devices)
-  model = build_unet(cfg.model, dataset.num_classes)
   norm = train.norm_stats_for(directory, dataset)
   hooks = [validation.ValidationLoss(
       directory, model, norm, dataset.val_images,
@@ -183,11 +168,32 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
     hooks.append(noise_scale.NoiseScale(directory, measure, batch_size=arm["batch_size"],
                                         groups=arm["noise_scale_groups"],
                                         every=arm["noise_scale_every"]))
-  print(f"scaling: batch {arm['batch_size']}, learning rate {arm['learning_rate']:.3g}, "
-        f"{arm['steps']} steps, warm-up {arm['warmup_steps']} steps -> {directory}", flush=True)
+  return hooks
+
+
+def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | None:
+  """Trains (or resumes) and evaluates one arm; returns its record (None on processes > 0)."""
+  directory = arm_dir(workdir, arm["batch_size"])
+  record_path = os.path.join(directory, "arm.json")
+  if files.exists(record_path):
+    record = files.read_json(record_path)
+    _check_same(record, arm, directory)
+    console.say(f"scaling: batch {arm['batch_size']} already done ({directory}/arm.json)")
+    return record
+  prepare_workdir(directory)
+  settings_path = os.path.join(directory, "arm_settings.json")
+  if files.exists(settings_path):
+    _check_same(files.read_json(settings_path), arm, directory)
+  _write_json(settings_path, arm)
+  cfg = arm_config(config, arm)
+  write_run_record(directory, cfg, "scaling arm")
+  model = build_unet(cfg.model, dataset.num_classes)
+  hooks = _arm_hooks(cfg, directory, dataset, arm, model)
+  console.say(f"scaling: batch {arm['batch_size']}, learning rate {arm['learning_rate']:.3g}, "
+              f"{arm['steps']} steps, warm-up {arm['warmup_steps']} steps -> {directory}")
   train.train(cfg, directory, dataset, hooks=tuple(hooks))
   result = evaluate.evaluate(cfg, directory, dataset)
-  if jax.process_index() != 0:
+  if not console.is_main_process():
     return None
   from fmjax.studies.describe import train_step_flops  # pylint: disable=g-import-not-at-top
   step_flops = train_step_flops(model, build_optimizer(cfg.train), arm["batch_size"],
@@ -204,7 +210,7 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
                                   "pixel_ap", "pixel_f1_max", "pixel_aupro")},
       "train_flops": step_flops * arm["steps"], "flops_per_step": step_flops,
       "wall_s": train_wall_seconds(train_log), "images_per_s": steady_images_per_s(train_log),
-      "num_devices": int(mesh.devices.size), "num_processes": jax.process_count(),
+      "num_devices": result.settings.num_devices, "num_processes": jax.process_count(),
       "gradient_noise_scale": final_noise_scale(noise_log),
       "val_curve": [{"steps": r["step"], "examples": int(r["examples"]), "val_loss": r["val_loss"]}
                     for r in val_log],
@@ -461,16 +467,15 @@ def run_scaling(config, workdir: str, dataset: AnomalyDataset) -> dict:
     raise ConfigError("The scaling study's held-out loss needs held-out normal images: set "
                       "--config.data.val_fraction > 0 (e.g. 0.1).")
   arms = plan_arms(config, len(dataset.train_images))
-  print(f"scaling: {len(arms)} arms (batch sizes {[a['batch_size'] for a in arms]}), "
-        f"learning-rate rule {config.scaling.lr_rule}, {config.scaling.budget:g} "
-        f"{config.scaling.budget_unit} each", flush=True)
+  console.say(f"scaling: {len(arms)} arms (batch sizes {[a['batch_size'] for a in arms]}), "
+              f"learning-rate rule {config.scaling.lr_rule}, {config.scaling.budget:g} "
+              f"{config.scaling.budget_unit} each")
   records = [run_arm(config, workdir, dataset, arm) for arm in arms]
-  if jax.process_index() != 0:
+  if not console.is_main_process():
     return {}
   results = summarize(config, records)
   out_dir = os.path.join(workdir, "scaling")
   write_report(results, out_dir)
-  print(results_table(results), flush=True)
-  print(f"Scaling report written to {out_dir}/ (results.md, results.json, "
-        f"{', '.join(FIGURES)}).", flush=True)
+  console.say(results_table(results), f"Scaling report written to {out_dir}/ (results.md, "
+              f"results.json, {', '.join(FIGURES)}).")
   return results

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from fmjax.core.errors import NonFiniteError
-from fmjax.core.progress import Progress
+from fmjax.core.console import Progress
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.train import checkpoint
 

@@ -19,14 +19,13 @@ import jax.numpy as jnp
 import optax
 
 from fmjax.train import checkpoint
-from fmjax.core import files, sharding
+from fmjax.core import console, files, sharding
 from fmjax import methods
 from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.core.errors import ConfigError, NonFiniteError
 from fmjax.model.unet import build_unet, count_params, init_params
 from fmjax.model.optim import build_optimizer, warmup_factor
-from fmjax.core.progress import Progress
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
 from fmjax.train.hooks import (Checkpointer, Hooks, MetricLog, NonFiniteGuard, Profiler,
@@ -133,7 +132,7 @@ def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
   if files.exists(path):
     return NormStats.load(path)
   stats = NormStats.of(dataset.train_images)
-  if jax.process_index() == 0:
+  if console.is_main_process():
     stats.save(path)
   return stats
 
@@ -181,19 +180,19 @@ def _restore_or_create(config, workdir: str, dataset: AnomalyDataset, mesh, mode
     return saved, checkpoint.restore(manager, step, abstract)
 
   manager, latest, restored = restore_newest(workdir, restore, keep=config.train.keep_checkpoints,
-                                             move_aside=jax.process_index() == 0)
+                                             move_aside=console.is_main_process())
   saved = None
   if restored is not None:
     saved, state = restored
-    print(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
+    console.say(f"Resuming from step {latest} in {checkpoint.checkpoint_dir(workdir)}")
   else:
     init = jax.jit(lambda k: create_train_state(model, optimizer, shape, dataset.num_classes, k,
                                                 ema),
                    out_shardings=sharding.replicated(mesh))
     state = init(jax.random.key(config.seed))
-  print(f"Model: {count_params(state.params):,} parameters; {dataset.num_classes} classes "
-        f"({'conditional' if config.data.class_conditional else 'pooled'}); "
-        f"{len(dataset.train_images)} training images; mesh {dict(mesh.shape)}", flush=True)
+  console.say(f"Model: {count_params(state.params):,} parameters; {dataset.num_classes} classes "
+              f"({'conditional' if config.data.class_conditional else 'pooled'}); "
+              f"{len(dataset.train_images)} training images; mesh {dict(mesh.shape)}")
   return manager, state, saved, meta
 
 
@@ -204,8 +203,8 @@ def _saved_iterator_state(saved: dict | None, workers: int, start: int) -> dict 
     return None
   if saved.get("loader_workers") == workers and "data_iterator" in saved:
     return saved["data_iterator"]
-  print(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the batch "
-        f"stream restarts at step {start}, which gives the same batches.", flush=True)
+  console.say(f"data.loader_workers changed ({saved.get('loader_workers')} -> {workers}): the "
+              f"batch stream restarts at step {start}, which gives the same batches.")
   return None
 
 
@@ -224,7 +223,8 @@ def _batches(config, dataset: AnomalyDataset, mesh, iterator_state, start: int, 
 def _logs(config, workdir: str, metrics: StepMetrics, start: int, total: int):
   """(MetricLog, Profiler). The log drops the rows after `start` (of a run resumed from it)."""
   writer = MetricWriter(workdir, "train", resume_from=start)
-  progress = Progress(total, "train", "steps", start=start, interval=config.train.log_every_seconds)
+  progress = console.Progress(total, "train", "steps", start=start,
+                              interval=config.train.log_every_seconds)
   trace = StepTrace(workdir, "train", config.train.profile_steps, "train.profile_steps")
   log_every = (config.train.log_every_steps, config.train.checkpoint_every_steps)
   return (MetricLog(metrics, writer, progress, log_every, config.train.batch_size),
@@ -266,7 +266,7 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
   metrics = StepMetrics()
   log, profiler = _logs(config, workdir, metrics, start, total)
   if start >= total:
-    print(f"Training already done ({start}/{total} steps).", flush=True)
+    console.say(f"Training already done ({start}/{total} steps).")
     manager.close()
     log.close()
     return state

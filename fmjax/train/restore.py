@@ -15,9 +15,8 @@ import time
 import jax
 import numpy as np
 
-from fmjax.core import files, sharding
+from fmjax.core import console, files, sharding
 from fmjax.core.errors import MissingCheckpointError, UserError
-from fmjax.core.workdir import warn
 from fmjax.data import NormStats
 from fmjax.model.unet import build_unet, init_params
 from fmjax.train import checkpoint
@@ -51,14 +50,14 @@ def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = Fa
       failed.append((step, reason))
       continue
     for bad, why in failed:
-      warn(f"checkpoint step {bad} in {checkpoint.checkpoint_dir(workdir)} does not restore "
-           f"({why}); using step {step}.")
+      console.warn(f"checkpoint step {bad} in {checkpoint.checkpoint_dir(workdir)} does "
+                   f"not restore ({why}); using step {step}.")
     if failed and move_aside:
       manager.close()
       for bad, _ in failed:
         aside = os.path.join(files.absolute(workdir), CORRUPT_DIR, f"{bad}-{int(time.time())}")
         files.move(os.path.join(checkpoint.checkpoint_dir(workdir), str(bad)), aside)
-        warn(f"moved the unrestorable step {bad} to {aside} (kept for inspection).")
+        console.warn(f"moved the unrestorable step {bad} to {aside} (kept for inspection).")
       manager = checkpoint.make_manager(workdir, keep, read_only=read_only)
     return manager, step, result
   if failed:

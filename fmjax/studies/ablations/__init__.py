@@ -23,9 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 
-import jax
-
-from fmjax.core import files, plots
+from fmjax.core import console, files, plots
 from fmjax.core.errors import ConfigError, MissingCheckpointError
 from fmjax.report import evaluate
 from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
@@ -113,19 +111,19 @@ def run_study(config, workdir: str, dataset) -> dict:
   for i, (setting, scorer) in enumerate(zip(settings, scorers)):
     row = next((r for r in saved if _reusable(r, setting, scorer)), None)
     if row is None:
-      print(f"study {s.name}: {i + 1}/{len(settings)} {s.label(setting)}", flush=True)
+      console.say(f"study {s.name}: {i + 1}/{len(settings)} {s.label(setting)}")
       row = _evaluate_setting(s, config, workdir, dataset, setting, sessions)
       saved = [r for r in saved if not all(r.get(k) == v for k, v in setting.items())] + [row]
-      if jax.process_index() == 0:
+      if console.is_main_process():
         _write_rows(results_path, s.name, saved)
     rows.append(row)
   extra = s.summary(rows)
-  if jax.process_index() == 0:
+  if console.is_main_process():
     _write_rows(results_path, s.name, rows, **extra)
     files.write_text(os.path.join(out_dir, "results.md"), s.table(s.name, rows))
     plots.save(s.plot(s.name, rows), os.path.join(out_dir, "plot.png"))
-    print(s.table(s.name, rows), flush=True)
-    print(f"Study written to {out_dir}/ (results.md, results.json, plot.png).", flush=True)
+    console.say(s.table(s.name, rows),
+                f"Study written to {out_dir}/ (results.md, results.json, plot.png).")
   return {"study": s.name, "rows": rows, **extra}
 
 

@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 
-from fmjax.core import plots
+from fmjax.core import console, plots
 from fmjax.report.writer import format_percent
 from fmjax.studies.ablations.base import (Study, percent, plotted_metrics, present_columns,
                                           setting_config)
@@ -35,7 +35,7 @@ def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
   settings = []
   for kind in KINDS:
     directory = run_dir(config, workdir, {"model": kind})
-    print(f"study pooling: the {kind} model in {directory}", flush=True)
+    console.say(f"study pooling: the {kind} model in {directory}")
     state = loop.train(setting_config(config, {"model": kind}), directory, dataset)
     settings.append({"model": kind, "checkpoint_step": int(jax.device_get(state.step))})
   return settings
