@@ -7,9 +7,9 @@
 Each size runs in a fresh process (so its peak resident memory is its own), scoring one
 random image through `ScoringSession`'s path (`scoring.score_in_batches`: tiles cut on the
 host, scored `evaluate.batch_size` at a time, blended back) with randomly initialised
-weights (speed does not depend on them). A first image of the same size is scored before
-timing, so compilation is excluded. One JSON line per size: seconds, seconds per megapixel,
-tiles, and peak resident memory (MB) of the process.
+weights (speed does not depend on them). A first, tile-sized image is scored before timing,
+so compilation (which depends on the tile and batch only) is excluded. One JSON line per
+size: seconds, seconds per megapixel, tiles, and peak resident memory (MB) of the process.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ flags.DEFINE_string("sizes", "128x128,512x512,1024x1024,2048x2048,1024x4096",
 flags.DEFINE_integer("tile", 128, "evaluate.tile_size.")
 flags.DEFINE_integer("overlap", 0, "evaluate.tile_overlap (0: tiles cover each pixel once).")
 flags.DEFINE_string("kt", "2x2", "K x T of the scorer.")
-flags.DEFINE_integer("batch", 8, "evaluate.batch_size: tiles per device step.")
+flags.DEFINE_integer("batch", 1, "evaluate.batch_size: tiles per device step (1: no padded "
+                     "rows, so a one-tile image costs one tile).")
 flags.DEFINE_string("one", "", "(internal) measure this HxW size in this process.")
 flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 
@@ -61,7 +62,9 @@ def measure(size: str) -> dict:
   stride = tiling.model_stride(config.model)
   rng = np.random.default_rng(0)
   labels = np.zeros(1, np.int32)
-  warm = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+  # Compilation depends on the tile and the batch, not the image: one tile-sized image warms up.
+  side = FLAGS.tile or None
+  warm = rng.integers(0, 256, (1, min(h, side or h), min(w, side or w), 3), dtype=np.uint8)
   scoring.score_in_batches(score, params, warm, labels, FLAGS.batch, mesh, "warm-up", ec, stride)
   image = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
   t0 = time.perf_counter()
