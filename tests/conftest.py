@@ -32,8 +32,16 @@ from tiny import tiny_config  # noqa: E402,F401  (the tests' small config, re-ex
 
 # The longest test files first: with 2 pytest workers (`-n 2 --dist loadfile`), whichever long
 # file starts last sets when the suite ends. The order within a file is kept.
-LONG_FIRST = ("test_real_data.py", "test_quickstart.py", "test_notebooks.py", "test_studies.py",
-              "test_scaling.py", "test_methods.py", "test_main.py", "test_bucket_workdir.py")
+LONG_FIRST = ("test_scaling.py", "test_notebooks.py", "test_quickstart.py", "test_real_data.py",
+              "test_train.py", "test_studies.py", "test_resize.py", "test_main.py",
+              "test_methods.py", "test_bucket_workdir.py")
+
+
+def pytest_configure(config):
+  # xdist's file scheduling sorts files by their number of tests unless told not to, which
+  # would undo the order below (the real-data test then started last and ran alone).
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):

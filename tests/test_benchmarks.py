@@ -70,3 +70,38 @@ def test_train_benchmark_prints_one_line_per_batch():
     assert r["flops_per_step"] > 0 and r["compile_s"] > 0
     assert r["achieved_tflops"] == pytest.approx(r["flops_per_step"] * r["steps_per_s"] / 1e12,
                                                  rel=0.01, abs=1e-3)
+
+
+SMOOTHING_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from tiny import tiny_config
+
+def get_config():
+  return tiny_config()
+"""
+
+
+def test_smoothing_benchmark_equals_an_evaluation_at_each_sigma(tmp_path):
+  """One scoring pass smoothed per sigma gives the metrics --mode=evaluate gives with it."""
+  from fmjax import main as fm_main
+  from conftest import TESTS
+  (tmp_path / "tiny_config.py").write_text(SMOOTHING_CONFIG.format(tests=str(TESTS)))
+  workdir = str(tmp_path / "run")
+  fm_main.run(tiny_config(), workdir, "train")
+  sigmas = (0.0, 1.5)
+  evaluated = [fm_main.run(tiny_config(**{"evaluate.smoothing_sigma": s}), workdir,
+                           "evaluate").pooled.as_dict() for s in sigmas]
+  assert evaluated[0]["pixel_auroc"] != evaluated[1]["pixel_auroc"]  # smoothing changes maps
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "benchmarks/smoothing_sigma.py",
+                        f"--config={tmp_path / 'tiny_config.py'}", f"--workdir={workdir}",
+                        "--sigmas=0,1.5"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [r["sigma_pixels"] for r in rows] == list(sigmas)
+  for row, metrics in zip(rows, evaluated):
+    for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro"):
+      assert row[key] == pytest.approx(100 * metrics[key], abs=0.006), key  # rounded to 0.01
+  assert out.stdout.splitlines()[-2].startswith("| 0 |")  # the Markdown table
