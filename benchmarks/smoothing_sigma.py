@@ -15,7 +15,7 @@ cost of one evaluation. One JSON line per sigma (metrics in percent) and a Markd
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -32,6 +32,7 @@ COLUMNS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("pixel_ap", 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # no library INFO lines (Orbax) between the rows
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   import bench_util  # pylint: disable=g-import-not-at-top
