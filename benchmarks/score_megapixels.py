@@ -63,8 +63,8 @@ def measure(size: str) -> dict:
   rng = np.random.default_rng(0)
   labels = np.zeros(1, np.int32)
   # Compilation depends on the tile and the batch, not the image: one tile-sized image warms up.
-  side = FLAGS.tile or None
-  warm = rng.integers(0, 256, (1, min(h, side or h), min(w, side or w), 3), dtype=np.uint8)
+  warm_h, warm_w = (min(h, FLAGS.tile), min(w, FLAGS.tile)) if FLAGS.tile else (h, w)
+  warm = rng.integers(0, 256, (1, warm_h, warm_w, 3), dtype=np.uint8)
   scoring.score_in_batches(score, params, warm, labels, FLAGS.batch, mesh, "warm-up", ec, stride)
   image = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
   t0 = time.perf_counter()

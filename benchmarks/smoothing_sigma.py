@@ -6,9 +6,9 @@
       --sigmas=0,0.5,1,2,4
 
 Scores the workdir's test split once without smoothing (the latest checkpoint, the config's
-scorer), then, for each sigma (pixels of the heatmap), filters every map as evaluation does
-(`fmjax.score.maps.smooth`: scipy.ndimage.gaussian_filter) and scores it (`maps.image_score`),
-and computes the metrics (`fmjax.report.metrics.compute_metrics`, pooled over the split).
+scorer), then, for each sigma (pixels of the heatmap), filters and scores every map as
+evaluation does (`fmjax.score.maps.finish`: scipy.ndimage.gaussian_filter, then the image
+score), and computes the metrics (`fmjax.report.metrics.compute_metrics`, pooled over the split).
 The same result as `--mode=evaluate --config.evaluate.smoothing_sigma=s` for each s, at the
 cost of one evaluation. One JSON line per sigma (metrics in percent) and a Markdown table.
 """
@@ -48,13 +48,14 @@ def main(argv):
   session = ScoringSession.load(config, FLAGS.workdir, dataset.class_names)
   heatmaps, _, rate = session.score(dataset.test_images, dataset.test_classes, what="test")
   sigmas = [float(s) for s in FLAGS.sigmas.split(",")]
+  masks = dataset.test_masks
   rows = []
   for sigma in sigmas:
-    smoothed = [maps.smooth(m, sigma) for m in heatmaps]
-    scores = np.array([maps.image_score(m) for m in smoothed], np.float32)
-    masks = dataset.test_masks
+    # Evaluation's own post-processing of a map (smoothing, then the image score).
+    smoothed, scores = zip(*(maps.finish(m, {"smoothing_sigma": sigma}) for m in heatmaps))
+    scores = np.array(scores, np.float32)
     metrics = compute_metrics(scores, dataset.test_labels,
-                              None if masks is None else smoothed, masks)
+                              None if masks is None else list(smoothed), masks)
     row = {"benchmark": "smoothing_sigma", "workdir": FLAGS.workdir, "data": config.data.root,
            "categories": list(dataset.class_names), "step": int(session.step),
            "method": config.evaluate.method, "num_seeds": int(config.evaluate.num_seeds),
