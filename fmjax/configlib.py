@@ -149,6 +149,9 @@ def _evaluate_section() -> ml_collections.ConfigDict:
   s.grid_columns = 8  # test images per category grid picture
   # Cascade scoring: every image at a cheap K, T; the full setting only for cheap scores in a
   # band around the calibrated threshold (fmjax/decide/cascade.py). Calibrate with it enabled first.
+  # Where the calibrated threshold sits, in (0, 1): 0.5 keeps it; higher flags more images
+  # (fmjax/decide/normalize.py: normalised scores are 0.5 at the shifted threshold).
+  s.sensitivity = 0.5
   s.cascade = ml_collections.ConfigDict(dict(enabled=False, num_seeds=2, num_times=2,
                                             margin=0.1))
   # Images of any size (fmjax/score/tiling.py): 0 scores each image whole; else square tiles of
@@ -161,6 +164,10 @@ def _evaluate_section() -> ml_collections.ConfigDict:
   # pixels, or as a fraction of the map's shorter side; 0: off (the paper's setting).
   s.smoothing_sigma = 0.0
   s.smoothing_sigma_fraction = 0.0
+  # Where the pixel metrics are measured: "scored" (on the maps as scored, at data.resize's
+  # size) or "native" (each map resized back to its file's size and compared with the mask
+  # read at that size: the same yardstick for squashed and native-resolution runs).
+  s.pixel_metrics_at = "scored"
   s.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
   return s
 

@@ -3,15 +3,20 @@
   scorer = fmjax.deploy.load("runs/bottle/export")
   result = scorer(images, category="bottle")   # uint8 [B,H,W,3], or a list of [H_i,W_i,3]
   result.heatmaps [B,H,W] float32 (an object array of [H_i,W_i] for mixed sizes), result.scores [B] float32,
-  result.decisions [B] bool or None
+  result.decisions [B] bool or None, result.normalised [B] in [0, 1] (0.5: the threshold) or None
 
 An export made with evaluate.tile_size > 0 scores images of any size (cut into its tiles and
 blended as in evaluation); one made without scores images of its data.image_size.
 
   python -m fmjax.deploy <export dir> <image or folder> [--category=C] [--out=DIR]
 
-The command prints one line per image (path, score and decision, width x height) and writes a
-heatmap picture per image; files are read at the size training read them (`data.resize`).
+The command prints one line per image (path, score, decision and normalised score, width x
+height) and writes into --out a heatmap picture per image and scores.csv (path, category,
+the file's width and height, score, decision, normalised score, mask, number of regions);
+with a calibrated pixel threshold also <stem>_mask.png per image (0 or 255 at the file's size:
+the heatmap enlarged to it, above the threshold) and regions.json (their 8-connected regions:
+area, bounding box, peak and mean score; `fmjax.decide.regions`). Files are read at the size
+training read them (`data.resize`).
 Neither loading nor scoring imports Flax, the model code or a checkpoint.
 """
 
@@ -28,6 +33,7 @@ import numpy as np
 
 from fmjax.core import console, ragged
 from fmjax.core.ids import image_ids
+from fmjax.decide import normalize
 from fmjax.score import maps, tiling
 
 
@@ -42,6 +48,8 @@ class Scored:
   decisions: np.ndarray | None  # bool [B] (True: anomalous); None without a threshold
   threshold: float | None
   threshold_kind: str
+  normalised: np.ndarray | None = None  # float64 [B] in [0, 1], 0.5 at the threshold; None
+  # without a calibrated scale (fmjax.decide.normalize)
 
 
 class Scorer:
@@ -124,7 +132,9 @@ class Scorer:
     if threshold is None:
       return Scored(heatmaps, scores, None, None, "")
     decisions = scores > threshold if t["strict"] else scores >= threshold
-    return Scored(heatmaps, scores, decisions, float(threshold), t["kind"])
+    scale = t.get("image_scale")
+    normalised = None if scale is None else normalize.ScoreScale.from_json(scale)(scores)
+    return Scored(heatmaps, scores, decisions, float(threshold), t["kind"], normalised)
 
   def _score(self, tiles, labels, ids, origins) -> np.ndarray:
     """Heatmaps [n,h,w] of n tiles, padded to a multiple of the devices for the call."""
@@ -176,7 +186,7 @@ def main(argv=None) -> int:
                       help="how files are sized (data.resize: square, scale:<f>, long_side:<n>, "
                            "native; default: as the export's training read them)")
   args = parser.parse_args(argv)
-  from fmjax.data.decode import IMAGE_EXTENSIONS, read_image  # reading files: PIL and numpy
+  from fmjax.data.decode import IMAGE_EXTENSIONS, read_image_and_size  # PIL and numpy
   try:
     scorer = load(args.export_dir)
     if os.path.isdir(args.images):
@@ -193,27 +203,54 @@ def main(argv=None) -> int:
     from matplotlib.colors import Normalize
     from PIL import Image
 
-    from fmjax.core import plots  # matplotlib and numpy
+    from fmjax.core import files, plots  # matplotlib and numpy
+    from fmjax.decide import regions  # numpy and scipy
     resize = args.resize or scorer.manifest.get("resize", "square")  # as training read them
+    category = scorer.resolve_category(args.category)
+    entry = scorer.manifest["thresholds"].get(category, {})
+    pixel = entry.get("pixel")
+    pixel_scale = entry.get("pixel_scale") and normalize.ScoreScale.from_json(entry["pixel_scale"])
+    table = [["path", "category", "width", "height", "score", "decision", "normalised_score",
+              "mask", "num_regions"]]
+    found = []
     for start in range(0, len(paths), args.batch):
       chunk = paths[start:start + args.batch]
-      images = [read_image(p, scorer.image_size, resize) for p in chunk]
-      result = scorer(images, args.category)
-      pixel = scorer.manifest["thresholds"].get(scorer.resolve_category(args.category), {}).get("pixel")
+      read = [read_image_and_size(p, scorer.image_size, resize) for p in chunk]
+      images = [image for image, _ in read]
+      result = scorer(images, category)
       # Full colour at the calibrated pixel threshold (a predicted defect), else the batch's scale.
       scale = Normalize(0.0, pixel, clip=True) if pixel else plots.heat_scale(result.heatmaps)
       for i, p in enumerate(chunk):
-        decided = ("" if result.decisions is None else
-                   " anomalous" if result.decisions[i] else " normal")
+        word = ("" if result.decisions is None else
+                "anomalous" if result.decisions[i] else "normal")
+        normalised = "" if result.normalised is None else f"{result.normalised[i]:.6g}"
         h, w = images[i].shape[:2]
-        console.say(f"{p}\t{result.scores[i]:.6g}{decided}\t{w}x{h}")
+        console.say(f"{p}\t{result.scores[i]:.6g} {word} {normalised}".rstrip() + f"\t{w}x{h}")
+        stem = os.path.splitext(os.path.basename(p))[0]
         panel = Image.fromarray(plots.overlay(images[i], result.heatmaps[i], scale))
         zoom = max(1, 256 // max(h, w))  # small images enlarged, with their aspect ratio
         panel.resize((w * zoom, h * zoom), Image.NEAREST).save(
-            os.path.join(out, os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"))
+            os.path.join(out, stem + "_heatmap.png"))
+        file_w, file_h = read[i][1]
+        mask_file, count = "", ""
+        if pixel is not None:  # the predicted defect at the file's size, and its regions
+          at_file = maps.resize_map(result.heatmaps[i], file_h, file_w)
+          mask = regions.predicted_mask(at_file, pixel)
+          mask_file = stem + "_mask.png"
+          Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, mask_file))
+          described = regions.regions(at_file, mask, pixel_scale)
+          found.append({"path": p, "width": file_w, "height": file_h, "mask": mask_file,
+                        "regions": described})
+          count = len(described)
+        table.append([p, category, file_w, file_h, f"{result.scores[i]:.8g}", word, normalised,
+                      mask_file, count])
+    files.write_text(os.path.join(out, "scores.csv"), files.csv_text(table))
+    if found:
+      files.write_json(os.path.join(out, "regions.json"),
+                       {"pixel_threshold": pixel, "images": found})
     if result.threshold is not None:
-      console.say(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); heatmaps in "
-                  f"{out}/")
+      console.say(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); scores.csv, "
+                  f"heatmaps{', masks and regions.json' if found else ''} in {out}/")
     return 0
   except (DeployError, OSError, ValueError) as e:
     console.error(str(e), prog="fmjax.deploy")

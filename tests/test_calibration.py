@@ -134,9 +134,17 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
   with open(tmp_path / "eval" / "scores.csv") as f:
     rows = list(csv.DictReader(f))
   for r, img in zip(rows, result.images):
-    t = saved["categories"][r["category"]]["image"]["0.5"]["threshold"]
+    entry = saved["categories"][r["category"]]
+    t = entry["image"]["0.5"]["threshold"]
     expected = "anomalous" if img.score > t else "normal"
     assert r["calibrated_decision"] == img.calibrated_decision == expected
+    # The normalised score: 0 at the lowest held-out score, 0.5 at the threshold, clipped.
+    low = entry["image_low"]
+    assert low == pytest.approx(min(scores[dataset.val_classes == dataset.class_names.index(
+        r["category"])]), rel=1e-6)
+    normalised = min(max(0.5 * (img.score - low) / (t - low), 0.0), 1.0)
+    assert float(r["normalised_score"]) == pytest.approx(normalised, abs=1e-5)
+    assert (float(r["normalised_score"]) > 0.5) == (expected == "anomalous")
   assert "Decisions without test labels" in (tmp_path / "eval" / "metrics.md").read_text()
 
   # Score mode decides with the calibrated threshold of the first rate (strictly above it).
@@ -149,6 +157,29 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
                        str(tmp_path), "score")
   t = saved["categories"]["weave"]["image"]["0.5"]["threshold"]
   assert scored["threshold"] == t and scored["threshold_kind"].startswith("calibrated")
+  low = saved["categories"]["weave"]["image_low"]
+  for row in scored["images"]:
+    assert row["normalised_score"] == pytest.approx(
+        min(max(0.5 * (row["score"] - low) / (t - low), 0.0), 1.0), abs=1e-9)
+  # Masks and regions: the pixels of each map above the calibrated pixel threshold.
+  (out_dir,) = (tmp_path / "scores").iterdir()
+  with open(out_dir / "scores.csv") as f:
+    table = list(csv.DictReader(f))
+  pixel_t = saved["categories"]["weave"]["pixel"]["0.5"]["threshold"]
+  described = json.loads((out_dir / "regions.json").read_text())
+  assert described["pixel_threshold"] == pixel_t
+  heat_new, _, _ = session.score(dataset.test_images[:4], np.zeros(4, int))
+  for i, (row, entry) in enumerate(zip(table, described["images"])):
+    assert (int(row["width"]), int(row["height"])) == (16, 16) and row["mask"] == entry["mask"]
+    mask = np.asarray(Image.open(out_dir / row["mask"]))
+    np.testing.assert_array_equal(mask, np.where(heat_new[i] > pixel_t, 255, 0))
+    assert int(row["num_regions"]) == len(entry["regions"])
+    assert sum(r["area"] for r in entry["regions"]) == int((heat_new[i] > pixel_t).sum())
+  keen = fm_main.run(tiny_config(**{"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5",
+                                    "data.score_dir": str(folder), "data.score_category": "weave",
+                                    "evaluate.sensitivity": 0.9}), str(tmp_path), "score")
+  assert keen["threshold"] == pytest.approx(low + 0.2 * (t - low))
+  assert [r["score"] for r in keen["images"]] == [r["score"] for r in scored["images"]]
 
   # A calibration for another held-out split is refused, and so is one with nothing held out.
   with pytest.raises(CheckpointMismatchError, match="val_fraction=0.25"):

@@ -88,6 +88,23 @@ def test_fullres_bottle_resizes_to_the_shipped_copies(shared_data):
       assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 8, big
 
 
+def test_native_magnetic_tiles_squashed_are_the_shipped_128_copy(shared_data):
+  """configs/mtd_native.py:squashed reads mtd_native at data.resize=square: the same pixels as
+  mtd (every 7th file of each folder, images and masks)."""
+  native, copy = shared_data / "mtd_native" / "magnetic_tile", shared_data / "mtd" / "magnetic_tile"
+  files = sorted(os.path.join(d, f) for d, _, names in os.walk(native) for f in names
+                 if f.endswith((".jpg", ".png")))[::7]
+  assert len(files) > 200
+  for path in files:
+    rel = os.path.relpath(path, native)
+    twin = os.path.join(copy, os.path.splitext(rel)[0] + ".png")
+    if "ground_truth" in rel:
+      np.testing.assert_array_equal(read_mask(path, 128), read_mask(twin, 128), err_msg=rel)
+    else:
+      np.testing.assert_array_equal(read_image(path, 128, "square"), read_image(twin, 128),
+                                    err_msg=rel)
+
+
 def test_real_images_only_needs_the_switch(shared_data):
   with pytest.raises(FileNotFoundError, match="image_level_only"):
     load_folder_dataset(str(shared_data / "mvtec_images_only"), ["transistor"], 32)

@@ -1,5 +1,6 @@
 """The exported scorer: equal to in-process scoring, free of Flax and the checkpoint, clear refusals."""
 
+import csv
 import json
 import os
 import shutil
@@ -50,6 +51,8 @@ def test_exported_scores_equal_in_process_scoring(exported):
     expected = [i["calibrated_decision"] == "anomalous"
                 for i, s in zip(metrics["images"], sel) if s]
     assert out.decisions.tolist() == expected
+    normalised = [i["normalised_score"] for i, s in zip(metrics["images"], sel) if s]
+    np.testing.assert_allclose(out.normalised, normalised, atol=1e-5)  # carried in the export
   # Any batch size: one image, and an odd count.
   one = scorer(dataset.test_images[:1], "weave")
   np.testing.assert_allclose(one.scores, scores[:1], rtol=1e-5)
@@ -128,12 +131,29 @@ def test_deploy_command_prints_scores_and_writes_heatmaps(exported, tmp_path):
   lines = [l.split("\t") for l in out.stdout.splitlines() if not l.startswith("#")]
   expected = deploy.load(str(path))(dataset.test_images[:3], "weave")
   assert [os.path.basename(p) for p, *_ in lines] == ["part0.png", "part1.png", "part2.png"]
-  for (_, said, size), score, flag in zip(lines, expected.scores, expected.decisions):
-    value, decision = said.split()
+  for (_, said, size), score, flag, normalised in zip(lines, expected.scores, expected.decisions,
+                                                     expected.normalised):
+    value, decision, shown = said.split()
     assert size == "16x16"
     assert float(value) == pytest.approx(float(score), rel=1e-5)
     assert decision == ("anomalous" if flag else "normal")
-  assert sorted(os.listdir(tmp_path / "maps")) == [f"part{i}_heatmap.png" for i in range(3)]
+    assert float(shown) == pytest.approx(normalised, abs=1e-5)
+  maps = tmp_path / "maps"
+  assert sorted(os.listdir(maps)) == sorted(
+      [f"part{i}_{kind}.png" for i in range(3) for kind in ("heatmap", "mask")] +
+      ["regions.json", "scores.csv"])
+  # Masks: the pixels above the exported pixel threshold; regions.json and scores.csv link them.
+  pixel = json.loads((path / "manifest.json").read_text())["thresholds"]["weave"]["pixel"]
+  described = json.loads((maps / "regions.json").read_text())["images"]
+  with open(maps / "scores.csv") as f:
+    table = list(csv.DictReader(f))
+  for i, (row, entry) in enumerate(zip(table, described)):
+    mask = np.asarray(Image.open(maps / row["mask"]))
+    np.testing.assert_array_equal(mask, np.where(expected.heatmaps[i] > pixel, 255, 0))
+    assert row["mask"] == entry["mask"] == f"part{i}_mask.png"
+    assert int(row["num_regions"]) == len(entry["regions"])
+    assert sum(r["area"] for r in entry["regions"]) == int((mask > 0).sum())
+    assert float(row["score"]) == pytest.approx(float(expected.scores[i]), rel=1e-6)
   bad = run(str(path), str(tmp_path / "missing"))
   assert bad.returncode == 1 and "neither an image file nor a folder" in bad.stderr
 

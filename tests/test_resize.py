@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from fmjax import configlib
 from fmjax import main as fm_main
@@ -16,6 +17,9 @@ from fmjax.core.errors import ConfigError
 from fmjax.data import load_dataset
 from fmjax.data import pipeline
 from fmjax.data.decode import parse_resize, resized_size
+from fmjax.report.metrics import compute_metrics
+from fmjax.score import maps
+from fmjax.score.session import ScoringSession
 from fmjax.train import loop as train
 
 from conftest import REPO, tiny_config
@@ -161,3 +165,36 @@ def test_bad_crops_and_resizes_are_one_fmjax_line(folder, tmp_path, overrides, m
   text = "\n".join(err)  # one line, or a config's list of problems under one "fmjax: error:"
   assert code == 1 and err[0].startswith("fmjax: error: ") and "Traceback" not in text, err
   assert message in text, err
+
+
+@pytest.mark.parametrize("height,width", [(25, 31), (33, 18), (16, 40), (64, 64)])
+def test_a_map_is_enlarged_as_scipy_zooms_it(height, width):
+  heatmap = np.random.default_rng(height).random((16, 16)).astype(np.float32)
+  oracle = ndimage.zoom(heatmap.astype(np.float64), (height / 16, width / 16), order=1,
+                        grid_mode=True, mode="nearest")  # half-pixel centres, edges held
+  np.testing.assert_allclose(maps.resize_map(heatmap, height, width), oracle, atol=1e-6)
+
+
+def test_pixel_metrics_at_native_size_compare_enlarged_maps_with_the_files_masks(folder, tmp_path):
+  """A squashed (16x16) run measured at the files' sizes: the image metrics are the scored
+  run's, and the pixel metrics are those of each map enlarged to its file's size against the
+  masks read at that size (the native dataset's masks)."""
+  config = _config(folder, **{"data.resize": "square", "data.crop_size": 0, "train.num_steps": 2})
+  fm_main.run(config, str(tmp_path), "train")
+  scored = fm_main.run(config, str(tmp_path), "evaluate")
+  config.evaluate.pixel_metrics_at = "native"
+  native = fm_main.run(config, str(tmp_path), "evaluate")
+  assert native.pooled.image_auroc == scored.pooled.image_auroc
+  dataset = load_dataset(config.data)
+  heatmaps, scores, _ = ScoringSession.load(config, str(tmp_path)).score_split(dataset, "test")
+  assert heatmaps.shape[1:] == (16, 16)
+  native_masks = load_dataset(_config(folder).data).test_masks
+  enlarged = [ndimage.zoom(m.astype(np.float64), (mask.shape[0] / 16, mask.shape[1] / 16), order=1,
+                           grid_mode=True, mode="nearest").astype(np.float32)
+              for m, mask in zip(heatmaps, native_masks)]
+  expected = compute_metrics(scores, dataset.test_labels, enlarged, list(native_masks))
+  for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"):
+    np.testing.assert_allclose(getattr(native.pooled, key), expected[key], atol=1e-4)
+  assert native.pooled.pixel_auroc != scored.pooled.pixel_auroc
+  assert (native.settings.pixel_metrics_at, scored.settings.pixel_metrics_at) == ("native", "scored")
+  assert "each test file's own size" in (tmp_path / "eval" / "metrics.md").read_text()

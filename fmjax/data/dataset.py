@@ -36,6 +36,11 @@ class AnomalyDataset:
   val_images: np.ndarray | None = None  # uint8 [V,H,W,3]
   val_classes: np.ndarray | None = None  # [V]
   val_paths: list[str] | None = None
+  # Each test image's file: its (height, width) before `data.resize`, and its mask file (None
+  # for normal images); None for data that was not read from files (`--config.evaluate.
+  # pixel_metrics_at=native` needs them).
+  test_file_sizes: list[tuple[int, int]] | None = None
+  test_mask_paths: list[str | None] | None = None
 
   def __post_init__(self):
     n, m = len(self.train_images), len(self.test_images)
@@ -46,8 +51,9 @@ class AnomalyDataset:
     checks = [(self.train_classes, n, "train_classes"), (self.test_classes, m, "test_classes"),
               (self.test_labels, m, "test_labels"), (self.test_defects, m, "test_defects"),
               (self.test_paths, m, "test_paths")]
-    if self.test_masks is not None:
-      checks.append((self.test_masks, m, "test_masks"))
+    for name in ("test_masks", "test_file_sizes", "test_mask_paths"):
+      if getattr(self, name) is not None:
+        checks.append((getattr(self, name), m, name))
     for arr, size, what in checks:
       if len(arr) != size:
         raise ValueError(f"{what} has {len(arr)} entries for {size} images.")

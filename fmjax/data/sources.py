@@ -167,9 +167,10 @@ class _Decode(grain.transforms.Map):
     self.size, self.with_masks, self.resize = image_size, with_masks, resize
 
   def map(self, sample: Sample) -> dict:
-    out = {"image": None, "mask": None, "error": None, "warnings": []}
+    out = {"image": None, "mask": None, "error": None, "warnings": [], "file_size": None}
     try:
       out["image"], original_wh = read_image_and_size(sample.path, self.size, self.resize)
+      out["file_size"] = (int(original_wh[1]), int(original_wh[0]))
       if self.with_masks and sample.split == "test":
         if sample.mask is None:
           out["mask"] = np.zeros(out["image"].shape[:2], np.uint8)
@@ -225,7 +226,9 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
       test_labels=np.asarray([s.label for s, _ in test], np.int32),
       test_masks=stack_images([d["mask"] for _, d in test]) if with_masks else None,
       test_defects=[s.defect for s, _ in test], test_paths=[s.path for s, _ in test],
-      train_paths=[s.path for s, _ in train])
+      train_paths=[s.path for s, _ in train],
+      test_file_sizes=[d["file_size"] for _, d in test],
+      test_mask_paths=[s.mask for s, _ in test] if with_masks else None)
 
 
 def folder_images(folder: str) -> list[str]:
@@ -243,6 +246,7 @@ def folder_images(folder: str) -> list[str]:
 class DecodedImages:
   array: np.ndarray  # uint8 [n_ok,H,W,3], or an object array of [H_i,W_i,3] (many sizes)
   ok: list[bool]  # per input path: decoded (False only with skip_corrupt)
+  file_sizes: list[tuple[int, int]] | None = None  # (height, width) of each decoded file
 
 
 def read_images(paths: list[str], image_size: int, skip_corrupt: bool = False,
@@ -253,4 +257,5 @@ def read_images(paths: list[str], image_size: int, skip_corrupt: bool = False,
   ok = [not d["error"] for d in decoded]
   if not any(ok):
     raise CorruptImageError(f"None of the {len(paths)} files could be decoded.")
-  return DecodedImages(stack_images([d["image"] for d in decoded if not d["error"]]), ok)
+  return DecodedImages(stack_images([d["image"] for d in decoded if not d["error"]]), ok,
+                       [d["file_size"] for d in decoded if not d["error"]])

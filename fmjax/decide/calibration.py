@@ -9,7 +9,8 @@ r * n < 1 (too few held-out images for the asked rate) k = 0: the threshold is t
 held-out score, the most conservative choice, and the result says the rate is not resolved.
 
   <workdir>/calibration.json   settings (checkpoint, scorer, seed, val_fraction), the rates,
-                               and per category: n held out, image and pixel thresholds per rate;
+                               and per category: n held out, image and pixel thresholds per rate,
+                               the lowest held-out image score and pixel (normalised scores' 0);
                                with evaluate.cascade.enabled, the cascade's bands
 
 `Calibration` is that file as a record (`to_json`/`from_json`; `save` and `load` are the only
@@ -29,6 +30,7 @@ import numpy as np
 from fmjax.core import files, ragged
 from fmjax.core.records import Fields, read_json_file
 from fmjax.core.settings import parse_list
+from fmjax.decide import normalize
 
 FILE = "calibration.json"
 FIX = "run --mode=calibrate to write it again"
@@ -98,11 +100,15 @@ def flagged(scores, threshold: float, strict: bool = True) -> np.ndarray:
 class Decision:
   """How scores become decisions: a threshold, what kind it is (for people), and its rule:
   `strict` (calibrated: flagged above it) or not (F1-optimal: flagged at or above it).
-  `pixel_threshold` marks the pixels of a predicted defect (NaN: none)."""
+  `pixel_threshold` marks the pixels of a predicted defect (NaN: none). A calibrated rule
+  also has the normalised-score maps of both levels (`fmjax.decide.normalize`), whose
+  decision thresholds are `threshold` and `pixel_threshold`."""
   threshold: float
   kind: str
   strict: bool
   pixel_threshold: float = float("nan")
+  image_scale: normalize.ScoreScale | None = None
+  pixel_scale: normalize.ScoreScale | None = None
 
   @property
   def known(self) -> bool:
@@ -111,6 +117,10 @@ class Decision:
   def flags(self, scores) -> np.ndarray:
     return flagged(scores, self.threshold, self.strict)
 
+  def normalised(self, scores) -> np.ndarray | None:
+    """Image scores in [0, 1] (0.5: the threshold), or None without a calibrated scale."""
+    return None if self.image_scale is None else self.image_scale(scores)
+
 
 @dataclasses.dataclass(frozen=True)
 class CategoryCalibration:
@@ -118,11 +128,18 @@ class CategoryCalibration:
   num_held_out: int  # V: held-out normal images
   image: dict[str, RateThreshold]  # over the V image scores
   pixel: dict[str, RateThreshold]  # over the V*H*W heatmap pixels
+  # The lowest held-out image score and heatmap pixel: where normalised scores are 0
+  # (`fmjax.decide.normalize`); None in files written before they were recorded.
+  image_low: float | None = None
+  pixel_low: float | None = None
 
   def to_json(self) -> dict:
-    return {"num_held_out": self.num_held_out,
-            "image": {k: t.to_json() for k, t in self.image.items()},
-            "pixel": {k: t.to_json() for k, t in self.pixel.items()}}
+    out = {"num_held_out": self.num_held_out,
+           "image": {k: t.to_json() for k, t in self.image.items()},
+           "pixel": {k: t.to_json() for k, t in self.pixel.items()}}
+    if self.image_low is not None:
+      out.update(image_low=self.image_low, pixel_low=self.pixel_low)
+    return out
 
   @classmethod
   def from_fields(cls, f: Fields, rates) -> "CategoryCalibration":
@@ -131,14 +148,18 @@ class CategoryCalibration:
       for rate in rates:  # every calibrated rate has a threshold at both levels
         f.fields(level).value(rate_key(rate))  # raises "has no ...[level][rate]" if absent
       levels[level] = {k: RateThreshold.from_fields(e) for k, e in f.each(level).items()}
-    return cls(f.integer("num_held_out"), levels["image"], levels["pixel"])
+    lows = [f.number(k) if f.has(k) else None for k in ("image_low", "pixel_low")]
+    return cls(f.integer("num_held_out"), levels["image"], levels["pixel"], *lows)
 
 
 def calibrate_category(image_scores: np.ndarray, heatmaps: np.ndarray, rates) -> CategoryCalibration:
-  """One category's thresholds from its held-out image scores [V] and heatmaps [V,H,W]."""
+  """One category's thresholds from its held-out image scores [V] and heatmaps [V,H,W], and
+  their minima (the normalised scores' zero)."""
   return CategoryCalibration(num_held_out=int(len(image_scores)),
                              image={rate_key(r): threshold_at(image_scores, r) for r in rates},
-                             pixel={rate_key(r): threshold_at(heatmaps, r) for r in rates})
+                             pixel={rate_key(r): threshold_at(heatmaps, r) for r in rates},
+                             image_low=float(np.min(image_scores)),
+                             pixel_low=float(np.min(ragged.pixels(heatmaps))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +212,17 @@ class Calibration:
     entry = self.categories.get(category)
     found = None if entry is None else getattr(entry, level).get(rate_key(rate))
     return float("nan") if found is None else float(found.threshold)
+
+  def scale(self, category: str, level: str = "image",
+            sensitivity: float = normalize.DEFAULT_SENSITIVITY) -> normalize.ScoreScale | None:
+    """The category's normalised-score map at `level` ("image" or "pixel"): 0 at the lowest
+    held-out score, 0.5 at the first rate's threshold shifted by `sensitivity`; None when the
+    category is not calibrated or the file predates the recorded minima."""
+    entry = self.categories.get(category)
+    low = None if entry is None else getattr(entry, f"{level}_low")
+    if low is None:
+      return None
+    return normalize.ScoreScale(low, self.threshold(category, level=level), sensitivity)
 
   def to_json(self) -> dict:
     """The JSON object of calibration.json."""

@@ -19,7 +19,7 @@ from fmjax.core import console, files
 from fmjax.core.errors import CheckpointMismatchError, ConfigError
 from fmjax.core.records import Fields, read_json_file
 from fmjax.data import AnomalyDataset, load_dataset
-from fmjax.decide import calibration, cascade
+from fmjax.decide import calibration, cascade, normalize
 from fmjax.score.scoring import CALIBRATION_KEYS, THRESHOLD_KEYS
 from fmjax.score.session import ScoringSession
 from fmjax.train.restore import saved_meta
@@ -172,16 +172,28 @@ def cascade_scores(session: ScoringSession, workdir: str, images: np.ndarray,
   return heatmaps, scores, flags, setting, len(images) / max(time.time() - t0, 1e-9)
 
 
-def decision_rule(workdir: str, category: str, current: dict) -> calibration.Decision:
+def decision_rule(workdir: str, category: str, current: dict,
+                  sensitivity: float = normalize.DEFAULT_SENSITIVITY) -> calibration.Decision:
   """How new images of `category` are decided: at the threshold calibrated on held-out normals
-  (the first calibrated rate; flagged when the score is above it) when <workdir>/calibration.json
-  matches the scorer; else at the F1-optimal threshold of an earlier evaluation (tuned on test
-  labels, flagged at or above it), with a warning; else undecided."""
+  (the first calibrated rate, moved by `sensitivity`; flagged when the score is above it, i.e.
+  the normalised score above 0.5) when <workdir>/calibration.json matches the scorer; else at
+  the F1-optimal threshold of an earlier evaluation (tuned on test labels, flagged at or above
+  it), with a warning; else undecided."""
   cal, why = calibration.load(workdir, current, CALIBRATION_KEYS)
   if cal is not None and category in cal.categories:
-    return calibration.Decision(
-        cal.threshold(category), f"calibrated ({calibration.rate_key(cal.rates[0])} false alarms)",
-        strict=True, pixel_threshold=cal.threshold(category, level="pixel"))
+    image, pixel = (cal.scale(category, level, sensitivity) for level in ("image", "pixel"))
+    kind = f"calibrated ({calibration.rate_key(cal.rates[0])} false alarms)"
+    if image is None:  # a calibration.json from before the minima were recorded
+      if sensitivity != normalize.DEFAULT_SENSITIVITY:
+        raise ConfigError(f"evaluate.sensitivity={sensitivity} needs the held-out minima that "
+                          f"{workdir}/calibration.json predates: run --mode=calibrate again.")
+      return calibration.Decision(cal.threshold(category), kind, strict=True,
+                                  pixel_threshold=cal.threshold(category, level="pixel"))
+    if sensitivity != normalize.DEFAULT_SENSITIVITY:
+      kind += f", sensitivity {sensitivity:g}"
+    return calibration.Decision(image.decision_threshold, kind, strict=True,
+                                pixel_threshold=pixel.decision_threshold, image_scale=image,
+                                pixel_scale=pixel)
   threshold = stored_threshold(workdir, category, current)
   if np.isfinite(threshold):
     console.warn(f"no calibrated threshold ({why}): deciding at the F1-optimal threshold of "

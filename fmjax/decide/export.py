@@ -12,7 +12,9 @@
     manifest.json   image size, tile, stride and smoothing, class names and labels, method
                     and options, checkpoint step,
                     platforms, and per category the decision threshold (calibrated on held-out
-                    normals when available, else the F1-optimal one of the last evaluation)
+                    normals when available, moved by evaluate.sensitivity, else the F1-optimal
+                    one of the last evaluation) and, when calibrated, the normalised-score
+                    maps of images and pixels (`fmjax.decide.normalize.ScoreScale.to_json`)
 
 `fmjax.deploy.load` reads it with jax and numpy only (no Flax, no model code, no checkpoint).
 """
@@ -103,11 +105,13 @@ def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str
   settings = session.settings()
   thresholds = {}
   for name in class_names:
-    rule = decisions.decision_rule(workdir, name, settings)
+    rule = decisions.decision_rule(workdir, name, settings, ec.sensitivity)
     thresholds[name] = {"image": rule.threshold if rule.known else None, "kind": rule.kind,
                         "strict": rule.strict,
                         "pixel": float(rule.pixel_threshold) if np.isfinite(rule.pixel_threshold)
-                        else None}
+                        else None,
+                        "image_scale": rule.image_scale and rule.image_scale.to_json(),
+                        "pixel_scale": rule.pixel_scale and rule.pixel_scale.to_json()}
   return {
       "format_version": FORMAT_VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -1,10 +1,12 @@
-"""The decision sections of the config: calibrate.*, export.* and evaluate.cascade.*."""
+"""The decision sections of the config: calibrate.*, export.*, evaluate.cascade.* and
+evaluate.sensitivity."""
 
 from __future__ import annotations
 
 from fmjax import methods
 from fmjax.core.settings import parse_errors, parse_list, rule_errors
 from fmjax.decide.calibration import parse_rates
+from fmjax.decide.normalize import sensitivity_errors
 
 EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -23,7 +25,8 @@ def _platform(text) -> str:
 
 
 def config_errors(config) -> list[str]:
-  """What is wrong with the false-alarm rates, the export platforms and the cascade."""
+  """What is wrong with the false-alarm rates, the export platforms, the cascade and the
+  sensitivity."""
   cc, method = config.evaluate.cascade, config.evaluate.method
   errors = parse_errors(lambda: parse_rates(config.calibrate.false_alarm_rates),
                         lambda: export_platforms(config.export.platforms))
@@ -31,6 +34,10 @@ def config_errors(config) -> list[str]:
       ("evaluate.cascade.num_seeds", cc.num_seeds, cc.num_seeds >= 1, ">= 1"),
       ("evaluate.cascade.num_times", cc.num_times, cc.num_times >= 1, ">= 1"),
       ("evaluate.cascade.margin", cc.margin, cc.margin >= 0, ">= 0")])
+  errors += sensitivity_errors(config.evaluate.sensitivity)
+  if cc.enabled and not errors and float(config.evaluate.sensitivity) != 0.5:
+    errors.append("evaluate.cascade's band is calibrated around the unmoved threshold: use "
+                  "evaluate.sensitivity=0.5 with it")
   if cc.enabled and method in methods.SCORERS and not methods.scorer(method).uses:
     errors.append(f"evaluate.cascade needs a method with K or T to make cheaper; {method} has "
                   "neither")

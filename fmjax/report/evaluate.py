@@ -15,28 +15,48 @@ import os
 
 import numpy as np
 
-from fmjax.core import console
+from fmjax.core import console, ragged
 from fmjax.core.errors import ConfigError
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
 from fmjax.data import AnomalyDataset, load_dataset
+from fmjax.data.decode import read_mask
 from fmjax.data.sources import folder_images, read_images
 from fmjax.decide import calibration, cascade, decisions
 from fmjax.report import writer as report
 from fmjax.report.metrics import compute_metrics, mean_over_categories
 from fmjax.report.records import EvalSettings, Evaluation, ImageResult, Metrics
+from fmjax.score import maps
 from fmjax.score.scoring import CALIBRATION_KEYS
 from fmjax.score.session import ScoringSession
 
 
-def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray) -> dict:
-  """{category: compute_metrics(...)} over each category's test images."""
+def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray,
+                         masks: np.ndarray | None = None) -> dict:
+  """{category: compute_metrics(...)} over each category's test images (`masks`: the
+  dataset's test masks unless given, e.g. at the files' sizes)."""
+  masks = dataset.test_masks if masks is None else masks
   out = {}
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.test_classes == ci
     out[name] = compute_metrics(scores[sel], dataset.test_labels[sel], heatmaps[sel],
-                                None if dataset.test_masks is None else dataset.test_masks[sel])
+                                None if masks is None else masks[sel])
   return out
+
+
+def at_file_size(dataset: AnomalyDataset, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(heatmaps, masks) at each test file's own size, for `evaluate.pixel_metrics_at=native`:
+  every heatmap resized with `maps.resize_map` (the images' bilinear filter) and every mask
+  read again from its file at that size (normal images: zeros). Object arrays of [H_i,W_i]."""
+  if dataset.test_file_sizes is None or dataset.test_mask_paths is None:
+    raise ConfigError(f"evaluate.pixel_metrics_at=native needs the test images' files, but "
+                      f"dataset {dataset.name!r} was not read from files; use scored.")
+  out_maps, out_masks = [], []
+  for heatmap, (h, w), mask_path in zip(heatmaps, dataset.test_file_sizes, dataset.test_mask_paths):
+    out_maps.append(maps.resize_map(heatmap, h, w))
+    out_masks.append(np.zeros((h, w), np.uint8) if mask_path is None else
+                     read_mask(mask_path, 0, (w, h), resize="native"))
+  return ragged.stack(out_maps), ragged.stack(out_masks)
 
 
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
@@ -57,12 +77,16 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   if not console.is_main_process():
     return None
 
-  overall = compute_metrics(scores, dataset.test_labels, heatmaps, dataset.test_masks,
+  ec = config.evaluate
+  pixel_maps, pixel_masks, pixels_at = heatmaps, dataset.test_masks, "scored"
+  if ec.pixel_metrics_at == "native" and dataset.test_masks is not None:
+    pixel_maps, pixel_masks = at_file_size(dataset, heatmaps)
+    pixels_at = "native"
+  overall = compute_metrics(scores, dataset.test_labels, pixel_maps, pixel_masks,
                             with_curves=True)
   curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
-  per_category = {n: Metrics.from_dict(m)
-                  for n, m in metrics_per_category(dataset, scores, heatmaps).items()}
-  ec = config.evaluate
+  per_category = {n: Metrics.from_dict(m) for n, m in metrics_per_category(
+      dataset, scores, pixel_maps, pixel_masks).items()}
   outcomes = None
   if calibrated is not None:
     outcomes = decisions.calibrated_results(
@@ -75,8 +99,10 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
       per_category=per_category,
       settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
                             images_per_s=images_per_s, num_test_images=int(len(scores)),
-                            batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size)),
-      images=_image_results(dataset, scores, outcomes), cascade=cascaded, calibrated=outcomes)
+                            batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size),
+                            pixel_metrics_at=pixels_at),
+      images=_image_results(dataset, scores, outcomes, calibrated, ec.sensitivity),
+      cascade=cascaded, calibrated=outcomes)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()
@@ -105,30 +131,38 @@ def _cascade(config, session: ScoringSession, dataset: AnomalyDataset, calibrate
   return decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
 
 
-def _image_results(dataset: AnomalyDataset, scores: np.ndarray, outcomes) -> tuple:
+def _image_results(dataset: AnomalyDataset, scores: np.ndarray, outcomes,
+                   calibrated: calibration.Calibration | None, sensitivity: float) -> tuple:
   """One ImageResult per test image: path, category, label, score, size, and its decision at
-  the category's first calibrated threshold (None without calibration)."""
+  the category's first calibrated threshold moved by `sensitivity` with its normalised score
+  (None without calibration)."""
   images = []
   for path, c, defect, label, score, image in zip(dataset.test_paths, dataset.test_classes,
                                                   dataset.test_defects, dataset.test_labels, scores,
                                                   dataset.test_images):
     category = dataset.class_names[c]
+    scale = None if calibrated is None else calibrated.scale(category, "image", sensitivity)
     threshold = None if outcomes is None else outcomes.first_threshold(category)
+    if scale is not None:
+      threshold = scale.decision_threshold
     decision = None if threshold is None else (
         "anomalous" if calibration.flagged(float(score), threshold) else "normal")
     images.append(ImageResult(path=path, category=category, defect=defect, label=int(label),
                               score=float(score), calibrated_decision=decision,
-                              width=int(image.shape[1]), height=int(image.shape[0])))
+                              width=int(image.shape[1]), height=int(image.shape[0]),
+                              normalised_score=None if scale is None else float(scale(score))))
   return tuple(images)
 
 
 def score_folder(config, workdir: str) -> dict:
   """Scores every image under `data.score_dir` (no labels, no masks) with the workdir's model.
 
-  Writes <workdir>/scores/<folder name>-<hash of its path>/scores.csv (path, score, and the
-  decision at the category's F1-optimal threshold from <workdir>/eval/metrics.json when that
-  evaluation used this checkpoint and scorer) and one heatmap panel per image. Folders
-  never share an output folder; scoring the same folder again replaces its outputs.
+  Writes <workdir>/scores/<folder name>-<hash of its path>/scores.csv (path, score, the
+  decision at the category's calibrated threshold, or else at the F1-optimal threshold from
+  <workdir>/eval/metrics.json when that evaluation used this checkpoint and scorer, and the
+  normalised score), one heatmap panel per image and, with a calibrated pixel threshold, each
+  image's predicted-defect mask at its file's size and its regions (`report.write_unlabeled_report`).
+  Folders never share an output folder; scoring the same folder again replaces its outputs.
   """
   folder = config.data.score_dir
   if not folder:
@@ -147,7 +181,8 @@ def score_folder(config, workdir: str) -> dict:
   paths = [p for p, ok in zip(paths, images.ok) if ok]
   classes = np.full(len(paths), class_names.index(category) if category in class_names else 0)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
-  decision = decisions.decision_rule(workdir, category, session.settings())
+  decision = decisions.decision_rule(workdir, category, session.settings(),
+                                     config.evaluate.sensitivity)
   if config.evaluate.cascade.enabled:
     heatmaps, scores, flags, setting, images_per_s = decisions.cascade_scores(
         session, workdir, images.array, classes, category, trace)
@@ -158,8 +193,12 @@ def score_folder(config, workdir: str) -> dict:
       scores = fit.get(category, next(iter(fit.values())))(heatmaps)
     flags = decision.flags(scores) if decision.known else None
     setting = ["full"] * len(paths)
-  rows = [{"path": p, "category": category, "score": float(s), "scored_with": w}
-          for p, s, w in zip(paths, scores, setting)]
+  normalised = decision.normalised(scores)
+  rows = [{"path": p, "category": category, "score": float(s), "scored_with": w,
+           "normalised_score": None if normalised is None else float(normalised[i])}
+          for i, (p, s, w) in enumerate(zip(paths, scores, setting))]
+  for row, (h, w) in zip(rows, images.file_sizes):
+    row["width"], row["height"] = w, h
   if console.is_main_process():
     report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, decision, flags)
     if flags is not None:

@@ -76,12 +76,15 @@ class EvalSettings:
   num_test_images: int
   batch_size: int
   num_devices: int
+  pixel_metrics_at: str = "scored"  # or "native": maps enlarged to their files' sizes
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out["categories"] = list(self.categories)
     if self.val_fraction is None:
       del out["val_fraction"]
+    if self.pixel_metrics_at == "scored":  # as evaluations written before it was recorded
+      del out["pixel_metrics_at"]
     return out
 
   @classmethod
@@ -92,14 +95,18 @@ class EvalSettings:
                seed=f.integer("seed"), val_fraction=f.optional_number("val_fraction"),
                images_per_s=f.number("images_per_s", nullable=True),
                num_test_images=f.integer("num_test_images"), batch_size=f.integer("batch_size"),
-               num_devices=f.integer("num_devices"))
+               num_devices=f.integer("num_devices"),
+               pixel_metrics_at=f.string("pixel_metrics_at") if f.has("pixel_metrics_at")
+               else "scored")
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
   """One test image: its label (1 = anomalous), image score, the size it was scored at (pixels;
   0 in evaluations from before sizes were recorded) and, when calibrated, the decision at the
-  first calibrated rate ("anomalous" or "normal"; None: its category has no calibration)."""
+  first calibrated rate moved by evaluate.sensitivity ("anomalous" or "normal"; None: its
+  category has no calibration) with the normalised score (`fmjax.decide.normalize`, in [0, 1],
+  0.5 at that threshold; None without calibrated minima)."""
   path: str
   category: str
   defect: str
@@ -108,11 +115,13 @@ class ImageResult:
   calibrated_decision: str | None = None
   width: int = 0
   height: int = 0
+  normalised_score: float | None = None
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    if self.calibrated_decision is None:
-      del out["calibrated_decision"]
+    for key in ("calibrated_decision", "normalised_score"):
+      if out[key] is None:
+        del out[key]
     if not self.width:  # an evaluation from before sizes were recorded reads back as it was
       del out["width"], out["height"]
     return out
@@ -122,7 +131,8 @@ class ImageResult:
     size = {k: f.integer(k) for k in ("width", "height") if f.has(k)}
     return cls(f.string("path"), f.string("category"), f.string("defect"), f.integer("label"),
                f.number("score", nullable=True),
-               f.string("calibrated_decision") if f.has("calibrated_decision") else None, **size)
+               f.string("calibrated_decision") if f.has("calibrated_decision") else None, **size,
+               normalised_score=f.number("normalised_score") if f.has("normalised_score") else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,17 +11,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+from PIL import Image
 
-from fmjax.decide import calibration
+from fmjax.decide import calibration, regions
 from fmjax.decide.cascade import CascadeResults
 from fmjax.core import files, plots
 from fmjax.core.records import json_safe  # noqa: F401  (studies write their JSON with it)
 from fmjax import methods
 from fmjax.data import AnomalyDataset
 from fmjax.report.records import EvalSettings, Evaluation, Metrics
+from fmjax.score import maps
 
 # (Metrics attribute, column name) of the tables, in the papers' order.
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
@@ -170,7 +173,10 @@ def metrics_markdown(result: Evaluation) -> str:
       f"Checkpoint step {s.checkpoint_step}; {scorer_settings(s)}; {s.num_test_images} test "
       f"images scored at {s.images_per_s:.2f} images/s.", "",
       "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
-      "Mean = average over categories (the papers' convention).", "",
+      "Mean = average over categories (the papers' convention)." +
+      (" Pixel metrics at each test file's own size: every heatmap enlarged to it (bilinear) "
+       "and compared with the mask as the file has it." if s.pixel_metrics_at == "native" else ""),
+      "",
       metrics_table(result.per_category, result.mean), "",
       f"All test images pooled into one ranking: {overall}.", ""] + ([
       "## Decisions without test labels", "",
@@ -206,8 +212,10 @@ def write_scores_csv(path: str, result: Evaluation) -> None:
   on the test labels, score >= threshold) and, when calibrated, at the first calibrated rate
   (score > threshold)."""
   sized = any(r.width for r in result.images)
+  normalised = any(r.normalised_score is not None for r in result.images)
   rows = [["path", "category", "defect", "label"] + (["width", "height"] if sized else []) +
-          ["score", "threshold", "decision", "calibrated_threshold", "calibrated_decision"]]
+          ["score", "threshold", "decision", "calibrated_threshold", "calibrated_decision"] +
+          (["normalised_score"] if normalised else [])]
   f1_thresholds = result.f1_thresholds()
   for r in result.images:
     t = f1_thresholds[r.category]
@@ -215,7 +223,8 @@ def write_scores_csv(path: str, result: Evaluation) -> None:
     ct = None if result.calibrated is None else result.calibrated.first_threshold(r.category)
     rows.append([r.path, r.category, r.defect, r.label] + ([r.width, r.height] if sized else []) +
                 [f"{r.score:.8g}", f"{t:.8g}", decision, "" if ct is None else f"{ct:.8g}",
-                 r.calibrated_decision or ""])
+                 r.calibrated_decision or ""] +
+                ([_number(r.normalised_score)] if normalised else []))
   files.write_text(path, files.csv_text(rows))
 
 
@@ -336,28 +345,71 @@ def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, hea
 def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
                            heatmaps: np.ndarray, decision: calibration.Decision,
                            flags=None) -> None:
-  """scores.csv (path, category, score, scored_with, threshold, threshold_kind, decision) and
-  a heatmap panel per image, the predicted defect (pixels above the pixel threshold) outlined.
-  `flags` [M] bool are the decisions (None: undecided)."""
+  """scores.csv, a heatmap panel per image (the predicted defect outlined) and, with a pixel
+  threshold, the predicted defects at each file's size: masks/<panel name>_mask.png (0 or 255:
+  pixels above the pixel threshold, of the heatmap enlarged to the file's width x height with
+  `maps.resize_map`) and regions.json ({"images": [{path, width, height, mask, regions}]},
+  `fmjax.decide.regions`). scores.csv has per image: path, category, width, height (the
+  file's), score, scored_with, threshold, threshold_kind, decision, normalised_score (empty
+  without a calibrated scale), mask (its file, relative to `out_dir`) and num_regions.
+  `rows` are dicts with path, category, score and optionally scored_with, normalised_score,
+  width and height (default: the scored image's); `flags` [M] bool are the decisions (None:
+  undecided)."""
   fresh_dir(os.path.join(out_dir, "heatmaps"))
+  fresh_dir(os.path.join(out_dir, "masks"))
   flags = [None] * len(rows) if flags is None else flags
   words = ["" if f is None else ("anomalous" if f else "normal") for f in flags]
-  table = [["path", "category", "score", "scored_with", "threshold", "threshold_kind",
-            "decision"]]
-  for r, word in zip(rows, words):
-    table.append([r["path"], r["category"], f"{r['score']:.8g}", r.get("scored_with", "full"),
-                  f"{decision.threshold:.8g}" if decision.known else "", decision.kind, word])
+  table = [["path", "category", "width", "height", "score", "scored_with", "threshold",
+            "threshold_kind", "decision", "normalised_score", "mask", "num_regions"]]
+  found = []
+  for i, (r, word) in enumerate(zip(rows, words)):
+    h, w = r.get("height", heatmaps[i].shape[0]), r.get("width", heatmaps[i].shape[1])
+    mask_file, count = "", ""
+    if np.isfinite(decision.pixel_threshold):
+      at_file = maps.resize_map(heatmaps[i], h, w)
+      mask = regions.predicted_mask(at_file, decision.pixel_threshold)
+      mask_file = os.path.join("masks", f"{_panel_name(i, r['path'])}_mask.png")
+      files.write_bytes(os.path.join(out_dir, mask_file), _png(mask.astype(np.uint8) * 255))
+      described = regions.regions(at_file, mask, decision.pixel_scale)
+      found.append({"path": r["path"], "width": w, "height": h, "mask": mask_file,
+                    "regions": described})
+      count = len(described)
+    table.append([r["path"], r["category"], w, h, f"{r['score']:.8g}",
+                  r.get("scored_with", "full"),
+                  f"{decision.threshold:.8g}" if decision.known else "", decision.kind, word,
+                  _number(r.get("normalised_score")), mask_file, count])
   files.write_text(os.path.join(out_dir, "scores.csv"), files.csv_text(table))
+  regions_path = os.path.join(out_dir, "regions.json")
+  if found:
+    files.write_json(regions_path, {"pixel_threshold": decision.pixel_threshold, "images": found})
+  elif files.exists(regions_path):
+    files.remove(regions_path)  # no stale regions of an earlier, calibrated scoring
   scales = plots.heat_scales([r["category"] for r in rows], heatmaps)
   pixel = decision.pixel_threshold
   for i, (r, word) in enumerate(zip(rows, words)):
-    stem = safe_name(os.path.splitext(os.path.basename(r["path"]))[0])
     title = (f"{os.path.basename(r['path'])[:40]}: score {r['score']:.4g} "
              f"({word or 'no threshold'})")
     predicted = heatmaps[i] > pixel if np.isfinite(pixel) else None
     plots.save(heatmap_figure(images[i], heatmaps[i], scales[r["category"]], title,
                               predicted=predicted),
-               os.path.join(out_dir, "heatmaps", f"{i:05d}_{stem}.png"))
+               os.path.join(out_dir, "heatmaps", f"{_panel_name(i, r['path'])}.png"))
+
+
+def _panel_name(i: int, path: str) -> str:
+  """<5-digit index>_<the file's stem, made safe>: one image's pictures in a scored folder."""
+  return f"{i:05d}_{safe_name(os.path.splitext(os.path.basename(path))[0])}"
+
+
+def _png(array: np.ndarray) -> bytes:
+  """A uint8 [H,W] array as PNG bytes."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _number(value: float | None) -> str:
+  """A CSV cell: the value to 6 digits, or empty for None."""
+  return "" if value is None else f"{value:.6g}"
 
 
 def safe_name(name: str) -> str:

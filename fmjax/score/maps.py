@@ -1,5 +1,5 @@
 """What happens to a heatmap after the model (numpy and scipy, no JAX): Gaussian smoothing
-(`evaluate.smoothing_sigma`) and the image score.
+(`evaluate.smoothing_sigma`), the image score, and resizing a map to its file's size.
 
 Smoothing is scipy.ndimage.gaussian_filter with its defaults (mode "reflect", truncate 4.0),
 sigma in pixels of the heatmap; it runs before the image score. The image score is Flow
@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import scipy.ndimage
+from PIL import Image
 
 
 def sigma_pixels(eval_config, height: int, width: int) -> float:
@@ -44,3 +45,15 @@ def finish(heatmap: np.ndarray, eval_config) -> tuple[np.ndarray, np.float32]:
   h, w = heatmap.shape
   smoothed = smooth(heatmap, sigma_pixels(eval_config, h, w))
   return smoothed, image_score(smoothed)
+
+
+def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A heatmap [h,w] resized to [height,width] float32 with the images' filter (Pillow's
+  bilinear, antialiased when shrinking; pixel centres at half-integers, so a linear ramp stays
+  the same ramp in the interior). Unchanged when the size is already right."""
+  heatmap = np.asarray(heatmap, np.float32)
+  if heatmap.shape == (height, width):
+    return heatmap
+  resized = Image.fromarray(heatmap, mode="F").resize((width, height), Image.BILINEAR,
+                                                      reducing_gap=None)
+  return np.asarray(resized, np.float32)

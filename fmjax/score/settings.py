@@ -1,5 +1,6 @@
 """The scoring batches, tiles and smoothing of the config (evaluate.batch_size,
-evaluate.max_forward_batch, evaluate.tile_*, evaluate.smoothing_*, evaluate.max_image_pixels;
+evaluate.max_forward_batch, evaluate.tile_*, evaluate.smoothing_*, evaluate.max_image_pixels,
+evaluate.pixel_metrics_at;
 the method and K, T are the methods' check, evaluate.cascade.* the decisions'). No JAX here."""
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def config_errors(config) -> list[str]:
       ("evaluate.batch_size", ec.batch_size, ec.batch_size >= 1, ">= 1"),
       ("evaluate.max_forward_batch", ec.max_forward_batch, ec.max_forward_batch >= 1, ">= 1"),
       ("evaluate.max_image_pixels", ec.max_image_pixels, ec.max_image_pixels >= 0,
-       ">= 0 (0: no limit)")])
+       ">= 0 (0: no limit)"),
+      ("evaluate.pixel_metrics_at", ec.pixel_metrics_at, ec.pixel_metrics_at in ("scored", "native"),
+       "scored or native")])
   errors += tile_errors(ec.tile_size, tile_overlap(ec), model_stride(config.model))
   return errors + smoothing_errors(ec)
