@@ -33,7 +33,7 @@ import numpy as np
 
 from fmjax.core import console, ragged
 from fmjax.core.ids import image_ids
-from fmjax.decide import normalize
+from fmjax.decide import normalize, regions
 from fmjax.score import maps, tiling
 
 
@@ -136,6 +136,18 @@ class Scorer:
     normalised = None if scale is None else normalize.ScoreScale.from_json(scale)(scores)
     return Scored(heatmaps, scores, decisions, float(threshold), t["kind"], normalised)
 
+  def defects(self, heatmap: np.ndarray, category: str, height: int, width: int):
+    """(the predicted-defect mask bool [height,width], its regions) of one heatmap enlarged to
+    its file's size (`maps.resize_map`), at the category's pixel threshold; (None, None)
+    without one (`fmjax.decide.regions`)."""
+    entry = self.manifest["thresholds"].get(category, {})
+    if entry.get("pixel") is None:
+      return None, None
+    scale = entry.get("pixel_scale")
+    at_file = maps.resize_map(heatmap, height, width)
+    mask = regions.predicted_mask(at_file, entry["pixel"])
+    return mask, regions.regions(at_file, mask, scale and normalize.ScoreScale.from_json(scale))
+
   def _score(self, tiles, labels, ids, origins) -> np.ndarray:
     """Heatmaps [n,h,w] of n tiles, padded to a multiple of the devices for the call."""
     n, pad = len(tiles), (-len(tiles)) % len(self._devices)
@@ -204,12 +216,9 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from fmjax.core import files, plots  # matplotlib and numpy
-    from fmjax.decide import regions  # numpy and scipy
     resize = args.resize or scorer.manifest.get("resize", "square")  # as training read them
     category = scorer.resolve_category(args.category)
-    entry = scorer.manifest["thresholds"].get(category, {})
-    pixel = entry.get("pixel")
-    pixel_scale = entry.get("pixel_scale") and normalize.ScoreScale.from_json(entry["pixel_scale"])
+    pixel = scorer.manifest["thresholds"].get(category, {}).get("pixel")
     table = [["path", "category", "width", "height", "score", "decision", "normalised_score",
               "mask", "num_regions"]]
     found = []
@@ -233,12 +242,10 @@ def main(argv=None) -> int:
             os.path.join(out, stem + "_heatmap.png"))
         file_w, file_h = read[i][1]
         mask_file, count = "", ""
-        if pixel is not None:  # the predicted defect at the file's size, and its regions
-          at_file = maps.resize_map(result.heatmaps[i], file_h, file_w)
-          mask = regions.predicted_mask(at_file, pixel)
+        mask, described = scorer.defects(result.heatmaps[i], category, file_h, file_w)
+        if mask is not None:  # the predicted defect at the file's size, and its regions
           mask_file = stem + "_mask.png"
           Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, mask_file))
-          described = regions.regions(at_file, mask, pixel_scale)
           found.append({"path": p, "width": file_w, "height": file_h, "mask": mask_file,
                         "regions": described})
           count = len(described)

@@ -65,13 +65,14 @@ def resized_size(width: int, height: int, image_size: int, rule: str = "square")
   return max(1, int(round(width * f))), max(1, int(round(height * f)))
 
 
-def _open(path: str) -> Image.Image:
+def _open(path, name: str | None = None) -> Image.Image:
+  """The decoded image of a file path (or a binary file object called `name`)."""
   try:
     im = Image.open(path)
     im.load()  # decode now: truncated files fail here, not later
     return im
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise CorruptImageError(f"Cannot decode {path}: {e}") from e
+    raise CorruptImageError(f"Cannot decode {name or path}: {e}") from e
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
@@ -88,11 +89,11 @@ def to_rgb8(im: Image.Image) -> Image.Image:
   return im.convert("RGB")
 
 
-def read_image_and_size(path: str, size: int, resize: str = "square"
+def read_image_and_size(path, size: int, resize: str = "square", name: str | None = None
                         ) -> tuple[np.ndarray, tuple[int, int]]:
-  """An image file -> (uint8 RGB [H,W,3] at `resized_size` (antialiased bilinear), the
-  file's (w, h))."""
-  with _open(path) as im:
+  """An image file (a path, or a binary file object called `name` in messages) -> (uint8 RGB
+  [H,W,3] at `resized_size` (antialiased bilinear), the file's (w, h))."""
+  with _open(path, name) as im:
     rgb = to_rgb8(im)
   original = rgb.size
   target = resized_size(*original, size, resize)
