@@ -180,6 +180,20 @@ def test_calibrate_report_and_score_decide_with_held_out_thresholds(tmp_path):
                                     "evaluate.sensitivity": 0.9}), str(tmp_path), "score")
   assert keen["threshold"] == pytest.approx(low + 0.2 * (t - low))
   assert [r["score"] for r in keen["images"]] == [r["score"] for r in scored["images"]]
+  # An evaluation at that sensitivity decides at the moved threshold, and says so.
+  moved_eval = fm_main.run(tiny_config(**{"data.val_fraction": 0.25,
+                                          "calibrate.false_alarm_rates": "0.5,0.01",
+                                          "evaluate.sensitivity": 0.9}), str(tmp_path), "evaluate")
+  assert moved_eval.settings.sensitivity == 0.9
+  with open(tmp_path / "eval" / "scores.csv") as f:
+    for r in csv.DictReader(f):
+      entry = saved["categories"][r["category"]]
+      lo, t = entry["image_low"], entry["image"]["0.5"]["threshold"]
+      assert float(r["calibrated_threshold"]) == pytest.approx(lo + 0.2 * (t - lo), rel=1e-6)
+      flagged = float(r["score"]) > lo + 0.2 * (t - lo)
+      assert r["calibrated_decision"] == ("anomalous" if flagged else "normal")
+      assert (float(r["normalised_score"]) > 0.5) == flagged
+  assert "evaluate.sensitivity = 0.9" in (tmp_path / "eval" / "metrics.md").read_text()
 
   # A calibration for another held-out split is refused, and so is one with nothing held out.
   with pytest.raises(CheckpointMismatchError, match="val_fraction=0.25"):

@@ -100,14 +100,18 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
       settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
                             images_per_s=images_per_s, num_test_images=int(len(scores)),
                             batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size),
-                            pixel_metrics_at=pixels_at),
+                            pixel_metrics_at=pixels_at, sensitivity=float(ec.sensitivity)),
       images=_image_results(dataset, scores, outcomes, calibrated, ec.sensitivity),
       cascade=cascaded, calibrated=outcomes)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()
+  moved = {} if calibrated is None else {
+      n: scale.decision_threshold for n in dataset.class_names
+      if (scale := calibrated.scale(n, "image", ec.sensitivity)) is not None}
   report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
-                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns)
+                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns,
+                      decision_thresholds=moved)
   console.say(*report.summary_lines(result),
               f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).")
   return result

@@ -77,6 +77,7 @@ class EvalSettings:
   batch_size: int
   num_devices: int
   pixel_metrics_at: str = "scored"  # or "native": maps enlarged to their files' sizes
+  sensitivity: float = 0.5  # evaluate.sensitivity of the images' calibrated decisions
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -85,6 +86,8 @@ class EvalSettings:
       del out["val_fraction"]
     if self.pixel_metrics_at == "scored":  # as evaluations written before it was recorded
       del out["pixel_metrics_at"]
+    if self.sensitivity == 0.5:  # likewise
+      del out["sensitivity"]
     return out
 
   @classmethod
@@ -97,7 +100,8 @@ class EvalSettings:
                num_test_images=f.integer("num_test_images"), batch_size=f.integer("batch_size"),
                num_devices=f.integer("num_devices"),
                pixel_metrics_at=f.string("pixel_metrics_at") if f.has("pixel_metrics_at")
-               else "scored")
+               else "scored",
+               sensitivity=f.number("sensitivity") if f.has("sensitivity") else 0.5)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -183,8 +183,10 @@ def metrics_markdown(result: Evaluation) -> str:
       "Image thresholds calibrated on normal training images held out of training "
       "(`calibration.json`; flagged when the score is above the threshold), and what they give "
       "on this test split. The F1-optimal row is tuned on the test labels themselves: an upper "
-      "reference, not available on a production line.", "",
-      calibrated_table(result.calibrated), ""] if result.calibrated is not None else []) +
+      "reference, not available on a production line." +
+      (f" scores.csv decides each image at the first threshold moved by evaluate.sensitivity = "
+       f"{s.sensitivity:g} (its calibrated_threshold column)." if s.sensitivity != 0.5 else ""),
+      "", calibrated_table(result.calibrated), ""] if result.calibrated is not None else []) +
       (cascade_section(result.cascade) if result.cascade is not None else []))
 
 
@@ -206,11 +208,12 @@ def cascade_section(c: CascadeResults) -> list[str]:
   return lines + [""]
 
 
-def write_scores_csv(path: str, result: Evaluation) -> None:
+def write_scores_csv(path: str, result: Evaluation, decision_thresholds: dict | None = None) -> None:
   """One row per test image: its size as scored (width, height in pixels; left out for an
   evaluation from before sizes were recorded), the decision at the F1-optimal threshold (tuned
   on the test labels, score >= threshold) and, when calibrated, at the first calibrated rate
-  (score > threshold)."""
+  (score > threshold; `decision_thresholds` {category: threshold} when evaluate.sensitivity
+  moved it) with the normalised score."""
   sized = any(r.width for r in result.images)
   normalised = any(r.normalised_score is not None for r in result.images)
   rows = [["path", "category", "defect", "label"] + (["width", "height"] if sized else []) +
@@ -221,6 +224,7 @@ def write_scores_csv(path: str, result: Evaluation) -> None:
     t = f1_thresholds[r.category]
     decision = "" if not np.isfinite(t) else ("anomalous" if r.score >= t else "normal")
     ct = None if result.calibrated is None else result.calibrated.first_threshold(r.category)
+    ct = (decision_thresholds or {}).get(r.category, ct)
     rows.append([r.path, r.category, r.defect, r.label] + ([r.width, r.height] if sized else []) +
                 [f"{r.score:.8g}", f"{t:.8g}", decision, "" if ct is None else f"{ct:.8g}",
                  r.calibrated_decision or ""] +
@@ -312,10 +316,10 @@ def roc_pr_figure(curves: dict, pooled: Metrics):
 
 def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, heatmaps: np.ndarray,
                  scores: np.ndarray, curves: dict, num_heatmaps: int = 12,
-                 grid_columns: int = 8) -> list[str]:
+                 grid_columns: int = 8, decision_thresholds: dict | None = None) -> list[str]:
   """Writes every file listed in the module docstring from the evaluation, its test images'
   heatmaps [N,H,W] and image scores [N] and the pooled `curves` (roc_pr_figure); returns the
-  paths."""
+  paths. `decision_thresholds`: see `write_scores_csv`."""
   files.makedirs(eval_dir)
   written = []
 
@@ -325,7 +329,7 @@ def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, hea
 
   files.write_json(path("metrics.json"), result.to_json())
   files.write_text(path("metrics.md"), metrics_markdown(result))
-  write_scores_csv(path("scores.csv"), result)
+  write_scores_csv(path("scores.csv"), result, decision_thresholds)
   scales = plots.heat_scales(dataset.test_classes, heatmaps)  # one per category, computed once
   f1_thresholds = result.f1_thresholds()
   for ci, name in enumerate(dataset.class_names):
