@@ -166,10 +166,11 @@ def test_deploy_needs_jax_and_numpy_only():
               {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} |
               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand);
-  # fmjax.score.tiling and maps are numpy and scipy, fmjax.core.console the standard library
-  # and tqdm.
+  # fmjax.score.tiling and maps and fmjax.decide.normalize and regions are numpy and scipy,
+  # fmjax.core.console the standard library and tqdm, fmjax.core.files the standard library.
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
-             "read_image", "matplotlib.colors", "Normalize", "PIL", "Image", "fmjax.core", "plots",
-             "fmjax.score", "maps", "tiling", "ragged", "console"}
+             "read_image_and_size", "matplotlib.colors", "Normalize", "PIL", "Image",
+             "fmjax.core", "plots", "files", "fmjax.score", "maps", "tiling", "ragged", "console",
+             "fmjax.decide", "normalize", "regions"}
   assert imported <= allowed, imported - allowed

@@ -72,6 +72,19 @@ def service(tmp_path_factory):
     log.close()
 
 
+class _Client:
+  """httpx's get and post with a 300 s timeout: the first /predict compiles the scorer, which
+  takes many seconds on a loaded 2-core machine (httpx's default is 5 s)."""
+
+  @staticmethod
+  def get(*args, **kwargs):
+    return httpx.get(*args, **{"timeout": 300, **kwargs})
+
+  @staticmethod
+  def post(*args, **kwargs):
+    return httpx.post(*args, **{"timeout": 300, **kwargs})
+
+
 def _metric(text: str, name: str, **labels) -> float:
   """The value of one Prometheus sample (0 when absent)."""
   want = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -83,11 +96,11 @@ def _metric(text: str, name: str, **labels) -> float:
 def test_one_image_a_batch_and_20_concurrent_requests_equal_direct_scoring(service):
   url, export, images = service
   direct = deploy.load(str(export))(images, "weave")
-  health = httpx.get(url + "/health").json()
+  health = _Client.get(url + "/health").json()
   assert health["categories"] == ["weave", "brushed", "tiles"] and health["image_size"] == 16
   threshold = health["thresholds"]["weave"]["image"]
   # One image as the raw body, with both pictures.
-  one = httpx.post(url + "/predict?category=weave&heatmap=png&mask=png", content=_png(images[0]),
+  one = _Client.post(url + "/predict?category=weave&heatmap=png&mask=png", content=_png(images[0]),
                    headers={"Content-Type": "image/png"}).json()
   (answer,) = one["images"]
   assert one["threshold"] == threshold and (answer["width"], answer["height"]) == (16, 16)
@@ -102,20 +115,20 @@ def test_one_image_a_batch_and_20_concurrent_requests_equal_direct_scoring(servi
     assert picture.size == (16, 16) and picture.mode == "RGB"
   # A batch of several files in one multipart request, category as a form field.
   files = [("images", (f"part{i}.png", _png(im), "image/png")) for i, im in enumerate(images)]
-  batch = httpx.post(url + "/predict", files=files, data={"category": "weave"}).json()
+  batch = _Client.post(url + "/predict", files=files, data={"category": "weave"}).json()
   assert [a["name"] for a in batch["images"]] == [f"part{i}.png" for i in range(len(images))]
   np.testing.assert_allclose([a["score"] for a in batch["images"]], direct.scores, rtol=1e-6)
   # 20 concurrent requests of one image each: batched together, each answer its own image's.
   picks = [i % len(images) for i in range(20)]
-  before = httpx.get(url + "/metrics").text
+  before = _Client.get(url + "/metrics").text
   with concurrent.futures.ThreadPoolExecutor(20) as pool:
     answers = list(pool.map(
-        lambda i: httpx.post(url + "/predict?category=weave", content=_png(images[i]),
-                             headers={"Content-Type": "image/png"}, timeout=120).json(), picks))
+        lambda i: _Client.post(url + "/predict?category=weave", content=_png(images[i]),
+                             headers={"Content-Type": "image/png"}).json(), picks))
   for i, got in zip(picks, answers):
     assert got["images"][0]["score"] == pytest.approx(float(direct.scores[i]), rel=1e-6)
     assert got["images"][0]["decision"] == ("anomalous" if direct.decisions[i] else "normal")
-  after = httpx.get(url + "/metrics").text
+  after = _Client.get(url + "/metrics").text
   calls = _metric(after, "fmjax_batch_images_count") - _metric(before, "fmjax_batch_images_count")
   images_scored = _metric(after, "fmjax_batch_images_sum") - _metric(before, "fmjax_batch_images_sum")
   assert images_scored == 20 and calls < 20  # some requests were scored together
@@ -137,35 +150,35 @@ def test_bad_input_is_a_json_4xx_naming_it_and_the_service_goes_on(service, case
   good = _png(images[0])
   raw = {"Content-Type": "image/png"}
   send = {
-      "undecodable": lambda: httpx.post(url + "/predict?category=weave", content=b"not a png",
+      "undecodable": lambda: _Client.post(url + "/predict?category=weave", content=b"not a png",
                                         headers=raw),
-      "too large": lambda: httpx.post(url + "/predict?category=weave",
+      "too large": lambda: _Client.post(url + "/predict?category=weave",
                                       content=_png(np.zeros((40, 40, 3), np.uint8)), headers=raw),
-      "unknown category": lambda: httpx.post(url + "/predict?category=cables", content=good,
+      "unknown category": lambda: _Client.post(url + "/predict?category=cables", content=good,
                                              headers=raw),
-      "no category": lambda: httpx.post(url + "/predict", content=good, headers=raw),
-      "body too big": lambda: httpx.post(url + "/predict?category=weave",
+      "no category": lambda: _Client.post(url + "/predict", content=good, headers=raw),
+      "body too big": lambda: _Client.post(url + "/predict?category=weave",
                                          content=os.urandom(60_000), headers=raw),
-      "no image": lambda: httpx.post(url + "/predict?category=weave", content=b"", headers=raw),
-      "bad picture format": lambda: httpx.post(url + "/predict?category=weave&heatmap=jpg",
+      "no image": lambda: _Client.post(url + "/predict?category=weave", content=b"", headers=raw),
+      "bad picture format": lambda: _Client.post(url + "/predict?category=weave&heatmap=jpg",
                                                content=good, headers=raw),
   }[case]
   response = send()
   assert response.status_code == status, response.text
   assert message in response.json()["error"]
-  assert httpx.get(url + "/health").status_code == 200  # still serving
-  assert httpx.post(url + "/predict?category=weave", content=good,
+  assert _Client.get(url + "/health").status_code == 200  # still serving
+  assert _Client.post(url + "/predict?category=weave", content=good,
                     headers=raw).status_code == 200
 
 
 def test_metrics_count_what_was_sent(service):
   url, _, images = service
-  before = httpx.get(url + "/metrics").text
+  before = _Client.get(url + "/metrics").text
   raw = {"Content-Type": "image/png"}
   for im in images[:3]:
-    assert httpx.post(url + "/predict?category=weave", content=_png(im), headers=raw).status_code == 200
-  assert httpx.post(url + "/predict?category=weave", content=b"junk", headers=raw).status_code == 400
-  after = httpx.get(url + "/metrics").text
+    assert _Client.post(url + "/predict?category=weave", content=_png(im), headers=raw).status_code == 200
+  assert _Client.post(url + "/predict?category=weave", content=b"junk", headers=raw).status_code == 400
+  after = _Client.get(url + "/metrics").text
   grew = lambda name, **labels: _metric(after, name, **labels) - _metric(before, name, **labels)
   assert grew("fmjax_requests_total", endpoint="/predict", status="200") == 3
   assert grew("fmjax_requests_total", endpoint="/predict", status="400") == 1
