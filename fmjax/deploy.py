@@ -144,9 +144,8 @@ class Scorer:
     if entry.get("pixel") is None:
       return None, None
     scale = entry.get("pixel_scale")
-    at_file = maps.resize_map(heatmap, height, width)
-    mask = regions.predicted_mask(at_file, entry["pixel"])
-    return mask, regions.regions(at_file, mask, scale and normalize.ScoreScale.from_json(scale))
+    return regions.at_file_size(heatmap, height, width, entry["pixel"],
+                                scale and normalize.ScoreScale.from_json(scale))
 
   def _score(self, tiles, labels, ids, origins) -> np.ndarray:
     """Heatmaps [n,h,w] of n tiles, padded to a multiple of the devices for the call."""

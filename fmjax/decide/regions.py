@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from fmjax.score import maps
+
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
@@ -48,3 +50,12 @@ def regions(heatmap: np.ndarray, mask: np.ndarray, pixel_scale=None) -> list[dic
       region["normalised_peak"] = float(pixel_scale(peaks[i]))
     out.append(region)
   return out
+
+
+def at_file_size(heatmap: np.ndarray, height: int, width: int, pixel_threshold: float,
+                 pixel_scale=None) -> tuple[np.ndarray, list[dict]]:
+  """(the predicted mask bool [height,width], its `regions`) of a heatmap enlarged to its
+  file's size (`maps.resize_map`): what --mode=score, fmjax.deploy and the service write."""
+  enlarged = maps.resize_map(heatmap, height, width)
+  mask = predicted_mask(enlarged, pixel_threshold)
+  return mask, regions(enlarged, mask, pixel_scale)

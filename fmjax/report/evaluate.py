@@ -87,6 +87,9 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
   per_category = {n: Metrics.from_dict(m) for n, m in metrics_per_category(
       dataset, scores, pixel_maps, pixel_masks).items()}
+  scales = {} if calibrated is None else {  # the normalised-score maps at evaluate.sensitivity
+      n: scale for n in dataset.class_names
+      if (scale := calibrated.scale(n, "image", ec.sensitivity)) is not None}
   outcomes = None
   if calibrated is not None:
     outcomes = decisions.calibrated_results(
@@ -101,17 +104,14 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
                             images_per_s=images_per_s, num_test_images=int(len(scores)),
                             batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size),
                             pixel_metrics_at=pixels_at, sensitivity=float(ec.sensitivity)),
-      images=_image_results(dataset, scores, outcomes, calibrated, ec.sensitivity),
+      images=_image_results(dataset, scores, outcomes, scales),
       cascade=cascaded, calibrated=outcomes)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()
-  moved = {} if calibrated is None else {
-      n: scale.decision_threshold for n in dataset.class_names
-      if (scale := calibrated.scale(n, "image", ec.sensitivity)) is not None}
   report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
                       num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns,
-                      decision_thresholds=moved)
+                      decision_thresholds={n: c.decision_threshold for n, c in scales.items()})
   console.say(*report.summary_lines(result),
               f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).")
   return result
@@ -135,17 +135,16 @@ def _cascade(config, session: ScoringSession, dataset: AnomalyDataset, calibrate
   return decisions.cascade_results(bands, dataset, cheap, scores, cheap_rate, images_per_s)
 
 
-def _image_results(dataset: AnomalyDataset, scores: np.ndarray, outcomes,
-                   calibrated: calibration.Calibration | None, sensitivity: float) -> tuple:
+def _image_results(dataset: AnomalyDataset, scores: np.ndarray, outcomes, scales: dict) -> tuple:
   """One ImageResult per test image: path, category, label, score, size, and its decision at
-  the category's first calibrated threshold moved by `sensitivity` with its normalised score
-  (None without calibration)."""
+  the category's first calibrated threshold, moved as its normalised-score map in `scales`
+  ({category: ScoreScale}) says, with its normalised score (None without calibration)."""
   images = []
   for path, c, defect, label, score, image in zip(dataset.test_paths, dataset.test_classes,
                                                   dataset.test_defects, dataset.test_labels, scores,
                                                   dataset.test_images):
     category = dataset.class_names[c]
-    scale = None if calibrated is None else calibrated.scale(category, "image", sensitivity)
+    scale = scales.get(category)
     threshold = None if outcomes is None else outcomes.first_threshold(category)
     if scale is not None:
       threshold = scale.decision_threshold

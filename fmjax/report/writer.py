@@ -24,7 +24,6 @@ from fmjax.core.records import json_safe  # noqa: F401  (studies write their JSO
 from fmjax import methods
 from fmjax.data import AnomalyDataset
 from fmjax.report.records import EvalSettings, Evaluation, Metrics
-from fmjax.score import maps
 
 # (Metrics attribute, column name) of the tables, in the papers' order.
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
@@ -370,11 +369,10 @@ def write_unlabeled_report(out_dir: str, rows: list[dict], images: np.ndarray,
     h, w = r.get("height", heatmaps[i].shape[0]), r.get("width", heatmaps[i].shape[1])
     mask_file, count = "", ""
     if np.isfinite(decision.pixel_threshold):
-      at_file = maps.resize_map(heatmaps[i], h, w)
-      mask = regions.predicted_mask(at_file, decision.pixel_threshold)
+      mask, described = regions.at_file_size(heatmaps[i], h, w, decision.pixel_threshold,
+                                             decision.pixel_scale)
       mask_file = os.path.join("masks", f"{_panel_name(i, r['path'])}_mask.png")
       files.write_bytes(os.path.join(out_dir, mask_file), _png(mask.astype(np.uint8) * 255))
-      described = regions.regions(at_file, mask, decision.pixel_scale)
       found.append({"path": r["path"], "width": w, "height": h, "mask": mask_file,
                     "regions": described})
       count = len(described)
