@@ -16,7 +16,13 @@ backend does not count cuDNN convolutions).
 
 import time
 
-import jax
+from fmjax.core import xla_cpu
+
+# fmjax's XLA:CPU settings, as fmjax.main uses them (a user's XLA_FLAGS win; one device
+# unless XLA_FLAGS sets --xla_force_host_platform_device_count).
+xla_cpu.apply_defaults(split_devices=False)
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags

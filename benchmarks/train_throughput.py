@@ -15,7 +15,13 @@ step function lowered for the CPU backend at the same batch size
 
 import time
 
-import jax
+from fmjax.core import xla_cpu
+
+# fmjax's XLA:CPU settings, as fmjax.main uses them (a user's XLA_FLAGS win; one device
+# unless XLA_FLAGS sets --xla_force_host_platform_device_count).
+xla_cpu.apply_defaults(split_devices=False)
+
+import jax  # noqa: E402
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags

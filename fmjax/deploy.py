@@ -28,7 +28,11 @@ import json
 import os
 import sys
 
-import jax
+from fmjax.core import xla_cpu
+
+xla_cpu.apply_defaults(split_devices=False)  # before jax: fmjax's XLA:CPU settings
+
+import jax  # noqa: E402
 import numpy as np
 
 from fmjax.core import console, ragged

@@ -18,26 +18,13 @@
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
 
-import os
 import sys
 
+from fmjax.core import xla_cpu  # noqa: E402  (imports no jax)
 
-def _split_cpu_into_devices() -> None:
-  """One XLA CPU device per core (a power of two, at most 8) unless XLA_FLAGS says otherwise.
-
-  Data parallelism then keeps every core busy on CPU-only machines; on GPU/TPU it
-  only affects the unused CPU platform. Must run before jax is imported.
-  """
-  flags_now = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" in flags_now:
-    return
-  n = 1
-  while n * 2 <= min(os.cpu_count() or 1, 8):
-    n *= 2
-  os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={n}".strip()
-
-
-_split_cpu_into_devices()
+# One XLA CPU device per core and fmjax's faster XLA:CPU settings, unless XLA_FLAGS names
+# them already (fmjax/core/xla_cpu.py). Must run before jax is imported.
+xla_cpu.apply_defaults()
 
 from absl import app, flags, logging  # noqa: E402  (after the XLA flags are set)
 from ml_collections import config_flags

@@ -167,10 +167,11 @@ def test_deploy_needs_jax_and_numpy_only():
               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand);
   # fmjax.score.tiling and maps and fmjax.decide.normalize and regions are numpy and scipy,
-  # fmjax.core.console the standard library and tqdm, fmjax.core.files the standard library.
+  # fmjax.core.console the standard library and tqdm, fmjax.core.files and xla_cpu the standard
+  # library.
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
              "read_image_and_size", "matplotlib.colors", "Normalize", "PIL", "Image",
              "fmjax.core", "plots", "files", "fmjax.score", "maps", "tiling", "ragged", "console",
-             "fmjax.decide", "normalize", "regions"}
+             "fmjax.decide", "normalize", "regions", "xla_cpu"}
   assert imported <= allowed, imported - allowed
