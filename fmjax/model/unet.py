@@ -56,38 +56,43 @@ def _group_norm_stats(x, groups):
   return mean, jnp.maximum(mean_sq - mean * mean, 0.0), count
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _normalize_groups(x, groups: int, eps: float):
+  """x[N,H,W,C] float32, each group of C/groups channels normalised over its positions and
+  channels: (x - mean) / sqrt(biased variance + eps)."""
+  mean, var, _ = _group_norm_stats(x, groups)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _normalize_groups_fwd(x, groups, eps):
+  mean, var, _ = _group_norm_stats(x, groups)
+  inv = jax.lax.rsqrt(var + eps)
+  normed = (x - mean) * inv
+  return normed, (normed, inv)
+
+
+def _normalize_groups_bwd(groups, eps, residuals, d_normed):
+  del eps
+  normed, inv = residuals
+  count = normed.shape[1] * normed.shape[2] * (normed.shape[3] // groups)
+  mean_d = _group_means(_channel_sums(d_normed), groups, count)
+  mean_d_normed = _group_means(_channel_sums(d_normed * normed), groups, count)
+  return (inv * (d_normed - mean_d - normed * mean_d_normed),)
+
+
+_normalize_groups.defvjp(_normalize_groups_fwd, _normalize_groups_bwd)
+
+
 def group_norm(x, scale, bias, groups: int, eps: float):
   """GroupNorm of x[N,H,W,C] (float32) with scale, bias [C]: each group of C/groups channels
   normalised over its positions and channels (biased variance), then scaled and shifted.
 
   The same function as flax's `nn.GroupNorm` (checked in tests/test_unet.py), with its
-  statistics and gradients written as per-channel sums over positions: XLA:CPU's reductions
-  over the position and channel axes together were most of a CPU training step."""
-  mean, var, _ = _group_norm_stats(x, groups)
-  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
-
-
-def _group_norm_fwd(x, scale, bias, groups, eps):
-  mean, var, count = _group_norm_stats(x, groups)
-  inv = jax.lax.rsqrt(var + eps)
-  normed = (x - mean) * inv
-  return normed * scale + bias, (normed, inv, scale)
-
-
-def _group_norm_bwd(groups, eps, residuals, dy):
-  del eps
-  normed, inv, scale = residuals
-  count = normed.shape[1] * normed.shape[2] * (normed.shape[3] // groups)
-  d_bias = _channel_sums(dy).sum(0)
-  d_scale = _channel_sums(dy * normed).sum(0)
-  d_normed = dy * scale
-  mean_d = _group_means(_channel_sums(d_normed), groups, count)
-  mean_d_normed = _group_means(_channel_sums(d_normed * normed), groups, count)
-  return inv * (d_normed - mean_d - normed * mean_d_normed), d_scale, d_bias
-
-
-group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+  statistics and the normalisation's gradient written as per-channel sums over positions:
+  XLA:CPU's reductions over the position and channel axes together were most of a CPU
+  training step. Only x passes through the custom gradient; scale and bias are differentiated
+  by JAX (so the function also differentiates inside `shard_map`)."""
+  return _normalize_groups(x, groups, eps) * scale + bias
 
 
 class _GroupNormParams(nn.Module):
