@@ -60,10 +60,13 @@ def default_device_count() -> int:
 
 
 def flags_with_defaults(xla_flags: str, split_devices: bool = True,
-                        cpu_only_here: bool | None = None) -> str:
-  """`xla_flags` with fmjax's CPU settings added for every flag it does not name."""
-  cpu_only_here = cpu_only() if cpu_only_here is None else cpu_only_here
-  settings = list(CPU_FLAGS) + (list(CPU_ONLY_FLAGS) if cpu_only_here else [])
+                        cpu_only_here: bool | None = None, cpu_settings: bool = True) -> str:
+  """`xla_flags` with fmjax's settings added for every flag it does not name: the CPU flags
+  (unless `cpu_settings` is False) and the device count (if `split_devices`)."""
+  settings = []
+  if cpu_settings:
+    cpu_only_here = cpu_only() if cpu_only_here is None else cpu_only_here
+    settings += list(CPU_FLAGS) + (list(CPU_ONLY_FLAGS) if cpu_only_here else [])
   if split_devices:
     settings.append(("xla_force_host_platform_device_count", str(default_device_count())))
   added = [f"--{name}={value}" for name, value in settings if name not in xla_flags]
@@ -73,10 +76,6 @@ def flags_with_defaults(xla_flags: str, split_devices: bool = True,
 def apply_defaults(split_devices: bool = True) -> None:
   """Adds fmjax's CPU settings to XLA_FLAGS (see the module docstring). Call it before jax is
   imported; afterwards XLA has read its flags and this changes nothing."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() == "0":
-    if split_devices and "xla_force_host_platform_device_count" not in flags:
-      flags = f"{flags} --xla_force_host_platform_device_count={default_device_count()}".strip()
-    os.environ["XLA_FLAGS"] = flags
-    return
-  os.environ["XLA_FLAGS"] = flags_with_defaults(flags, split_devices)
+  cpu_settings = os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() != "0"
+  os.environ["XLA_FLAGS"] = flags_with_defaults(os.environ.get("XLA_FLAGS", ""), split_devices,
+                                                cpu_settings=cpu_settings)

@@ -49,32 +49,31 @@ def _group_means(per_channel: jax.Array, groups: int, count: int) -> jax.Array:
   return jnp.repeat(means, c // groups, axis=1)[:, None, None, :]
 
 
-def _group_norm_stats(x, groups):
-  count = x.shape[1] * x.shape[2] * (x.shape[3] // groups)
+def _group_size(shape, groups: int) -> int:
+  """Elements per (image, group) of an [N,H,W,C] array: H * W * C / groups."""
+  return shape[1] * shape[2] * (shape[3] // groups)
+
+
+def _normalize_groups_fwd(x, groups, eps):
+  count = _group_size(x.shape, groups)
   mean = _group_means(_channel_sums(x), groups, count)
   mean_sq = _group_means(_channel_sums(x * x), groups, count)
-  return mean, jnp.maximum(mean_sq - mean * mean, 0.0), count
+  inv = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)
+  normed = (x - mean) * inv
+  return normed, (normed, inv)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _normalize_groups(x, groups: int, eps: float):
   """x[N,H,W,C] float32, each group of C/groups channels normalised over its positions and
   channels: (x - mean) / sqrt(biased variance + eps)."""
-  mean, var, _ = _group_norm_stats(x, groups)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-def _normalize_groups_fwd(x, groups, eps):
-  mean, var, _ = _group_norm_stats(x, groups)
-  inv = jax.lax.rsqrt(var + eps)
-  normed = (x - mean) * inv
-  return normed, (normed, inv)
+  return _normalize_groups_fwd(x, groups, eps)[0]
 
 
 def _normalize_groups_bwd(groups, eps, residuals, d_normed):
   del eps
   normed, inv = residuals
-  count = normed.shape[1] * normed.shape[2] * (normed.shape[3] // groups)
+  count = _group_size(normed.shape, groups)
   mean_d = _group_means(_channel_sums(d_normed), groups, count)
   mean_d_normed = _group_means(_channel_sums(d_normed * normed), groups, count)
   return (inv * (d_normed - mean_d - normed * mean_d_normed),)
