@@ -184,6 +184,7 @@ def _calibrate_section() -> ml_collections.ConfigDict:
 def _export_section() -> ml_collections.ConfigDict:
   """--mode=export (fmjax/decide/export.py)."""
   s = ml_collections.ConfigDict()
+  s.format = "stablehlo"  # stablehlo (scorer.jax, needs jax) | onnx (model.onnx, onnxruntime)
   s.platforms = "cpu,cuda,tpu"  # the platforms the StableHLO is lowered for
   return s
 

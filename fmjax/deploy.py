@@ -17,7 +17,9 @@ with a calibrated pixel threshold also <stem>_mask.png per image (0 or 255 at th
 the heatmap enlarged to it, above the threshold) and regions.json (their 8-connected regions:
 area, bounding box, peak and mean score; `fmjax.decide.regions`). Files are read at the size
 training read them (`data.resize`).
-Neither loading nor scoring imports Flax, the model code or a checkpoint.
+Neither loading nor scoring imports Flax, the model code or a checkpoint. An ONNX export
+(export.format=onnx: model.onnx) runs on onnxruntime and does not import jax: its seeds are
+computed in numpy (`fmjax.core.threefry`), the ones evaluation draws.
 """
 
 from __future__ import annotations
@@ -30,12 +32,11 @@ import sys
 
 from fmjax.core import xla_cpu
 
-xla_cpu.apply_defaults(split_devices=False)  # before jax: fmjax's XLA:CPU settings
+xla_cpu.apply_defaults(split_devices=False)  # before jax (StableHLO exports): its XLA:CPU settings
 
-import jax  # noqa: E402
-import numpy as np
+import numpy as np  # noqa: E402
 
-from fmjax.core import console, ragged
+from fmjax.core import console, ragged, threefry
 from fmjax.core.ids import image_ids
 from fmjax.decide import normalize, regions
 from fmjax.score import maps, tiling
@@ -56,16 +57,17 @@ class Scored:
   # without a calibrated scale (fmjax.decide.normalize)
 
 
-class Scorer:
-  """An exported scorer; call it with uint8 images [B,H,W,3] or a list of [H_i,W_i,3] (and
-  their category)."""
+class StableHLOTiles:
+  """scorer.jax and params.npz on JAX devices (data-parallel under shard_map on several):
+  (tiles uint8 [n,h,w,3], labels [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
 
-  def __init__(self, path: str, manifest: dict, exported, params: list, devices):
-    self.path, self.manifest, self._exported, self._devices = path, manifest, exported, devices
-    self.image_size = manifest["image_size"]
-    self.class_names = manifest["class_names"]
-    self.tile_size, self.stride = manifest["tile_size"], manifest["stride"]
-    self.tile_shape = tuple(manifest["tile_shape"])
+  def __init__(self, path: str, manifest: dict, devices):
+    import jax
+    self._jax, self.devices = jax, devices
+    with open(os.path.join(path, "scorer.jax"), "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(path, "params.npz")) as npz:
+      params = [npz[f"leaf_{i:05d}"] for i in range(manifest["num_param_arrays"])]
     self.batch = 8 * len(devices)  # tiles per call
     if len(devices) > 1:  # data-parallel: the exported one-device function under shard_map
       mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
@@ -81,6 +83,60 @@ class Scorer:
       self._data = devices[0]
       self._call = jax.jit(exported.call)
       self._params = jax.device_put(params, devices[0])
+
+  def __call__(self, tiles, labels, ids, origins) -> np.ndarray:
+    jax = self._jax
+    n, pad = len(tiles), (-len(tiles)) % len(self.devices)
+    arrays = [tiles, labels, ids, origins]
+    if pad:  # repeat the last row, drop its results after
+      arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays]
+    put = lambda x: jax.device_put(x, self._data)
+    return np.asarray(jax.device_get(self._call(self._params, *(put(a) for a in arrays))))[:n]
+
+
+class OnnxTiles:
+  """model.onnx on onnxruntime, fed the seeds evaluation draws (`fmjax.core.threefry`):
+  (tiles uint8 [n,h,w,3], labels [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
+
+  def __init__(self, path: str, manifest: dict, threads: int = 0):
+    try:
+      import onnxruntime
+    except ImportError as e:
+      raise DeployError(f"{path} is an ONNX export and needs onnxruntime ({e}): "
+                        "pip install onnxruntime.") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.intra_op_num_threads = threads  # 0: onnxruntime's choice (the physical cores)
+    self.session = onnxruntime.InferenceSession(os.path.join(path, "model.onnx"), options,
+                                                providers=["CPUExecutionProvider"])
+    self.devices, self.batch = [], 8
+    self.seed, self.num_seeds = int(manifest["seed"]), int(manifest["method_options"]["num_seeds"])
+    self.positional = manifest["tile_size"] > 0
+
+  def seeds(self, tiles, ids, origins) -> np.ndarray:
+    """float32 [n,K,h,w,3]: the seeds evaluation draws for these tiles."""
+    if self.positional:
+      return threefry.positional_seeds(self.seed, ids, self.num_seeds, tiles.shape[1:], origins)
+    return threefry.image_seeds(self.seed, ids, self.num_seeds, tiles.shape[1:])
+
+  def __call__(self, tiles, labels, ids, origins) -> np.ndarray:
+    feed = {"tiles": np.ascontiguousarray(tiles, np.uint8),
+            "labels": np.asarray(labels, np.int32), "seeds": self.seeds(tiles, ids, origins)}
+    return self.session.run(["heatmaps"], feed)[0]
+
+
+class Scorer:
+  """An exported scorer; call it with uint8 images [B,H,W,3] or a list of [H_i,W_i,3] (and
+  their category)."""
+
+  def __init__(self, path: str, manifest: dict, tiles):
+    self.path, self.manifest, self.tiles = path, manifest, tiles
+    self.format = manifest.get("format", "stablehlo")
+    self.image_size = manifest["image_size"]
+    self.class_names = manifest["class_names"]
+    self.tile_size, self.stride = manifest["tile_size"], manifest["stride"]
+    self.tile_shape = tuple(manifest["tile_shape"])
+    self.batch = tiles.batch  # tiles per call
 
   def resolve_category(self, category: str | None) -> str:
     """The category images are scored as: `category`, or the model's only one, or (pooled
@@ -127,7 +183,7 @@ class Scorer:
     for tiles in tiler.groups(self.batch):
       pixels = tiler.cut(images, tiles)
       index, origins = tiling.positions(tiles)
-      heat = self._score(pixels, np.full(len(tiles), label, np.int32), ids[index], origins)
+      heat = self.tiles(pixels, np.full(len(tiles), label, np.int32), ids[index], origins)
       for i, raw in tiler.add(tiles, heat):
         heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
     heatmaps = ragged.stack(heatmaps)
@@ -151,20 +207,11 @@ class Scorer:
     return regions.at_file_size(heatmap, height, width, entry["pixel"],
                                 scale and normalize.ScoreScale.from_json(scale))
 
-  def _score(self, tiles, labels, ids, origins) -> np.ndarray:
-    """Heatmaps [n,h,w] of n tiles, padded to a multiple of the devices for the call."""
-    n, pad = len(tiles), (-len(tiles)) % len(self._devices)
-    arrays = [tiles, labels, ids, origins]
-    if pad:  # repeat the last row, drop its results after
-      arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays]
-    put = lambda x: jax.device_put(x, self._data)
-    return np.asarray(jax.device_get(self._call(self._params, *(put(a) for a in arrays))))[:n]
-
-
-def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
-  """The exported scorer in `path` on `devices` (default: this process's devices of JAX's
-  default backend). DeployError when it was exported for another platform or, with
-  `image_size`, another image size."""
+def load(path: str, image_size: int | None = None, devices=None, threads: int = 0) -> Scorer:
+  """The exported scorer in `path`: a StableHLO export on `devices` (default: this process's
+  devices of JAX's default backend), an ONNX export on onnxruntime's CPU with `threads` (0: its
+  default). DeployError when it was exported for another platform or, with `image_size`,
+  another image size."""
   manifest_path = os.path.join(path, "manifest.json")
   if not os.path.isfile(manifest_path):
     raise DeployError(f"{path} is not an fmjax export (no manifest.json): make one with "
@@ -175,6 +222,9 @@ def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
     raise DeployError(f"{path} was exported for {manifest['image_size']}x{manifest['image_size']} "
                       f"images, not {image_size}x{image_size}: export the model again at "
                       f"--config.data.image_size={image_size} (a model is trained at one size).")
+  if manifest.get("format", "stablehlo") == "onnx":
+    return Scorer(path, manifest, OnnxTiles(path, manifest, threads))
+  import jax
   devices = list(devices) if devices is not None else jax.local_devices()
   platform = devices[0].platform
   platform = {"gpu": "cuda"}.get(platform, platform)
@@ -182,11 +232,7 @@ def load(path: str, image_size: int | None = None, devices=None) -> Scorer:
     raise DeployError(f"{path} was exported for {', '.join(manifest['platforms'])}, but this "
                       f"machine runs JAX on {platform}: export again with "
                       f"--config.export.platforms={','.join(manifest['platforms'] + [platform])}.")
-  with open(os.path.join(path, "scorer.jax"), "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
-  with np.load(os.path.join(path, "params.npz")) as npz:
-    params = [npz[f"leaf_{i:05d}"] for i in range(manifest["num_param_arrays"])]
-  return Scorer(path, manifest, exported, params, devices)
+  return Scorer(path, manifest, StableHLOTiles(path, manifest, devices))
 
 
 def main(argv=None) -> int:

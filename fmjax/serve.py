@@ -284,7 +284,8 @@ def make_app(scorer, max_batch: int = 16, max_wait_ms: float = 10.0, max_body_mb
 
   @app.get("/health")
   async def health():
-    return {"status": "ok", "export": scorer.path, "method": manifest["method"],
+    return {"status": "ok", "export": scorer.path, "format": scorer.format,
+            "method": manifest["method"],
             "checkpoint_step": manifest["checkpoint_step"], "categories": scorer.class_names,
             "image_size": scorer.image_size, "resize": resize, "tile_size": scorer.tile_size,
             "thresholds": manifest["thresholds"], "max_batch": max_batch,

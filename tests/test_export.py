@@ -67,7 +67,7 @@ images = np.load(sys.argv[2])
 out = scorer(images, "weave")
 banned = [m for m in sys.modules if m == "flax" or m.startswith(("flax.", "fmjax.models", "fmjax.train.loop",
                                                                    "orbax"))]
-print(json.dumps({"scores": out.scores.tolist(), "devices": len(scorer._devices), "banned": banned}))
+print(json.dumps({"scores": out.scores.tolist(), "devices": len(scorer.tiles.devices), "banned": banned}))
 """
 
 

@@ -158,7 +158,7 @@ def test_layers_import_only_downwards():
   assert not upward, upward
 
 
-def test_deploy_needs_jax_and_numpy_only():
+def test_deploy_needs_jax_or_onnxruntime_and_numpy_only():
   import ast
   import pathlib
   tree = ast.parse(pathlib.Path(fm_main.__file__).with_name("deploy.py").read_text())
@@ -168,10 +168,11 @@ def test_deploy_needs_jax_and_numpy_only():
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand);
   # fmjax.score.tiling and maps and fmjax.decide.normalize and regions are numpy and scipy,
   # fmjax.core.console the standard library and tqdm, fmjax.core.files and xla_cpu the standard
-  # library.
+  # library, fmjax.core.threefry numpy; an ONNX export runs on onnxruntime
+  # (tests/test_onnx.py runs it with jax blocked).
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
              "read_image_and_size", "matplotlib.colors", "Normalize", "PIL", "Image",
              "fmjax.core", "plots", "files", "fmjax.score", "maps", "tiling", "ragged", "console",
-             "fmjax.decide", "normalize", "regions", "xla_cpu"}
+             "fmjax.decide", "normalize", "regions", "xla_cpu", "threefry", "onnxruntime"}
   assert imported <= allowed, imported - allowed

@@ -16,7 +16,12 @@
                     one of the last evaluation) and, when calibrated, the normalised-score
                     maps of images and pixels (`fmjax.decide.normalize.ScoreScale.to_json`)
 
-`fmjax.deploy.load` reads it with jax and numpy only (no Flax, no model code, no checkpoint).
+With export.format=onnx, model.onnx replaces scorer.jax and params.npz: the same tile function
+with the parameters inside and the seeds as an input (`fmjax.decide.onnx_export`); the
+manifest then says "format": "onnx".
+
+`fmjax.deploy.load` reads either: the StableHLO export with jax and numpy (no Flax, no model
+code, no checkpoint), the ONNX one with onnxruntime and numpy (no jax).
 """
 
 from __future__ import annotations
@@ -52,30 +57,51 @@ def export_scorer(config, workdir: str) -> str:
                       f"use the default on-device image score (e.g. evaluate.{ec.method}.image_score"
                       "=top1).")
   platforms = export_platforms(config.export.platforms)
+  fmt = config.export.format
   session = ScoringSession.load(config, workdir)
-  leaves, exported, tile_shape = _export_tile_function(config, session, platforms)
+  tile_shape = _tile_shape(config)
+  leaves = jax.tree.leaves(jax.device_get(session.params))
+  if fmt == "onnx":
+    from fmjax.decide import onnx_export
+    platforms = ["onnx"]  # any ONNX runtime
+    written = {"model.onnx": onnx_export.onnx_model(config, session, tile_shape)}
+    onnx_export.check_graph(written["model.onnx"])
+  else:
+    exported = _export_tile_function(config, session, platforms, tile_shape)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    written = {"scorer.jax": bytes(exported.serialize()), "params.npz": buffer.getvalue()}
   out_dir = os.path.join(workdir, "export")
   prepare_workdir(out_dir)
   if not console.is_main_process():
     return out_dir
-  files.write_bytes(os.path.join(out_dir, "scorer.jax"), bytes(exported.serialize()))
-  buffer = io.BytesIO()
-  np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-  files.write_bytes(os.path.join(out_dir, "params.npz"), buffer.getvalue())
+  for name in ("scorer.jax", "params.npz", "model.onnx"):  # none of another format's files stays
+    if name not in written and files.exists(os.path.join(out_dir, name)):
+      files.remove(os.path.join(out_dir, name))
+  for name, data in written.items():
+    files.write_bytes(os.path.join(out_dir, name), data)
   manifest = _manifest(config, workdir, session, platforms, leaves, tile_shape)
   files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
   thresholds, size, tile = manifest["thresholds"], manifest["image_size"], manifest["tile_size"]
   known = [n for n, t in thresholds.items() if t["image"] is not None]
   shape = f"{size}x{size}" if tile == 0 else f"any size in {tile}x{tile} tiles"
-  console.say(f"Exported {ec.method} (step {session.step}, {shape}, platforms "
-              f"{','.join(platforms)}, {manifest['num_params']:,} parameters) to {out_dir}/; "
+  where = "ONNX" if fmt == "onnx" else f"StableHLO for {','.join(platforms)}"
+  console.say(f"Exported {ec.method} as {where} (step {session.step}, {shape}, "
+              f"{manifest['num_params']:,} parameters) to {out_dir}/; "
               f"thresholds for {len(known)}/{len(thresholds)} categories "
               f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).")
   return out_dir
 
 
-def _export_tile_function(config, session: ScoringSession, platforms: list[str]):
-  """(the parameters' flat leaves, the jax.export.Exported tile function, its tile (h, w))."""
+def _tile_shape(config) -> tuple[int, int]:
+  """The (h, w) the exported function scores: evaluate.tile_size, or the padded image size."""
+  size, stride, tile = config.data.image_size, tiling.model_stride(config.model), int(config.evaluate.tile_size)
+  return tiling.scored_shape(size, size, stride, 0) if tile == 0 else (tile, tile)
+
+
+def _export_tile_function(config, session: ScoringSession, platforms: list[str],
+                          tile_shape: tuple[int, int]):
+  """The jax.export.Exported tile function for tiles of `tile_shape` (h, w)."""
   ec, model_config = config.evaluate, config.model
   if platforms != ["cuda"] and model_config.attention_impl != "xla":
     model_config = model_config.copy_and_resolve_references()
@@ -87,15 +113,13 @@ def _export_tile_function(config, session: ScoringSession, platforms: list[str])
   def exported_fn(flat_params, tiles, labels, ids, origins):
     return score_tiles(jax.tree.unflatten(treedef, flat_params), tiles, labels, ids, origins)
 
-  size, stride, tile = config.data.image_size, tiling.model_stride(config.model), int(ec.tile_size)
-  tile_h, tile_w = tiling.scored_shape(size, size, stride, 0) if tile == 0 else (tile, tile)
+  tile_h, tile_w = tile_shape
   (b,) = jax.export.symbolic_shape("b")
   args = ([jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves],
           jax.ShapeDtypeStruct((b, tile_h, tile_w, 3), np.uint8),
           jax.ShapeDtypeStruct((b,), np.int32), jax.ShapeDtypeStruct((b,), np.int32),
           jax.ShapeDtypeStruct((b, 2), np.int32))
-  exported = jax.export.export(jax.jit(exported_fn), platforms=platforms)(*args)
-  return leaves, exported, (tile_h, tile_w)
+  return jax.export.export(jax.jit(exported_fn), platforms=platforms)(*args)
 
 
 def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str], leaves,
@@ -113,7 +137,7 @@ def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str
                         "image_scale": rule.image_scale and rule.image_scale.to_json(),
                         "pixel_scale": rule.pixel_scale and rule.pixel_scale.to_json()}
   return {
-      "format_version": FORMAT_VERSION,
+      "format_version": FORMAT_VERSION, "format": config.export.format,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "image_size": config.data.image_size, "channels": 3, "platforms": platforms,
       "stride": tiling.model_stride(config.model), "tile_size": int(ec.tile_size),
@@ -127,4 +151,22 @@ def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str
       "checkpoint_step": int(session.step), "use_ema": bool(ec.use_ema), "thresholds": thresholds,
       "calibration_rate": calibration.parse_rates(config.calibrate.false_alarm_rates)[0],
       "decision": "anomalous when score > threshold (strict: calibrated) or score >= threshold "
-                  "(F1-optimal, tuned on test labels)"}
+                  "(F1-optimal, tuned on test labels)",
+      **({"onnx": _onnx_contract(config, tile_shape)} if config.export.format == "onnx" else {})}
+
+
+def _onnx_contract(config, tile_shape) -> dict:
+  """What model.onnx takes and gives, and how its seeds are made (for runtimes other than
+  fmjax.deploy)."""
+  from fmjax.decide import onnx_export
+  k, (h, w) = int(config.evaluate.num_seeds), tile_shape
+  positional = int(config.evaluate.tile_size) > 0
+  return {
+      "opset": onnx_export.OPSET,
+      "inputs": {"tiles": f"uint8 [B,{h},{w},3]", "labels": "int32 [B] (class index, or "
+                 "null_label for a pooled model)", "seeds": f"float32 [B,{k},{h},{w},3]"},
+      "outputs": {"heatmaps": f"float32 [B,{h},{w}] before smoothing"},
+      "seeds": ("fmjax.core.threefry.positional_seeds(seed, image_ids, K, tile_shape + [3], "
+                "origins): per pixel position in the whole image" if positional else
+                "fmjax.core.threefry.image_seeds(seed, image_ids, K, tile_shape + [3])") +
+               "; image_ids = fmjax.core.ids.image_ids(images) (blake2b of the pixels, 31 bits)"}

@@ -9,6 +9,7 @@ from fmjax.decide.calibration import parse_rates
 from fmjax.decide.normalize import sensitivity_errors
 
 EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+EXPORT_FORMATS = ("stablehlo", "onnx")
 
 
 def export_platforms(spec) -> list[str]:
@@ -33,7 +34,9 @@ def config_errors(config) -> list[str]:
   errors += rule_errors([
       ("evaluate.cascade.num_seeds", cc.num_seeds, cc.num_seeds >= 1, ">= 1"),
       ("evaluate.cascade.num_times", cc.num_times, cc.num_times >= 1, ">= 1"),
-      ("evaluate.cascade.margin", cc.margin, cc.margin >= 0, ">= 0")])
+      ("evaluate.cascade.margin", cc.margin, cc.margin >= 0, ">= 0"),
+      ("export.format", config.export.format, config.export.format in EXPORT_FORMATS,
+       f"one of {', '.join(EXPORT_FORMATS)}")])
   errors += sensitivity_errors(config.evaluate.sensitivity)
   if cc.enabled and not errors and float(config.evaluate.sensitivity) != 0.5:
     errors.append("evaluate.cascade's band is calibrated around the unmoved threshold: use "

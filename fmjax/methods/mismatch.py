@@ -117,8 +117,8 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
   # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
   if isinstance(b, int):
     img_chunk = max(1, min(b, max_forward_batch // k))
-  else:  # a symbolic batch (an exported scorer) pads to whole chunks: as many images as fit
-    img_chunk = max(1, max_forward_batch // (k * num_t))  # with all T times, so little is padded
+  else:  # a symbolic batch (an exported scorer): one image per chunk, the only chunk that
+    img_chunk = 1  # divides every batch, so a call costs what its images cost (no padding)
   t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
   n_t, t_pad = _chunks(num_t, t_chunk)
   t_all = jnp.pad(times, (0, t_pad - num_t))

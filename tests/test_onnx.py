@@ -1,0 +1,224 @@
+"""The ONNX export (export.format=onnx): numpy seeds equal JAX's, model.onnx on onnxruntime
+scores as evaluation does, and fmjax.deploy runs it with jax blocked."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.extend.random
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+
+from fmjax import deploy
+from fmjax import main as fm_main
+from fmjax.core import threefry
+from fmjax.core.errors import ConfigError
+from fmjax.data import load_dataset
+from fmjax.methods import mismatch
+from fmjax.score.session import ScoringSession
+
+from conftest import REPO, tiny_config
+
+pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (pip install -e '.[onnx]')")
+pytest.importorskip("jax2onnx", reason="the ONNX export needs jax2onnx "
+                                       "(pip install --no-deps jax2onnx==0.17.1)")
+
+OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5"}
+
+
+def test_threefry_hash_is_jax_bit_for_bit():
+  rng = np.random.default_rng(0)
+  x1, x2 = (rng.integers(0, 2**32, 1000, dtype=np.uint64).astype(np.uint32) for _ in range(2))
+  for k1, k2 in [(0, 0), (0, 42), (2**32 - 1, 12345)]:
+    ours = np.concatenate(threefry.threefry_2x32(k1, k2, x1, x2))
+    theirs = jax.extend.random.threefry_2x32(jnp.array([k1, k2], jnp.uint32),
+                                             jnp.concatenate([jnp.asarray(x1), jnp.asarray(x2)]))
+    np.testing.assert_array_equal(ours, np.asarray(theirs))
+  ids = np.array([0, 7, 2**31 - 1], np.int32)
+  keys = np.stack(threefry.fold_in(threefry.key(3), ids), 1)
+  expected = np.stack([jax.random.key_data(jax.random.fold_in(jax.random.key(3), i)) for i in ids])
+  np.testing.assert_array_equal(keys, expected)
+
+
+def test_erfinv_equals_scipy():
+  x = np.linspace(-0.9999999, 0.9999999, 400001).astype(np.float32)
+  # Giles' float32 approximation: within 6e-6 relative in the far tails, 1e-6 inside 0.99.
+  np.testing.assert_allclose(threefry.erfinv(x), scipy.special.erfinv(x.astype(np.float64)),
+                             rtol=1e-5, atol=1e-7)
+  inner = np.abs(x) < 0.99
+  np.testing.assert_allclose(threefry.erfinv(x[inner]),
+                             scipy.special.erfinv(x[inner].astype(np.float64)), rtol=1e-6, atol=1e-7)
+  assert threefry.erfinv(np.float32([1.0, -1.0])).tolist() == [np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("seed", [0, 11])
+def test_numpy_seeds_equal_the_seeds_evaluation_draws(seed):
+  ids = np.array([0, 5, 2**31 - 1, 123456789], np.int32)
+  drawn = mismatch.draw_seeds(jax.random.key(seed), jnp.asarray(ids), 3, (5, 7, 3))
+  np.testing.assert_allclose(threefry.image_seeds(seed, ids, 3, (5, 7, 3)), drawn, rtol=0,
+                             atol=4.8e-7)  # two units in the last place of values up to 4
+  origins = np.array([[0, 0], [8, 4], [100, 3], [1, 1]], np.int32)
+  drawn = mismatch.positional_seeds(jax.random.key(seed), jnp.asarray(ids), 2, (4, 6, 3),
+                                    jnp.asarray(origins))
+  np.testing.assert_allclose(threefry.positional_seeds(seed, ids, 2, (4, 6, 3), origins), drawn,
+                             rtol=0, atol=4.8e-7)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A tiny trained, calibrated, evaluated run with both exports, copied away from it."""
+  workdir = tmp_path_factory.mktemp("run")
+  config = tiny_config(**OVERRIDES)
+  fm_main.run(config, str(workdir), "train_and_evaluate")
+  exports = {}
+  for fmt in ("stablehlo", "onnx"):
+    fm_main.run(tiny_config(**OVERRIDES, **{"export.format": fmt}), str(workdir), "export")
+    exports[fmt] = tmp_path_factory.mktemp(fmt) / "export"
+    shutil.copytree(workdir / "export", exports[fmt])
+  return workdir, exports, config
+
+
+def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
+  workdir, exports, config = run
+  assert sorted(os.listdir(exports["onnx"])) == ["manifest.json", "model.onnx"]
+  manifest = json.loads((exports["onnx"] / "manifest.json").read_text())
+  assert manifest["format"] == "onnx" and manifest["onnx"]["inputs"]["seeds"] == "float32 [B,2,16,16,3]"
+  dataset = load_dataset(config.data)
+  session = ScoringSession.load(config, str(workdir), dataset.class_names)
+  heat, scores, _ = session.score(dataset.test_images, dataset.test_classes)
+  onnx, hlo = deploy.load(str(exports["onnx"])), deploy.load(str(exports["stablehlo"]))
+  assert onnx.format == "onnx" and hlo.format == "stablehlo"
+  for ci, name in enumerate(dataset.class_names):
+    sel = dataset.test_classes == ci
+    ours, theirs = onnx(dataset.test_images[sel], name), hlo(dataset.test_images[sel], name)
+    np.testing.assert_allclose(ours.heatmaps, heat[sel], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.scores, scores[sel], rtol=1e-4)
+    assert ours.decisions.tolist() == theirs.decisions.tolist()
+    assert ours.threshold == theirs.threshold
+    np.testing.assert_allclose(ours.normalised, theirs.normalised, atol=1e-4)
+  # One image and an odd batch: the graph's batch is symbolic.
+  for count in (1, 3):
+    np.testing.assert_allclose(onnx(dataset.test_images[:count], "weave").scores, scores[:count],
+                               rtol=1e-4)
+
+
+_BLOCKED = """
+import json, runpy, sys
+for name in ("jax", "jaxlib", "flax", "orbax", "jax2onnx"):
+  sys.modules[name] = None  # importing any of them raises ImportError
+import numpy as np
+import fmjax.deploy
+scorer = fmjax.deploy.load(sys.argv[1])
+out = scorer(np.load(sys.argv[2]), "weave")
+print(json.dumps({"scores": out.scores.tolist(), "heat": float(np.abs(out.heatmaps).sum())}))
+sys.argv = ["fmjax.deploy", sys.argv[1], sys.argv[3], "--category=weave", "--out=" + sys.argv[4]]
+runpy.run_module("fmjax.deploy", run_name="__main__")
+"""
+
+
+def test_onnx_export_runs_with_jax_blocked(run, tmp_path):
+  workdir, exports, config = run
+  dataset = load_dataset(config.data)
+  images = dataset.test_images[dataset.test_classes == 0][:3]
+  np.save(tmp_path / "images.npy", images)
+  from PIL import Image
+  (tmp_path / "line").mkdir()
+  Image.fromarray(images[0]).save(tmp_path / "line" / "part0.png")
+  env = {**os.environ, "PYTHONPATH": str(REPO)}
+  out = subprocess.run([sys.executable, "-c", _BLOCKED, str(exports["onnx"]),
+                        str(tmp_path / "images.npy"), str(tmp_path / "line"), str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  child = json.loads(lines[0])
+  expected = deploy.load(str(exports["stablehlo"]))(images, "weave")
+  np.testing.assert_allclose(child["scores"], expected.scores, rtol=1e-4)
+  assert child["heat"] == pytest.approx(float(np.abs(expected.heatmaps).sum()), rel=1e-4)
+  path, said, size = lines[1].split("\t")  # the command's line for part0.png
+  assert path.endswith("part0.png") and size == "16x16"
+  assert float(said.split()[0]) == pytest.approx(float(expected.scores[0]), rel=1e-4)
+  assert (tmp_path / "out" / "part0_heatmap.png").is_file()
+
+
+def test_a_tiled_onnx_export_scores_images_of_any_size_as_evaluation_does(run, tmp_path):
+  workdir, _, _ = run
+  config = tiny_config(**OVERRIDES, **{"evaluate.tile_size": 8, "evaluate.tile_overlap": 2,
+                                       "evaluate.smoothing_sigma": 0.7, "export.format": "onnx"})
+  fm_main.run(config, str(workdir), "export")
+  scorer = deploy.load(str(workdir / "export"))
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+            for shape in [(16, 16), (21, 34), (8, 5)]]
+  heat, scores, _ = ScoringSession.load(config, str(workdir)).score(images, np.zeros(3, np.int32))
+  out = scorer(images, "weave")
+  for mine, theirs in zip(out.heatmaps, heat):
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(out.scores, scores, rtol=1e-4)
+
+
+def test_onnx_export_refusals(run, tmp_path):
+  workdir, _, _ = run
+  with pytest.raises(ConfigError, match="export.format must be one of stablehlo, onnx, got 'tflite'"):
+    fm_main.run(tiny_config(**{"export.format": "tflite"}), str(workdir), "export")
+  other = tiny_config(**OVERRIDES, **{"export.format": "onnx", "evaluate.method": "reconflow"})
+  with pytest.raises(ConfigError, match="exports evaluate.method=flow_mismatch; got reconflow"):
+    fm_main.run(other, str(workdir), "export")
+
+
+_SERVE_BLOCKED = """
+import runpy, sys
+for name in ("jax", "jaxlib", "flax", "orbax", "jax2onnx"):
+  sys.modules[name] = None
+sys.argv = ["fmjax.serve"] + sys.argv[1:]
+runpy.run_module("fmjax.serve", run_name="__main__")
+"""
+
+
+def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
+  import io
+  import socket
+  import time
+
+  import httpx
+  from PIL import Image
+  workdir, exports, config = run
+  dataset = load_dataset(config.data)
+  images = dataset.test_images[dataset.test_classes == 0]
+  direct = deploy.load(str(exports["stablehlo"]))(images, "weave")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  log = open(tmp_path / "serve.log", "w")
+  child = subprocess.Popen([sys.executable, "-c", _SERVE_BLOCKED, str(exports["onnx"]), "--port",
+                            str(port)], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log,
+                           stderr=subprocess.STDOUT)
+  url = f"http://127.0.0.1:{port}"
+  try:
+    for _ in range(600):
+      try:
+        if httpx.get(url + "/health", timeout=1).status_code == 200:
+          break
+      except httpx.TransportError:
+        pass
+      assert child.poll() is None, (tmp_path / "serve.log").read_text()
+      time.sleep(0.1)
+    health = httpx.get(url + "/health", timeout=60).json()
+    assert health["format"] == "onnx" and health["categories"] == ["weave", "brushed", "tiles"]
+    pngs = []
+    for i, image in enumerate(images):
+      buffer = io.BytesIO()
+      Image.fromarray(image).save(buffer, format="PNG")
+      pngs.append(("images", (f"part{i}.png", buffer.getvalue(), "image/png")))
+    answer = httpx.post(url + "/predict", files=pngs, data={"category": "weave"}, timeout=300).json()
+    np.testing.assert_allclose([a["score"] for a in answer["images"]], direct.scores, rtol=1e-4)
+    assert [a["decision"] for a in answer["images"]] == [
+        "anomalous" if d else "normal" for d in direct.decisions]
+  finally:
+    child.terminate()
+    child.wait(timeout=60)
+    log.close()
