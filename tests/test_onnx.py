@@ -222,3 +222,21 @@ def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
     child.terminate()
     child.wait(timeout=60)
     log.close()
+
+
+def test_openvino_reads_the_same_model_and_agrees(run):
+  """OpenVINO's runtime on model.onnx, fed the same seeds, gives onnxruntime's heatmaps (in f32
+  and its ACCURACY mode: its default CPU settings trade about 1% of the heatmap for speed)."""
+  ov = pytest.importorskip("openvino", reason="pip install openvino")
+  workdir, exports, config = run
+  scorer = deploy.load(str(exports["onnx"]))
+  images = load_dataset(config.data).test_images[:3]
+  ids, origins = deploy.image_ids(images), np.zeros((3, 2), np.int32)
+  labels = np.zeros(3, np.int32)
+  expected = scorer.tiles(images, labels, ids, origins)
+  core = ov.Core()
+  compiled = core.compile_model(core.read_model(str(exports["onnx"] / "model.onnx")), "CPU",
+                                {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY"})
+  feed = {"tiles": images, "labels": labels, "seeds": scorer.tiles.seeds(images, ids, origins)}
+  heat = compiled(feed)[compiled.output("heatmaps")]
+  np.testing.assert_allclose(heat, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
