@@ -84,9 +84,19 @@ class StableHLOTiles:
       self._call = jax.jit(exported.call)
       self._params = jax.device_put(params, devices[0])
 
+  def bucket(self, n: int) -> int:
+    """The batch a call of n tiles is padded to: the devices times a power of two (at most
+    `batch`), so calls compile for a few shapes only (each new shape compiles anew) and pad at
+    most 2x."""
+    size = len(self.devices)
+    while size < n and size < self.batch:
+      size *= 2
+    return max(size, -(-n // len(self.devices)) * len(self.devices))
+
   def __call__(self, tiles, labels, ids, origins) -> np.ndarray:
     jax = self._jax
-    n, pad = len(tiles), (-len(tiles)) % len(self.devices)
+    n = len(tiles)
+    pad = self.bucket(n) - n
     arrays = [tiles, labels, ids, origins]
     if pad:  # repeat the last row, drop its results after
       arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays]
@@ -137,6 +147,16 @@ class Scorer:
     self.tile_size, self.stride = manifest["tile_size"], manifest["stride"]
     self.tile_shape = tuple(manifest["tile_shape"])
     self.batch = tiles.batch  # tiles per call
+
+  def warm_up(self) -> None:
+    """Compiles (StableHLO) or runs once (ONNX) every batch shape a call can use, on blank
+    images of the export's size, so that no request waits for a compilation."""
+    sizes = sorted({self.tiles.bucket(n) for n in range(1, self.batch + 1)}) if hasattr(
+        self.tiles, "bucket") else [1]
+    h, w = self.tile_shape
+    for n in sizes:
+      self.tiles(np.zeros((n, h, w, 3), np.uint8), np.zeros(n, np.int32), np.zeros(n, np.int32),
+                 np.zeros((n, 2), np.int32))
 
   def resolve_category(self, category: str | None) -> str:
     """The category images are scored as: `category`, or the model's only one, or (pooled

@@ -324,6 +324,7 @@ def main(argv=None) -> int:
     console.error(str(e), prog="fmjax.serve")
     return 1
   import uvicorn
+  scorer.warm_up()  # every batch shape compiled before the first request
   app = make_app(scorer, args.max_batch, args.max_wait_ms, args.max_body_mb, args.max_image_pixels)
   console.say(f"Serving {args.export_dir} ({', '.join(scorer.class_names)}) on "
               f"http://{args.host}:{args.port} (POST /predict, GET /health, GET /metrics)")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,6 +61,7 @@ def test_exported_scores_equal_in_process_scoring(exported):
 
 _CHILD = """
 import json, sys
+import jax
 import numpy as np
 import fmjax.deploy
 scorer = fmjax.deploy.load(sys.argv[1])
@@ -196,3 +198,18 @@ def test_a_tiled_export_scores_images_of_any_size_as_evaluation_does(exported, t
     with Image.open(tmp_path / "maps" / f"part{i}_heatmap.png") as im:
       zoom = max(1, 256 // max(image.shape[:2]))
       assert im.size == (image.shape[1] * zoom, image.shape[0] * zoom)  # its aspect ratio
+
+
+def test_calls_are_padded_to_a_few_batch_shapes(exported):
+  """A call of n tiles runs at the devices times a power of two (at most 8 per device), so the
+  StableHLO compiles for a few shapes, pads at most 2x, and `warm_up` compiles them all."""
+  workdir, path, config = exported
+  scorer = deploy.load(str(path), devices=jax.local_devices()[:2])
+  assert [scorer.tiles.bucket(n) for n in (1, 2, 3, 4, 5, 9, 16)] == [2, 2, 4, 4, 8, 16, 16]
+  one = deploy.load(str(path), devices=jax.local_devices()[:1])
+  assert [one.tiles.bucket(n) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+  one.warm_up()
+  images = load_dataset(config.data).test_images[:3]
+  np.testing.assert_allclose(one(images, "weave").scores,
+                             np.concatenate([one(images[i:i + 1], "weave").scores for i in range(3)]),
+                             rtol=1e-6)
