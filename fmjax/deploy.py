@@ -59,11 +59,12 @@ class Scored:
 
 class StableHLOTiles:
   """scorer.jax and params.npz on JAX devices (data-parallel under shard_map on several):
-  (tiles uint8 [n,h,w,3], labels [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
+  (tiles uint8 [n,h,w,3], category indices [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
 
   def __init__(self, path: str, manifest: dict, devices):
     import jax
     self._jax, self.devices = jax, devices
+    self._conditional, self._null = manifest["class_conditional"], manifest["null_label"]
     with open(os.path.join(path, "scorer.jax"), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, "params.npz")) as npz:
@@ -93,9 +94,10 @@ class StableHLOTiles:
       size *= 2
     return max(size, -(-n // len(self.devices)) * len(self.devices))
 
-  def __call__(self, tiles, labels, ids, origins) -> np.ndarray:
+  def __call__(self, tiles, category, ids, origins) -> np.ndarray:
     jax = self._jax
     n = len(tiles)
+    labels = np.asarray(category, np.int32) if self._conditional else np.full(n, self._null, np.int32)
     pad = self.bucket(n) - n
     arrays = [tiles, labels, ids, origins]
     if pad:  # repeat the last row, drop its results after
@@ -106,7 +108,8 @@ class StableHLOTiles:
 
 class OnnxTiles:
   """model.onnx on onnxruntime, fed the seeds evaluation draws (`fmjax.core.threefry`):
-  (tiles uint8 [n,h,w,3], labels [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
+  (tiles uint8 [n,h,w,3], category indices [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]
+  (its tile_heatmaps output)."""
 
   def __init__(self, path: str, manifest: dict, threads: int = 0):
     try:
@@ -129,10 +132,13 @@ class OnnxTiles:
       return threefry.positional_seeds(self.seed, ids, self.num_seeds, tiles.shape[1:], origins)
     return threefry.image_seeds(self.seed, ids, self.num_seeds, tiles.shape[1:])
 
-  def __call__(self, tiles, labels, ids, origins) -> np.ndarray:
-    feed = {"tiles": np.ascontiguousarray(tiles, np.uint8),
-            "labels": np.asarray(labels, np.int32), "seeds": self.seeds(tiles, ids, origins)}
-    return self.session.run(["heatmaps"], feed)[0]
+  def feed(self, tiles, category, ids, origins) -> dict:
+    """The graph's inputs for these tiles."""
+    return {"tiles": np.ascontiguousarray(tiles, np.uint8),
+            "category": np.asarray(category, np.int32), "seeds": self.seeds(tiles, ids, origins)}
+
+  def __call__(self, tiles, category, ids, origins) -> np.ndarray:
+    return self.session.run(["tile_heatmaps"], self.feed(tiles, category, ids, origins))[0]
 
 
 class Scorer:
@@ -169,12 +175,6 @@ class Scorer:
       raise DeployError(f"Unknown category {category!r}: the export knows {self.class_names}.")
     return category
 
-  def labels_for(self, category: str, count: int) -> np.ndarray:
-    """Model labels [count] for a resolved category (the null label for a pooled model)."""
-    m = self.manifest
-    label = self.class_names.index(category) if m["class_conditional"] else m["null_label"]
-    return np.full(count, label, np.int32)
-
   def check_images(self, images) -> list[np.ndarray]:
     """The images as a list of uint8 [H,W,3]; DeployError for what this export cannot score."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -195,15 +195,15 @@ class Scorer:
   def __call__(self, images, category: str | None = None) -> Scored:
     images = self.check_images(images)
     category = self.resolve_category(category)
-    label = self.labels_for(category, 1)[0]
+    index = self.class_names.index(category)
     ids = image_ids(images)
     tiler = tiling.Tiler([im.shape for im in images], self.stride, self.tile_size,
                          self.manifest["tile_overlap"])
     heatmaps, scores = [None] * len(images), np.zeros(len(images), np.float32)
     for tiles in tiler.groups(self.batch):
       pixels = tiler.cut(images, tiles)
-      index, origins = tiling.positions(tiles)
-      heat = self.tiles(pixels, np.full(len(tiles), label, np.int32), ids[index], origins)
+      where, origins = tiling.positions(tiles)
+      heat = self.tiles(pixels, np.full(len(tiles), index, np.int32), ids[where], origins)
       for i, raw in tiler.add(tiles, heat):
         heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
     heatmaps = ragged.stack(heatmaps)

@@ -28,7 +28,9 @@ pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (pip 
 pytest.importorskip("jax2onnx", reason="the ONNX export needs jax2onnx "
                                        "(pip install --no-deps jax2onnx==0.17.1)")
 
-OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5"}
+# Smoothed heatmaps (sigma 1 pixel), so that the graph's smoothing is checked too.
+OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5",
+             "evaluate.smoothing_sigma": 1.0}
 
 
 def test_threefry_hash_is_jax_bit_for_bit():
@@ -88,6 +90,8 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
   assert sorted(os.listdir(exports["onnx"])) == ["manifest.json", "model.onnx"]
   manifest = json.loads((exports["onnx"] / "manifest.json").read_text())
   assert manifest["format"] == "onnx" and manifest["onnx"]["inputs"]["seeds"] == "float32 [B,2,16,16,3]"
+  assert list(manifest["onnx"]["outputs"]) == ["tile_heatmaps", "heatmaps", "scores",
+                                               "normalised", "decisions"]
   dataset = load_dataset(config.data)
   session = ScoringSession.load(config, str(workdir), dataset.class_names)
   heat, scores, _ = session.score(dataset.test_images, dataset.test_classes)
@@ -101,6 +105,21 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
     assert ours.decisions.tolist() == theirs.decisions.tolist()
     assert ours.threshold == theirs.threshold
     np.testing.assert_allclose(ours.normalised, theirs.normalised, atol=1e-4)
+  # The graph's own image outputs (for runtimes without fmjax) equal the host's finishing.
+  import onnxruntime
+  session_ort = onnxruntime.InferenceSession(str(exports["onnx"] / "model.onnx"))
+  assert [o.name for o in session_ort.get_outputs()] == [
+      "tile_heatmaps", "heatmaps", "scores", "normalised", "decisions"]
+  for ci, name in enumerate(dataset.class_names):
+    images = dataset.test_images[dataset.test_classes == ci]
+    expected = hlo(images, name)
+    feed = onnx.tiles.feed(images, np.full(len(images), ci), deploy.image_ids(images),
+                           np.zeros((len(images), 2), np.int32))
+    _, heat_g, scores_g, normalised_g, decisions_g = session_ort.run(None, feed)
+    np.testing.assert_allclose(heat_g, expected.heatmaps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores_g, expected.scores, rtol=1e-4)
+    np.testing.assert_allclose(normalised_g, expected.normalised, atol=1e-4)
+    assert decisions_g.tolist() == expected.decisions.tolist()
   # One image and an odd batch: the graph's batch is symbolic.
   for count in (1, 3):
     np.testing.assert_allclose(onnx(dataset.test_images[:count], "weave").scores, scores[:count],
@@ -147,8 +166,8 @@ def test_onnx_export_runs_with_jax_blocked(run, tmp_path):
 
 def test_a_tiled_onnx_export_scores_images_of_any_size_as_evaluation_does(run, tmp_path):
   workdir, _, _ = run
-  config = tiny_config(**OVERRIDES, **{"evaluate.tile_size": 8, "evaluate.tile_overlap": 2,
-                                       "evaluate.smoothing_sigma": 0.7, "export.format": "onnx"})
+  config = tiny_config(**{**OVERRIDES, "evaluate.tile_size": 8, "evaluate.tile_overlap": 2,
+                          "evaluate.smoothing_sigma": 0.7, "export.format": "onnx"})
   fm_main.run(config, str(workdir), "export")
   scorer = deploy.load(str(workdir / "export"))
   rng = np.random.default_rng(0)
@@ -232,11 +251,11 @@ def test_openvino_reads_the_same_model_and_agrees(run):
   scorer = deploy.load(str(exports["onnx"]))
   images = load_dataset(config.data).test_images[:3]
   ids, origins = deploy.image_ids(images), np.zeros((3, 2), np.int32)
-  labels = np.zeros(3, np.int32)
-  expected = scorer.tiles(images, labels, ids, origins)
+  category = np.zeros(3, np.int32)
+  expected = scorer.tiles(images, category, ids, origins)
   core = ov.Core()
   compiled = core.compile_model(core.read_model(str(exports["onnx"] / "model.onnx")), "CPU",
                                 {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY"})
-  feed = {"tiles": images, "labels": labels, "seeds": scorer.tiles.seeds(images, ids, origins)}
-  heat = compiled(feed)[compiled.output("heatmaps")]
+  heat = compiled(scorer.tiles.feed(images, category, ids, origins))[
+      compiled.output("tile_heatmaps")]
   np.testing.assert_allclose(heat, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())

@@ -64,7 +64,8 @@ def export_scorer(config, workdir: str) -> str:
   if fmt == "onnx":
     from fmjax.decide import onnx_export
     platforms = ["onnx"]  # any ONNX runtime
-    written = {"model.onnx": onnx_export.onnx_model(config, session, tile_shape)}
+    thresholds = _manifest(config, workdir, session, platforms, leaves, tile_shape)["thresholds"]
+    written = {"model.onnx": onnx_export.onnx_model(config, session, tile_shape, thresholds)}
     onnx_export.check_graph(written["model.onnx"])
   else:
     exported = _export_tile_function(config, session, platforms, tile_shape)
@@ -161,11 +162,16 @@ def _onnx_contract(config, tile_shape) -> dict:
   from fmjax.decide import onnx_export
   k, (h, w) = int(config.evaluate.num_seeds), tile_shape
   positional = int(config.evaluate.tile_size) > 0
+  outputs = {onnx_export.TILE_OUTPUT: f"float32 [B,{h},{w}] before smoothing"}
+  if onnx_export.whole_images(config, tile_shape):
+    outputs.update(heatmaps=f"float32 [B,{h},{w}] smoothed", scores="float32 [B]",
+                   normalised="float32 [B] (0.5 at the threshold; NaN without a scale)",
+                   decisions="bool [B] (anomalous)")
   return {
       "opset": onnx_export.OPSET,
-      "inputs": {"tiles": f"uint8 [B,{h},{w},3]", "labels": "int32 [B] (class index, or "
-                 "null_label for a pooled model)", "seeds": f"float32 [B,{k},{h},{w},3]"},
-      "outputs": {"heatmaps": f"float32 [B,{h},{w}] before smoothing"},
+      "inputs": {"tiles": f"uint8 [B,{h},{w},3]", "category": "int32 [B] (index in class_names)",
+                 "seeds": f"float32 [B,{k},{h},{w},3]"},
+      "outputs": outputs,
       "seeds": ("fmjax.core.threefry.positional_seeds(seed, image_ids, K, tile_shape + [3], "
                 "origins): per pixel position in the whole image" if positional else
                 "fmjax.core.threefry.image_seeds(seed, image_ids, K, tile_shape + [3])") +

@@ -1,12 +1,23 @@
-"""The tile scorer as one ONNX graph (`--mode=export --config.export.format=onnx`), by jax2onnx.
+"""The scorer as one ONNX graph (`--mode=export --config.export.format=onnx`), by jax2onnx.
 
-  model.onnx   (tiles uint8 [B,h,w,3], labels int32 [B], seeds float32 [B,K,h,w,3])
-               -> heatmaps float32 [B,h,w]
-               The velocity U-Net with its parameters inside, the normalisation of the
-               training images, and Flow Mismatching: the T interior times t_j = j / (T + 1),
-               the paths x_t = (1 - t) x0 + t y, the mismatch ||v - (y - x0)||^2 over channels,
-               the aggregation over the K seeds and the t^2-weighted mean over times. B is
-               symbolic; h, w are the export's tile shape (manifest "tile_shape").
+  model.onnx   inputs:  tiles uint8 [B,h,w,3]      images (or tiles of them) of tile_shape
+                        category int32 [B]         index into the manifest's class_names
+                        seeds float32 [B,K,h,w,3]  the Gaussian seeds (below)
+               outputs: tile_heatmaps float32 [B,h,w]   before smoothing (what tiled scoring
+                                                        blends)
+               and, when images are scored whole at their size (evaluate.tile_size 0 and
+               data.image_size a multiple of the model's stride):
+                        heatmaps float32 [B,h,w]   smoothed (evaluate.smoothing_sigma)
+                        scores float32 [B]         max + mean of the top 1% of the heatmap
+                        normalised float32 [B]     0.5 at the decision threshold (NaN when the
+                                                   category has no calibrated scale)
+                        decisions bool [B]         anomalous (False without a threshold)
+
+The graph holds the velocity U-Net with its parameters, the training images' normalisation,
+and Flow Mismatching: the T interior times t_j = j / (T + 1), the paths x_t = (1 - t) x0 + t y,
+the mismatch ||v - (y - x0)||^2 over channels, the aggregation over the K seeds and the
+t^2-weighted mean over times; then the smoothing, the image score and each category's
+threshold and score scale as constants. B is symbolic.
 
 The seeds are an input, not drawn in the graph: jax2onnx does not convert JAX's random
 generator (its threefry primitives), and a graph fed its seeds gives the same heatmaps on every
@@ -14,8 +25,9 @@ runtime. They are the seeds `--mode=evaluate` draws: `fmjax.core.threefry` compu
 numpy from (evaluate.seed, the image's content hash `fmjax.core.ids.image_ids`, and in a tiled
 export the pixel's position), equal to JAX's to one unit in the last place.
 
-Blending tiles, the Gaussian smoothing, the image score, thresholds and normalised scores run
-on the host as for the StableHLO export (`fmjax.deploy`), from the same manifest.json.
+`fmjax.deploy` feeds the graph and finishes tile_heatmaps on the host (blending, smoothing, the
+image score, thresholds: `fmjax.score.maps`), as for the StableHLO export; the other outputs
+serve runtimes without fmjax, and tests/test_onnx.py checks they equal the host's.
 
 jax2onnx is imported here only; it is installed without its dependencies (README "Deploying":
 its release pins an older orbax-checkpoint that fmjax's checkpoints do not need).
@@ -27,13 +39,15 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fmjax.core.errors import ConfigError
 from fmjax.methods import mismatch
 from fmjax.score.session import ScoringSession
 
-INPUT_NAMES = ("tiles", "labels", "seeds")
-OUTPUT_NAMES = ("heatmaps",)
+INPUT_NAMES = ("tiles", "category", "seeds")
+TILE_OUTPUT = "tile_heatmaps"
+IMAGE_OUTPUTS = ("heatmaps", "scores", "normalised", "decisions")
 OPSET = 23
 
 
@@ -49,8 +63,56 @@ def _to_onnx():
   return to_onnx
 
 
-def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int]) -> bytes:
-  """The serialized ONNX model of the tile scorer (module docstring) for `session`'s params."""
+def whole_images(config, tile_shape) -> bool:
+  """Whether the graph scores whole images at their size (and so gives their final outputs)."""
+  size = config.data.image_size
+  return int(config.evaluate.tile_size) == 0 and tuple(tile_shape) == (size, size)
+
+
+def _gaussian_taps(sigma: float) -> np.ndarray:
+  """scipy.ndimage.gaussian_filter's 1-D kernel (truncate 4.0), float32."""
+  radius = int(4.0 * sigma + 0.5)
+  x = np.arange(-radius, radius + 1, dtype=np.float64)
+  taps = np.exp(-0.5 * (x / sigma) ** 2)
+  return (taps / taps.sum()).astype(np.float32)
+
+
+def smooth(heatmaps: jax.Array, sigma: float) -> jax.Array:
+  """heatmaps [B,H,W] filtered like `fmjax.score.maps.smooth` (scipy's gaussian_filter, mode
+  "reflect": numpy's "symmetric"), separably, in float32; unchanged for sigma 0."""
+  if not sigma:
+    return heatmaps
+  taps = _gaussian_taps(sigma)
+  r = (len(taps) - 1) // 2
+  for axis in (1, 2):
+    widths = [(0, 0)] * 3
+    widths[axis] = (r, r)
+    padded = jnp.pad(heatmaps, widths, mode="symmetric")
+    n = heatmaps.shape[axis]
+    heatmaps = sum(float(w) * jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
+                   for i, w in enumerate(taps))
+  return heatmaps
+
+
+def _category_tables(class_names, thresholds: dict) -> dict:
+  """Per-category constants [C] of the decision and the normalised score (manifest thresholds)."""
+  from fmjax.decide.normalize import ScoreScale
+  table = {"threshold": [], "strict": [], "low": [], "scale_threshold": []}
+  for name in class_names:
+    entry = thresholds.get(name, {})
+    table["threshold"].append(np.nan if entry.get("image") is None else entry["image"])
+    table["strict"].append(bool(entry.get("strict", True)))
+    scale = entry.get("image_scale")
+    scale = scale and ScoreScale.from_json(scale)
+    table["low"].append(np.nan if not scale else scale.low)
+    table["scale_threshold"].append(np.nan if not scale else scale.decision_threshold)
+  return {k: np.asarray(v, bool if k == "strict" else np.float32) for k, v in table.items()}
+
+
+def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
+               thresholds: dict) -> bytes:
+  """The serialized ONNX model (module docstring) for `session`'s params and the manifest's
+  per-category `thresholds`."""
   ec = config.evaluate
   if ec.method != "flow_mismatch":
     raise ConfigError(f"export.format=onnx exports evaluate.method=flow_mismatch; got "
@@ -60,6 +122,7 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int]) -> 
   model_config = config.model.copy_and_resolve_references()
   model_config.attention_impl = "xla"
   from fmjax.model.unet import build_unet
+  from fmjax.score.maps import sigma_pixels
   model = build_unet(model_config, len(session.class_names))
   params = jax.device_get(session.params)
   norm, k, t = session.norm, int(ec.num_seeds), int(ec.num_times)
@@ -67,24 +130,43 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int]) -> 
   # One image per velocity call (its K x T samples, in chunks of max_forward_batch), as in the
   # StableHLO export (`mismatch.flow_mismatch` with a symbolic batch).
   forward_batch = max(1, min(int(ec.max_forward_batch), k * t))
-
-  def score_tiles(tiles, labels, seeds):
-    velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
-    heat, _ = mismatch.flow_mismatch(velocity, norm.normalize(tiles), seeds, times, labels,
-                                     options.aggregator, options.quantile,
-                                     max_forward_batch=forward_batch)
-    return heat.astype(jnp.float32)
-
+  conditional, null_label = bool(config.data.class_conditional), len(session.class_names)
   h, w = tile_shape
+  whole = whole_images(config, tile_shape)
+  sigma = sigma_pixels(ec, h, w)
+  tables = _category_tables(session.class_names, thresholds)
+
+  def score(tiles, category, seeds):
+    labels = category if conditional else jnp.full_like(category, null_label)
+    velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
+    raw, _ = mismatch.flow_mismatch(velocity, norm.normalize(tiles), seeds, times, labels,
+                                    options.aggregator, options.quantile,
+                                    max_forward_batch=forward_batch)
+    raw = raw.astype(jnp.float32)
+    if not whole:
+      return raw
+    heat = smooth(raw, sigma)
+    scores = mismatch.image_score(heat)
+    c = {name: jnp.asarray(v)[category] for name, v in tables.items()}
+    # Boolean algebra, not a select: onnxruntime has no Where over booleans.
+    decisions = ((c["strict"] & (scores > c["threshold"])) |
+                 (~c["strict"] & (scores >= c["threshold"])))
+    span = c["scale_threshold"] - c["low"]
+    normalised = jnp.where(span > 0, jnp.clip(0.5 * (scores - c["low"]) / jnp.where(span > 0, span, 1.0), 0.0, 1.0),
+                           (scores > c["scale_threshold"]).astype(jnp.float32))
+    normalised = jnp.where(jnp.isnan(c["low"]), jnp.nan, normalised)
+    return raw, heat, scores, normalised, decisions
+
   (b,) = jax.export.symbolic_shape("B")
   specs = [jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8), jax.ShapeDtypeStruct((b,), jnp.int32),
            jax.ShapeDtypeStruct((b, k, h, w, 3), jnp.float32)]
-  proto = _to_onnx()(score_tiles, specs, model_name="fmjax_flow_mismatch", opset=OPSET,
-                     input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES))
-  proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "B"  # as the inputs name it
-  proto.doc_string = ("fmjax Flow Mismatching tile scorer: (tiles uint8 [B,h,w,3], labels int32 "
-                      "[B], seeds float32 [B,K,h,w,3]) -> heatmaps float32 [B,h,w]; see "
-                      "manifest.json")
+  outputs = [TILE_OUTPUT] + (list(IMAGE_OUTPUTS) if whole else [])
+  proto = _to_onnx()(score, specs, model_name="fmjax_flow_mismatch", opset=OPSET,
+                     input_names=list(INPUT_NAMES), output_names=outputs)
+  for out in proto.graph.output:
+    out.type.tensor_type.shape.dim[0].dim_param = "B"  # as the inputs name it
+  proto.doc_string = ("fmjax Flow Mismatching: (tiles uint8 [B,h,w,3], category int32 [B], seeds "
+                      f"float32 [B,K,h,w,3]) -> {', '.join(outputs)}; see manifest.json")
   return proto.SerializeToString()
 
 
