@@ -180,6 +180,20 @@ def test_a_tiled_onnx_export_scores_images_of_any_size_as_evaluation_does(run, t
   np.testing.assert_allclose(out.scores, scores, rtol=1e-4)
 
 
+def test_onnx_export_without_smoothing_gives_the_raw_heatmaps_as_heatmaps(run):
+  workdir, _, config = run
+  fm_main.run(tiny_config(**{**OVERRIDES, "evaluate.smoothing_sigma": 0.0, "export.format": "onnx"}),
+              str(workdir), "export")
+  import onnxruntime
+  session = onnxruntime.InferenceSession(str(workdir / "export" / "model.onnx"))
+  scorer = deploy.load(str(workdir / "export"))
+  images = load_dataset(config.data).test_images[:2]
+  feed = scorer.tiles.feed(images, np.zeros(2), deploy.image_ids(images), np.zeros((2, 2)))
+  raw, heat, scores, _, _ = session.run(None, feed)
+  np.testing.assert_array_equal(raw, heat)
+  np.testing.assert_allclose(scores, scorer(images, "weave").scores, rtol=1e-5)
+
+
 def test_onnx_export_refusals(run, tmp_path):
   workdir, _, _ = run
   with pytest.raises(ConfigError, match="export.format must be one of stablehlo, onnx, got 'tflite'"):

@@ -145,7 +145,7 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
     raw = raw.astype(jnp.float32)
     if not whole:
       return raw
-    heat = smooth(raw, sigma)
+    heat = smooth(raw, sigma) if sigma else raw + 0.0  # its own value: an output of its own name
     scores = mismatch.image_score(heat)
     c = {name: jnp.asarray(v)[category] for name, v in tables.items()}
     # Boolean algebra, not a select: onnxruntime has no Where over booleans.
