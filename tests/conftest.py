@@ -106,3 +106,40 @@ def check_eval_report(eval_dir, categories, with_masks=True):
       else:
         assert cell == f"{100 * value:.1f}", (name, column)
   return metrics
+
+
+import contextlib  # noqa: E402
+
+
+@contextlib.contextmanager
+def serving(command: list, log_path, env=None):
+  """Runs `command` + ["--port", <a free 127.0.0.1 port>] (an fmjax.serve command line) until it
+  answers GET /health; yields its base URL; stops it after. Its output goes to `log_path`, which
+  a failed start shows."""
+  import socket
+  import subprocess
+  import time
+
+  import httpx
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+  with open(log_path, "w") as log:
+    child = subprocess.Popen(list(command) + ["--port", str(port)], env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+      for _ in range(600):
+        try:
+          if httpx.get(url + "/health", timeout=1).status_code == 200:
+            break
+        except httpx.TransportError:
+          pass
+        if child.poll() is not None:
+          raise AssertionError(pathlib.Path(log_path).read_text())
+        time.sleep(0.1)
+      yield url
+    finally:
+      child.terminate()
+      child.wait(timeout=60)

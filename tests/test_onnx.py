@@ -22,7 +22,7 @@ from fmjax.data import load_dataset
 from fmjax.methods import mismatch
 from fmjax.score.session import ScoringSession
 
-from conftest import REPO, tiny_config
+from conftest import REPO, serving, tiny_config
 
 pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (pip install -e '.[onnx]')")
 pytest.importorskip("jax2onnx", reason="the ONNX export needs jax2onnx "
@@ -214,8 +214,6 @@ runpy.run_module("fmjax.serve", run_name="__main__")
 
 def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
   import io
-  import socket
-  import time
 
   import httpx
   from PIL import Image
@@ -223,23 +221,8 @@ def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
   dataset = load_dataset(config.data)
   images = dataset.test_images[dataset.test_classes == 0]
   direct = deploy.load(str(exports["stablehlo"]))(images, "weave")
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  log = open(tmp_path / "serve.log", "w")
-  child = subprocess.Popen([sys.executable, "-c", _SERVE_BLOCKED, str(exports["onnx"]), "--port",
-                            str(port)], env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log,
-                           stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  try:
-    for _ in range(600):
-      try:
-        if httpx.get(url + "/health", timeout=1).status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      assert child.poll() is None, (tmp_path / "serve.log").read_text()
-      time.sleep(0.1)
+  with serving([sys.executable, "-c", _SERVE_BLOCKED, str(exports["onnx"])],
+               tmp_path / "serve.log") as url:
     health = httpx.get(url + "/health", timeout=60).json()
     assert health["format"] == "onnx" and health["categories"] == ["weave", "brushed", "tiles"]
     pngs = []
@@ -251,10 +234,6 @@ def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
     np.testing.assert_allclose([a["score"] for a in answer["images"]], direct.scores, rtol=1e-4)
     assert [a["decision"] for a in answer["images"]] == [
         "anomalous" if d else "normal" for d in direct.decisions]
-  finally:
-    child.terminate()
-    child.wait(timeout=60)
-    log.close()
 
 
 def test_openvino_reads_the_same_model_and_agrees(run):

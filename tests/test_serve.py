@@ -6,10 +6,7 @@ import concurrent.futures
 import io
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -20,15 +17,9 @@ from fmjax import deploy
 from fmjax import main as fm_main
 from fmjax.data import load_dataset
 
-from conftest import REPO, tiny_config
+from conftest import serving, tiny_config
 
 OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5"}
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -45,31 +36,12 @@ def service(tmp_path_factory):
   config = tiny_config(**OVERRIDES)
   fm_main.run(config, str(workdir), "train_and_evaluate")
   fm_main.run(config, str(workdir), "export")
-  port = _free_port()
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  log = open(workdir / "serve.log", "w")
-  child = subprocess.Popen([sys.executable, "-m", "fmjax.serve", str(workdir / "export"), "--port",
-                            str(port), "--max-batch", "8", "--max-wait-ms", "50", "--max-body-mb",
-                            "0.05", "--max-image-pixels", "1000"], env=env, stdout=log,
-                           stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  try:
-    for _ in range(600):
-      try:
-        if httpx.get(url + "/health", timeout=1).status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      if child.poll() is not None:
-        raise AssertionError((workdir / "serve.log").read_text())
-      time.sleep(0.1)
+  command = [sys.executable, "-m", "fmjax.serve", str(workdir / "export"), "--max-batch", "8",
+             "--max-wait-ms", "50", "--max-body-mb", "0.05", "--max-image-pixels", "1000"]
+  with serving(command, workdir / "serve.log", {"JAX_PLATFORMS": "cpu"}) as url:
     dataset = load_dataset(config.data)
     images = dataset.test_images[dataset.test_classes == 0]
     yield url, workdir / "export", images
-  finally:
-    child.terminate()
-    child.wait(timeout=60)
-    log.close()
 
 
 class _Client:
