@@ -130,7 +130,8 @@ def serving(command: list, log_path, env=None):
                              stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-      for _ in range(600):
+      deadline = time.time() + 300  # it compiles its batch shapes before listening
+      while time.time() < deadline:
         try:
           if httpx.get(url + "/health", timeout=1).status_code == 200:
             break
@@ -139,6 +140,8 @@ def serving(command: list, log_path, env=None):
         if child.poll() is not None:
           raise AssertionError(pathlib.Path(log_path).read_text())
         time.sleep(0.1)
+      else:
+        raise AssertionError("no answer on /health in 300 s: " + pathlib.Path(log_path).read_text())
       yield url
     finally:
       child.terminate()

@@ -252,3 +252,28 @@ def test_openvino_reads_the_same_model_and_agrees(run):
   heat = compiled(scorer.tiles.feed(images, category, ids, origins))[
       compiled.output("tile_heatmaps")]
   np.testing.assert_allclose(heat, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+def test_onnx_equals_jax_on_the_quickstart_model(tmp_path):
+  """The quickstart's U-Net (345,843 parameters, 32x32, attention at rate 4, K = T = 4),
+  trained 2 steps: ONNX heatmaps and scores equal fmjax's scorer and the StableHLO export."""
+  from fmjax import configlib
+  config = configlib.quickstart_config()
+  config.train.update(num_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+  config.mesh.num_devices = 1
+  fm_main.run(config, str(tmp_path), "train")
+  dataset = load_dataset(config.data)
+  pick = np.concatenate([np.nonzero(dataset.test_classes == c)[0][:3] for c in range(3)])
+  images, classes = dataset.test_images[pick], dataset.test_classes[pick]
+  heat, scores, _ = ScoringSession.load(config, str(tmp_path), dataset.class_names).score(images, classes)
+  out = {}
+  for fmt in ("stablehlo", "onnx"):
+    config.export.format = fmt
+    fm_main.run(config, str(tmp_path), "export")
+    scorer = deploy.load(str(tmp_path / "export"))
+    assert scorer.format == fmt and scorer.manifest["num_params"] == 345_843
+    out[fmt] = [scorer(images[classes == c], name) for c, name in enumerate(dataset.class_names)]
+  for c, (ours, theirs) in enumerate(zip(out["onnx"], out["stablehlo"])):
+    np.testing.assert_allclose(ours.heatmaps, heat[classes == c], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.scores, scores[classes == c], rtol=1e-4)
+    np.testing.assert_allclose(ours.heatmaps, theirs.heatmaps, rtol=1e-4, atol=1e-6)
