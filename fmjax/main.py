@@ -9,8 +9,9 @@
   --mode=calibrate scores the normal images held out of training (data.val_fraction) and
   writes per-category thresholds at calibrate.false_alarm_rates to <workdir>/calibration.json
   (train_and_evaluate does it between training and evaluation).
-  --mode=export writes the scorer as StableHLO with its parameters and thresholds to
-  <workdir>/export/, for fmjax.deploy (no Flax, model code or checkpoint needed there).
+  --mode=export writes the scorer as StableHLO (or, with --config.export.format=onnx, as one
+  ONNX graph) with its parameters and thresholds to <workdir>/export/, for fmjax.deploy (no
+  Flax, model code or checkpoint needed there; no JAX for ONNX).
   --mode=scaling (the default of configs/scaling.py) trains one arm per global batch size
   (scaling.batch_sizes) in <workdir>/arms/batch_<B>/ and writes the compute-scaling report to
   <workdir>/scaling/: held-out loss, gradient noise scale, critical batch size, AUROC per FLOP.
