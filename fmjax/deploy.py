@@ -123,6 +123,9 @@ class OnnxTiles:
     self.session = onnxruntime.InferenceSession(os.path.join(path, "model.onnx"), options,
                                                 providers=["CPUExecutionProvider"])
     self.devices, self.batch = [], 8
+    # Whole-image exports give the finished heatmaps and scores (smoothed in the graph), so the
+    # host needs neither scipy nor its own smoothing for them.
+    self.finishes = "scores" in [o.name for o in self.session.get_outputs()]
     self.seed, self.num_seeds = int(manifest["seed"]), int(manifest["method_options"]["num_seeds"])
     self.positional = manifest["tile_size"] > 0
 
@@ -139,6 +142,13 @@ class OnnxTiles:
 
   def __call__(self, tiles, category, ids, origins) -> np.ndarray:
     return self.session.run(["tile_heatmaps"], self.feed(tiles, category, ids, origins))[0]
+
+  def finished(self, images, category, ids) -> tuple[np.ndarray, np.ndarray]:
+    """(smoothed heatmaps [n,H,W], image scores [n]) of whole images [n,H,W,3], from the graph."""
+    origins = np.zeros((len(images), 2), np.int32)
+    heat, scores = self.session.run(["heatmaps", "scores"],
+                                    self.feed(images, category, ids, origins))
+    return heat, scores
 
 
 class Scorer:
@@ -197,15 +207,10 @@ class Scorer:
     category = self.resolve_category(category)
     index = self.class_names.index(category)
     ids = image_ids(images)
-    tiler = tiling.Tiler([im.shape for im in images], self.stride, self.tile_size,
-                         self.manifest["tile_overlap"])
-    heatmaps, scores = [None] * len(images), np.zeros(len(images), np.float32)
-    for tiles in tiler.groups(self.batch):
-      pixels = tiler.cut(images, tiles)
-      where, origins = tiling.positions(tiles)
-      heat = self.tiles(pixels, np.full(len(tiles), index, np.int32), ids[where], origins)
-      for i, raw in tiler.add(tiles, heat):
-        heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
+    if getattr(self.tiles, "finishes", False):  # whole images: the ONNX graph smooths, scores
+      heatmaps, scores = self._finished_in_graph(images, index, ids)
+    else:
+      heatmaps, scores = self._finished_on_host(images, index, ids)
     heatmaps = ragged.stack(heatmaps)
     t = self.manifest["thresholds"].get(category, {})
     threshold = t.get("image")
@@ -215,6 +220,32 @@ class Scorer:
     scale = t.get("image_scale")
     normalised = None if scale is None else normalize.ScoreScale.from_json(scale)(scores)
     return Scored(heatmaps, scores, decisions, float(threshold), t["kind"], normalised)
+
+  def _finished_on_host(self, images, index: int, ids) -> tuple[list, np.ndarray]:
+    """Heatmaps (a list of [H_i,W_i]) and scores [n]: the export's tiles blended, smoothed and
+    scored on the host (`fmjax.score.tiling`, `fmjax.score.maps`), as in evaluation."""
+    tiler = tiling.Tiler([im.shape for im in images], self.stride, self.tile_size,
+                         self.manifest["tile_overlap"])
+    heatmaps, scores = [None] * len(images), np.zeros(len(images), np.float32)
+    for tiles in tiler.groups(self.batch):
+      where, origins = tiling.positions(tiles)
+      heat = self.tiles(tiler.cut(images, tiles), np.full(len(tiles), index, np.int32),
+                        ids[where], origins)
+      for i, raw in tiler.add(tiles, heat):
+        heatmaps[i], scores[i] = maps.finish(raw, self.manifest)
+    return heatmaps, scores
+
+  def _finished_in_graph(self, images, index: int, ids) -> tuple[list, np.ndarray]:
+    """Heatmaps and scores of whole images of the export's size from the ONNX graph's own
+    outputs (smoothed and scored in the graph)."""
+    heatmaps, scores = [], []
+    for start in range(0, len(images), self.batch):
+      chunk = np.stack(images[start:start + self.batch])
+      heat, score = self.tiles.finished(chunk, np.full(len(chunk), index, np.int32),
+                                        ids[start:start + len(chunk)])
+      heatmaps += list(heat)
+      scores.append(score)
+    return heatmaps, np.concatenate(scores).astype(np.float32)
 
   def defects(self, heatmap: np.ndarray, category: str, height: int, width: int):
     """(the predicted-defect mask bool [height,width], its regions) of one heatmap enlarged to

@@ -130,11 +130,17 @@ _BLOCKED = """
 import json, runpy, sys
 for name in ("jax", "jaxlib", "flax", "orbax", "jax2onnx"):
   sys.modules[name] = None  # importing any of them raises ImportError
+# The Python API on whole images needs onnxruntime and numpy only: no scipy, Pillow, matplotlib.
+for name in ("scipy", "PIL", "matplotlib"):
+  sys.modules[name] = None
 import numpy as np
 import fmjax.deploy
 scorer = fmjax.deploy.load(sys.argv[1])
 out = scorer(np.load(sys.argv[2]), "weave")
-print(json.dumps({"scores": out.scores.tolist(), "heat": float(np.abs(out.heatmaps).sum())}))
+print(json.dumps({"scores": out.scores.tolist(), "heat": float(np.abs(out.heatmaps).sum()),
+                  "normalised": out.normalised.tolist()}))
+for name in ("scipy", "PIL", "matplotlib"):  # the command reads files and draws pictures
+  del sys.modules[name]
 sys.argv = ["fmjax.deploy", sys.argv[1], sys.argv[3], "--category=weave", "--out=" + sys.argv[4]]
 runpy.run_module("fmjax.deploy", run_name="__main__")
 """
@@ -158,6 +164,7 @@ def test_onnx_export_runs_with_jax_blocked(run, tmp_path):
   expected = deploy.load(str(exports["stablehlo"]))(images, "weave")
   np.testing.assert_allclose(child["scores"], expected.scores, rtol=1e-4)
   assert child["heat"] == pytest.approx(float(np.abs(expected.heatmaps).sum()), rel=1e-4)
+  np.testing.assert_allclose(child["normalised"], expected.normalised, atol=1e-4)
   path, said, size = lines[1].split("\t")  # the command's line for part0.png
   assert path.endswith("part0.png") and size == "16x16"
   assert float(said.split()[0]) == pytest.approx(float(expected.scores[0]), rel=1e-4)

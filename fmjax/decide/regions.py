@@ -14,7 +14,6 @@ order (row-major by each region's first pixel), each described by
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from fmjax.score import maps
 
@@ -32,6 +31,7 @@ def predicted_mask(heatmap: np.ndarray, pixel_threshold: float) -> np.ndarray:
 def regions(heatmap: np.ndarray, mask: np.ndarray, pixel_scale=None) -> list[dict]:
   """The 8-connected regions of `mask` [H,W] with their scores in `heatmap` [H,W] (module
   docstring); `pixel_scale` (a `normalize.ScoreScale`) adds each peak's normalised score."""
+  from scipy import ndimage  # here: scoring without masks needs no scipy
   heatmap = np.asarray(heatmap, np.float64)
   labeled, count = ndimage.label(np.asarray(mask, bool), structure=EIGHT_CONNECTED)
   if count == 0:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.ndimage
-from PIL import Image
 
 
 def sigma_pixels(eval_config, height: int, width: int) -> float:
@@ -29,6 +27,7 @@ def smooth(heatmap: np.ndarray, sigma: float) -> np.ndarray:
   heatmap = np.asarray(heatmap, np.float32)
   if not sigma:
     return heatmap
+  import scipy.ndimage  # here: an ONNX deployment that never smooths on the host needs no scipy
   return scipy.ndimage.gaussian_filter(heatmap.astype(np.float64), sigma).astype(np.float32)
 
 
@@ -54,6 +53,7 @@ def resize_map(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
   heatmap = np.asarray(heatmap, np.float32)
   if heatmap.shape == (height, width):
     return heatmap
+  from PIL import Image
   resized = Image.fromarray(heatmap, mode="F").resize((width, height), Image.BILINEAR,
                                                       reducing_gap=None)
   return np.asarray(resized, np.float32)
