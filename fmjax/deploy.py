@@ -120,8 +120,14 @@ class OnnxTiles:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads  # 0: onnxruntime's choice (the physical cores)
-    self.session = onnxruntime.InferenceSession(os.path.join(path, "model.onnx"), options,
-                                                providers=["CPUExecutionProvider"])
+    model = os.path.join(path, "model.onnx")
+    if not os.path.isfile(model):
+      raise DeployError(f"{path} is an ONNX export without model.onnx: export it again.")
+    try:
+      self.session = onnxruntime.InferenceSession(model, options,
+                                                  providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types: a damaged or foreign file
+      raise DeployError(f"Cannot load {model}: {str(e).strip().splitlines()[0][:300]}") from None
     self.devices, self.batch = [], 8
     # Whole-image exports give the finished heatmaps and scores (smoothed in the graph), so the
     # host needs neither scipy nor its own smoothing for them.

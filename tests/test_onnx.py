@@ -202,7 +202,15 @@ def test_onnx_export_without_smoothing_gives_the_raw_heatmaps_as_heatmaps(run):
 
 
 def test_onnx_export_refusals(run, tmp_path):
-  workdir, _, _ = run
+  workdir, exports, _ = run
+  broken = tmp_path / "broken"
+  shutil.copytree(exports["onnx"], broken)
+  (broken / "model.onnx").write_bytes(b"not a model")
+  with pytest.raises(deploy.DeployError, match="Cannot load .*model.onnx"):
+    deploy.load(str(broken))
+  (broken / "model.onnx").unlink()
+  with pytest.raises(deploy.DeployError, match="ONNX export without model.onnx"):
+    deploy.load(str(broken))
   with pytest.raises(ConfigError, match="export.format must be one of stablehlo, onnx, got 'tflite'"):
     fm_main.run(tiny_config(**{"export.format": "tflite"}), str(workdir), "export")
   other = tiny_config(**OVERRIDES, **{"export.format": "onnx", "evaluate.method": "reconflow"})
