@@ -62,10 +62,12 @@ def export_scorer(config, workdir: str) -> str:
   tile_shape = _tile_shape(config)
   leaves = jax.tree.leaves(jax.device_get(session.params))
   if fmt == "onnx":
-    from fmjax.decide import onnx_export
     platforms = ["onnx"]  # any ONNX runtime
-    thresholds = _manifest(config, workdir, session, platforms, leaves, tile_shape)["thresholds"]
-    written = {"model.onnx": onnx_export.onnx_model(config, session, tile_shape, thresholds)}
+  manifest = _manifest(config, workdir, session, platforms, leaves, tile_shape)
+  if fmt == "onnx":  # the graph holds the manifest's thresholds
+    from fmjax.decide import onnx_export
+    written = {"model.onnx": onnx_export.onnx_model(config, session, tile_shape,
+                                                    manifest["thresholds"])}
     onnx_export.check_graph(written["model.onnx"])
   else:
     exported = _export_tile_function(config, session, platforms, tile_shape)
@@ -81,7 +83,6 @@ def export_scorer(config, workdir: str) -> str:
       files.remove(os.path.join(out_dir, name))
   for name, data in written.items():
     files.write_bytes(os.path.join(out_dir, name), data)
-  manifest = _manifest(config, workdir, session, platforms, leaves, tile_shape)
   files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
   thresholds, size, tile = manifest["thresholds"], manifest["image_size"], manifest["tile_size"]
   known = [n for n, t in thresholds.items() if t["image"] is not None]

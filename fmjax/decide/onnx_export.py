@@ -25,9 +25,9 @@ runtime. They are the seeds `--mode=evaluate` draws: `fmjax.core.threefry` compu
 numpy from (evaluate.seed, the image's content hash `fmjax.core.ids.image_ids`, and in a tiled
 export the pixel's position), equal to JAX's to one unit in the last place.
 
-`fmjax.deploy` feeds the graph and finishes tile_heatmaps on the host (blending, smoothing, the
-image score, thresholds: `fmjax.score.maps`), as for the StableHLO export; the other outputs
-serve runtimes without fmjax, and tests/test_onnx.py checks they equal the host's.
+`fmjax.deploy` feeds the graph: for whole images it takes `heatmaps` and `scores`; for tiles it
+blends, smooths and scores tile_heatmaps on the host (`fmjax.score.maps`), as for the StableHLO
+export. tests/test_onnx.py checks the graph's outputs equal the host's finishing.
 
 jax2onnx is imported here only; it is installed without its dependencies (README "Deploying":
 its release pins an older orbax-checkpoint that fmjax's checkpoints do not need).
