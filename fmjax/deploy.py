@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import sys
+import zipfile
 
 from fmjax.core import xla_cpu
 
@@ -57,6 +58,29 @@ class Scored:
   # without a calibrated scale (fmjax.decide.normalize)
 
 
+def _params(path: str, manifest: dict, exported) -> list[np.ndarray]:
+  """params.npz's arrays, checked against manifest.json and the exported function's inputs."""
+  npz_path = os.path.join(path, "params.npz")
+  again = "export again (--mode=export)"
+  try:
+    with np.load(npz_path) as npz:
+      names = sorted(npz.files)
+      params = [npz[n] for n in names]
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise DeployError(f"Cannot read {npz_path} ({str(e).splitlines()[0][:200] or type(e).__name__}): "
+                      f"{again}.") from None
+  expected = [f"leaf_{i:05d}" for i in range(manifest["num_param_arrays"])]
+  if names != expected:
+    raise DeployError(f"{npz_path} holds {len(names)} arrays, manifest.json says "
+                      f"{manifest['num_param_arrays']}: the files are of different exports; {again}.")
+  for i, (array, aval) in enumerate(zip(params, exported.in_avals)):
+    if tuple(array.shape) != tuple(aval.shape) or array.dtype != aval.dtype:
+      raise DeployError(f"{npz_path} array leaf_{i:05d} is {array.dtype}{list(array.shape)}, "
+                        f"scorer.jax takes {aval.dtype}{list(aval.shape)}: the files are of "
+                        f"different exports; {again}.")
+  return params
+
+
 class StableHLOTiles:
   """scorer.jax and params.npz on JAX devices (data-parallel under shard_map on several):
   (tiles uint8 [n,h,w,3], category indices [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
@@ -67,8 +91,7 @@ class StableHLOTiles:
     self._conditional, self._null = manifest["class_conditional"], manifest["null_label"]
     with open(os.path.join(path, "scorer.jax"), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
-    with np.load(os.path.join(path, "params.npz")) as npz:
-      params = [npz[f"leaf_{i:05d}"] for i in range(manifest["num_param_arrays"])]
+    params = _params(path, manifest, exported)
     self.batch = 8 * len(devices)  # tiles per call
     if len(devices) > 1:  # data-parallel: the exported one-device function under shard_map
       mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
@@ -264,6 +287,67 @@ class Scorer:
     return regions.at_file_size(heatmap, height, width, entry["pixel"],
                                 scale and normalize.ScoreScale.from_json(scale))
 
+def read_manifest(path: str) -> dict:
+  """manifest.json, with each entry the scorer reads checked (a hand-edited or truncated file
+  is one CorruptFileError naming the entry)."""
+  from fmjax.core.records import Fields, read_json_file  # pylint: disable=g-import-not-at-top
+  fix = "export again (python -m fmjax.main ... --mode=export)"
+  f = Fields(read_json_file(path, fix), path, fix)
+  for key in ("image_size", "stride", "tile_size", "num_param_arrays", "null_label", "seed",
+              "checkpoint_step"):
+    if f.integer(key) < 0:
+      f.fail(key, f"= {f.value(key)}, not >= 0")
+  for key in ("class_names", "platforms"):
+    if not f.strings(key):
+      f.fail(key, "is empty")
+  f.numbers("tile_shape")
+  f.boolean("class_conditional")
+  f.number("smoothing_sigma")
+  f.fields("method_options").integer("num_seeds")
+  for name, entry in f.each("thresholds").items():
+    if name not in f.value("class_names"):
+      f.fail("thresholds", f"names {name!r}, not one of class_names")
+    entry.number("image", nullable=True)
+    entry.boolean("strict")
+  if f.has("format") and f.string("format") not in ("stablehlo", "onnx"):
+    f.fail("format", f"= {f.value('format')!r}, not stablehlo or onnx")
+  return f.obj
+
+
+def describe_export(path: str, manifest: dict) -> str:
+  """One line: the checkpoint an export runs (fingerprint and step) and when it was made."""
+  from fmjax.core import fingerprint  # pylint: disable=g-import-not-at-top
+  return (f"{path}: checkpoint {fingerprint.short(manifest.get('checkpoint'))} at step "
+          f"{manifest['checkpoint_step']}, exported {manifest.get('created', '(unknown)')}")
+
+
+def stale_export(path: str, manifest: dict) -> str:
+  """"" unless `path` is <workdir>/export and that workdir's newest checkpoint is another one
+  than the export's; then the warning. Reads the checkpoints' JSON metadata only (no JAX)."""
+  from fmjax.core import fingerprint  # pylint: disable=g-import-not-at-top
+  checkpoints = os.path.join(os.path.dirname(os.path.abspath(path)), "checkpoints")
+  try:
+    steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  except OSError:
+    return ""
+  for step in reversed(steps):
+    meta_path = os.path.join(checkpoints, str(step), "meta", "metadata")
+    try:
+      with open(meta_path) as f:
+        newest = json.load(f).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+      continue  # being written, or damaged: the next older one
+    same = (newest == manifest.get("checkpoint") if newest and manifest.get("checkpoint")
+            else step == manifest["checkpoint_step"])
+    if same:
+      return ""
+    return (f"{path} is older than its workdir's newest checkpoint: it runs checkpoint "
+            f"{fingerprint.short(manifest.get('checkpoint'))} (step "
+            f"{manifest['checkpoint_step']}), the workdir now holds {fingerprint.short(newest)} "
+            f"(step {step}); export again with --mode=export to deploy the newest model.")
+  return ""
+
+
 def load(path: str, image_size: int | None = None, devices=None, threads: int = 0) -> Scorer:
   """The exported scorer in `path`: a StableHLO export on `devices` (default: this process's
   devices of JAX's default backend), an ONNX export on onnxruntime's CPU with `threads` (0: its
@@ -273,8 +357,7 @@ def load(path: str, image_size: int | None = None, devices=None, threads: int = 
   if not os.path.isfile(manifest_path):
     raise DeployError(f"{path} is not an fmjax export (no manifest.json): make one with "
                       "python -m fmjax.main --config <config> --workdir <dir> --mode=export.")
-  with open(manifest_path) as f:
-    manifest = json.load(f)
+  manifest = read_manifest(manifest_path)
   if image_size is not None and manifest.get("tile_size", 0) == 0 and image_size != manifest["image_size"]:
     raise DeployError(f"{path} was exported for {manifest['image_size']}x{manifest['image_size']} "
                       f"images, not {image_size}x{image_size}: export the model again at "
@@ -294,22 +377,30 @@ def load(path: str, image_size: int | None = None, devices=None, threads: int = 
 
 def main(argv=None) -> int:
   console.route_warnings()
-  parser = argparse.ArgumentParser(prog="python -m fmjax.deploy", description=__doc__.split("\n")[0])
+  parser = _Parser(prog="python -m fmjax.deploy", description=__doc__.split("\n")[0])
   parser.add_argument("export_dir")
   parser.add_argument("images", help="an image file or a folder of images")
   parser.add_argument("--category", default=None, help="the images' category (class-conditional models)")
   parser.add_argument("--out", default=None, help="where to write heatmaps (default <export_dir>/scored)")
-  parser.add_argument("--batch", type=int, default=32, help="images per call")
+  parser.add_argument("--batch", type=_positive_int, default=32, help="images per call")
+  parser.add_argument("--skip-corrupt", action="store_true",
+                      help="skip images that cannot be decoded (counted), instead of stopping")
   parser.add_argument("--resize", default=None,
                       help="how files are sized (data.resize: square, scale:<f>, long_side:<n>, "
                            "native; default: as the export's training read them)")
   args = parser.parse_args(argv)
   from fmjax.data.decode import IMAGE_EXTENSIONS, read_image_and_size  # PIL and numpy
+  from fmjax.core.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     scorer = load(args.export_dir)
+    console.say("# " + describe_export(args.export_dir, scorer.manifest))
+    stale = stale_export(args.export_dir, scorer.manifest)
+    if stale:
+      console.warn(stale)
     if os.path.isdir(args.images):
       paths = sorted(os.path.join(args.images, f) for f in os.listdir(args.images)
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and
+                     os.path.isfile(os.path.join(args.images, f)))
     elif os.path.isfile(args.images):
       paths = [args.images]
     else:
@@ -327,10 +418,24 @@ def main(argv=None) -> int:
     pixel = scorer.manifest["thresholds"].get(category, {}).get("pixel")
     table = [["path", "category", "width", "height", "score", "decision", "normalised_score",
               "mask", "num_regions"]]
-    found = []
+    found, skipped, result = [], [], None
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    shared = {st for st in stems if stems.count(st) > 1}  # a.png and a.jpg: names with extension
+    names = {p: (os.path.basename(p).replace(".", "_") if st in shared else st)
+             for p, st in zip(paths, stems)}
     for start in range(0, len(paths), args.batch):
-      chunk = paths[start:start + args.batch]
-      read = [read_image_and_size(p, scorer.image_size, resize) for p in chunk]
+      chunk, read = [], []
+      for p in paths[start:start + args.batch]:
+        try:
+          read.append(read_image_and_size(p, scorer.image_size, resize))
+          chunk.append(p)
+        except UserError as e:  # an image that cannot be decoded
+          if not args.skip_corrupt:
+            raise DeployError(f"{e} (--skip-corrupt skips such files)") from None
+          console.warn(f"skipped {p}: {e}")
+          skipped.append(p)
+      if not chunk:
+        continue
       images = [image for image, _ in read]
       result = scorer(images, category)
       # Full colour at the calibrated pixel threshold (a predicted defect), else the batch's scale.
@@ -341,7 +446,7 @@ def main(argv=None) -> int:
         normalised = "" if result.normalised is None else f"{result.normalised[i]:.6g}"
         h, w = images[i].shape[:2]
         console.say(f"{p}\t{result.scores[i]:.6g} {word} {normalised}".rstrip() + f"\t{w}x{h}")
-        stem = os.path.splitext(os.path.basename(p))[0]
+        stem = names[p]
         panel = Image.fromarray(plots.overlay(images[i], result.heatmaps[i], scale))
         zoom = max(1, 256 // max(h, w))  # small images enlarged, with their aspect ratio
         panel.resize((w * zoom, h * zoom), Image.NEAREST).save(
@@ -361,6 +466,10 @@ def main(argv=None) -> int:
     if found:
       files.write_json(os.path.join(out, "regions.json"),
                        {"pixel_threshold": pixel, "images": found})
+    if skipped:
+      console.warn(f"skipped {len(skipped)} of {len(paths)} images that cannot be decoded.")
+    if result is None:
+      raise DeployError(f"None of the {len(paths)} images in {args.images} could be decoded.")
     if result.threshold is not None:
       console.say(f"# threshold {result.threshold:.6g} ({result.threshold_kind}); scores.csv, "
                   f"heatmaps{', masks and regions.json' if found else ''} in {out}/")
@@ -368,6 +477,27 @@ def main(argv=None) -> int:
   except (DeployError, OSError, ValueError) as e:
     console.error(str(e), prog="fmjax.deploy")
     return 1
+  except KeyboardInterrupt:
+    console.error("interrupted; the images listed above were scored.", prog="fmjax.deploy")
+    return 130
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (`fmjax.deploy: error: ...`, exit 2)."""
+
+  def error(self, message):
+    console.error(f"{message} (see --help)", prog="fmjax.deploy")
+    sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+  return value
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@
   workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
 """
 
+import os
+import signal
 import sys
 
 from fmjax.core import xla_cpu  # noqa: E402  (imports no jax)
@@ -47,6 +49,7 @@ def run(config, workdir: str | None, mode: str | None = None):
   returns what the last phase returned (evaluate and train_and_evaluate: the
   `fmjax.report.records.Evaluation`, None on processes other than 0; calibrate: the
   `fmjax.decide.calibration.Calibration`)."""
+  console.new_run()
   configlib.validate(config)
   mode = mode or config.mode or "train_and_evaluate"
   if mode == "describe":
@@ -54,17 +57,25 @@ def run(config, workdir: str | None, mode: str | None = None):
     return describe(config)
   if not workdir:
     raise ConfigError(f"--workdir is required for --mode={mode}.")
+  workdir = os.path.expanduser(workdir)  # --workdir=~/x (no shell expanded it)
   sharding.initialize_distributed()
   configlib.validate_devices(config, mode)  # before anything is created
+  dataset = None
+  if mode not in ("score", "export"):  # a refused data configuration writes nothing
+    from fmjax.data import load_dataset
+    dataset = load_dataset(config.data)
+  elif mode == "score" and config.data.score_dir:  # a missing or empty folder: before anything
+    from fmjax.report.evaluate import score_folder_images
+    score_folder_images(config.data.score_dir, workdir)
   from fmjax.core.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
   with WorkdirLock(workdir, mode):
     from fmjax.core.runlog import write_run_record
     write_run_record(workdir, config, mode)
-    return _run_locked(config, workdir, mode)
+    return _run_locked(config, workdir, mode, dataset)
 
 
-def _run_locked(config, workdir: str, mode: str):
+def _run_locked(config, workdir: str, mode: str, dataset):
   from fmjax.decide import decisions
   from fmjax.report import evaluate
   from fmjax.train import loop as train
@@ -73,8 +84,6 @@ def _run_locked(config, workdir: str, mode: str):
   if mode == "export":
     from fmjax.decide.export import export_scorer
     return export_scorer(config, workdir)
-  from fmjax.data import load_dataset
-  dataset = load_dataset(config.data)
   result = None
   if mode == "study":
     from fmjax.studies.ablations import run_study
@@ -102,11 +111,26 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # library INFO logs (Orbax, XLA) off unless asked: -v 0
     logging.set_verbosity(logging.WARNING)
   console.route_warnings()
+  signal.signal(signal.SIGTERM, _terminate)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:  # a user's mistake: one message; anything else keeps its traceback
     console.error(str(e))
     sys.exit(1)
+  except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: never swallowed, never a traceback
+    what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+    console.error(f"interrupted by {what}: results being written were left as they were before "
+                  "this run (training resumes from its last checkpoint); run it again to finish.")
+    sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised where the program is, so that what is being written is undone as for
+  Ctrl-C (`fmjax.core.files.folder_group`)."""
+
+
+def _terminate(signum, frame):
+  raise Terminated()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -286,7 +286,8 @@ def make_app(scorer, max_batch: int = 16, max_wait_ms: float = 10.0, max_body_mb
   async def health():
     return {"status": "ok", "export": scorer.path, "format": scorer.format,
             "method": manifest["method"],
-            "checkpoint_step": manifest["checkpoint_step"], "categories": scorer.class_names,
+            "checkpoint_step": manifest["checkpoint_step"],
+            "checkpoint": manifest.get("checkpoint"), "categories": scorer.class_names,
             "image_size": scorer.image_size, "resize": resize, "tile_size": scorer.tile_size,
             "thresholds": manifest["thresholds"], "max_batch": max_batch,
             "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb}
@@ -323,6 +324,10 @@ def main(argv=None) -> int:
   except (deploy.DeployError, OSError, ValueError) as e:
     console.error(str(e), prog="fmjax.serve")
     return 1
+  console.say(deploy.describe_export(args.export_dir, scorer.manifest))
+  stale = deploy.stale_export(args.export_dir, scorer.manifest)
+  if stale:
+    console.warn(stale)
   import uvicorn
   scorer.warm_up()  # every batch shape compiled before the first request
   app = make_app(scorer, args.max_batch, args.max_wait_ms, args.max_body_mb, args.max_image_pixels)

@@ -39,7 +39,7 @@ from tiny import tiny_config  # noqa: E402,F401  (the tests' small config, re-ex
 LONG_FIRST = ("test_scaling.py", "test_notebooks.py", "test_quickstart.py", "test_real_data.py",
               "test_train.py", "test_studies.py", "test_resize.py", "test_main.py",
               "test_methods.py", "test_bucket_workdir.py", "test_serve.py", "test_export.py",
-              "test_onnx.py",
+              "test_onnx.py", "test_provenance.py",
               "test_calibration.py")
 
 

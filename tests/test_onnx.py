@@ -165,7 +165,8 @@ def test_onnx_export_runs_with_jax_blocked(run, tmp_path):
   np.testing.assert_allclose(child["scores"], expected.scores, rtol=1e-4)
   assert child["heat"] == pytest.approx(float(np.abs(expected.heatmaps).sum()), rel=1e-4)
   np.testing.assert_allclose(child["normalised"], expected.normalised, atol=1e-4)
-  path, said, size = lines[1].split("\t")  # the command's line for part0.png
+  assert lines[1].startswith("# ") and ": checkpoint " in lines[1]  # which model runs
+  path, said, size = lines[2].split("\t")  # the command's line for part0.png
   assert path.endswith("part0.png") and size == "16x16"
   assert float(said.split()[0]) == pytest.approx(float(expected.scores[0]), rel=1e-4)
   assert (tmp_path / "out" / "part0_heatmap.png").is_file()

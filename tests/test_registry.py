@@ -168,9 +168,12 @@ def test_deploy_needs_jax_or_onnxruntime_and_numpy_only():
   # The exported scorer's loader needs jax and numpy only (and reads files with PIL on demand);
   # fmjax.score.tiling and maps and fmjax.decide.normalize and regions are numpy and scipy,
   # fmjax.core.console the standard library and tqdm, fmjax.core.files and xla_cpu the standard
-  # library, fmjax.core.threefry numpy; an ONNX export runs on onnxruntime
+  # library, fmjax.core.threefry numpy, fmjax.core.records, errors and fingerprint the standard
+  # library and fmjax.core.files; an ONNX export runs on onnxruntime
   # (tests/test_onnx.py runs it with jax blocked).
-  allowed = {"argparse", "dataclasses", "json", "os", "sys", "jax", "numpy", "fmjax.core.ids",
+  allowed = {"argparse", "dataclasses", "json", "os", "sys", "zipfile", "jax", "numpy",
+             "fmjax.core.ids", "fmjax.core.records", "Fields", "read_json_file",
+             "fmjax.core.errors", "UserError", "fingerprint",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
              "read_image_and_size", "matplotlib.colors", "Normalize", "PIL", "Image",
              "fmjax.core", "plots", "files", "fmjax.score", "maps", "tiling", "ragged", "console",

@@ -4,6 +4,7 @@ noise scale, the critical-batch fit, and a tiny 3-arm study end to end."""
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -310,6 +311,24 @@ def test_three_arm_study_end_to_end_and_rerun_trains_nothing(tmp_path, capsys):
   # Other settings in the same workdir are refused, naming what changed.
   with pytest.raises(ConfigError, match="learning_rate"):
     fmjax_main.run(_study_config(**{"scaling.lr_rule": "linear"}), workdir)
+  # Another scorer (K = 1): every arm is evaluated again from its checkpoint, nothing trains.
+  capsys.readouterr()
+  k1 = fmjax_main.run(_study_config(**{"evaluate.num_seeds": 1}), workdir)
+  out = capsys.readouterr().out
+  assert out.count("the arm is evaluated again") == 3
+  assert not re.search(r"scaling: batch \d+ already done", out)
+  assert "train: " not in out
+  for a in k1["arms"]:
+    assert a["scorer"]["method_options"]["num_seeds"] == 1
+    metrics = json.loads((tmp_path / "study" / "arms" / f"batch_{a['batch_size']}" / "eval" /
+                          "metrics.json").read_text())
+    assert metrics["settings"]["method_options"]["num_seeds"] == 1
+    assert a["image_auroc"] == metrics["mean"]["image_auroc"]
+    assert a["val_curve"] == next(b for b in arms if b["batch_size"] == a["batch_size"])["val_curve"]
+  # Another model: refused by the arms' checkpoints, naming the difference.
+  from fmjax.core.errors import CheckpointMismatchError
+  with pytest.raises(CheckpointMismatchError, match="channels: checkpoint has 8, config has 16"):
+    fmjax_main.run(_study_config(**{"model.channels": 16}), workdir)
 
 
 class _Crash(Exception):

@@ -136,7 +136,7 @@ def test_pooling_study_trains_the_other_kind_and_compares(tmp_path, capsys):
   assert result["rows"][1]["mean"] != result["rows"][0]["mean"]
   assert result["rows"][1]["checkpoint_step"] == 4
   out = tmp_path / "run" / "studies" / "pooling"
-  assert (out / "pooled" / "checkpoints").is_dir()
+  assert (tmp_path / "run" / "studies" / "pooling-runs" / "pooled" / "checkpoints").is_dir()
   table = (out / "results.md").read_text()
   body = [l for l in table.splitlines() if l.startswith("| ") and not l.startswith("| Class")]
   assert [l.split(" | ")[0][2:] for l in body] == ["weave", "brushed", "tiles", "**Mean**"]

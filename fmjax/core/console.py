@@ -40,10 +40,20 @@ def say(*lines: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+_warned: set[str] = set()
+
+
 def warn(message: str) -> None:
-  """One warning line on stderr (process 0 only)."""
-  if is_main_process():
+  """One warning line on stderr (process 0 only), once per run: the same message again (one
+  per category, per batch) is not repeated until `new_run`."""
+  if is_main_process() and message not in _warned:
+    _warned.add(message)
     print(f"fmjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def new_run() -> None:
+  """Forgets the warnings shown (a new run in the same process shows them again)."""
+  _warned.clear()
 
 
 def error(message: str, prog: str = "fmjax") -> None:

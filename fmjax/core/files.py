@@ -11,13 +11,19 @@ here, once:
   (locally: a temporary file and `os.replace`, so a reader never sees half a file);
 - there is no O_EXCL: `create_exclusive` uses the object store's create-only-if-absent write;
 - other hosts write the same workdir, so gcsfs is told not to cache directory listings (by
-  default it keeps them, never expiring), unless the user's fsspec configuration says so.
+  default it keeps them, never expiring), unless the user's fsspec configuration says so;
+- a group of files (an export, an evaluation's eval/) is written into a hidden sibling folder
+  and swapped in at the end (`folder_group`): locally one atomic exchange of two folders
+  (Linux renameat2), so a crash or a signal leaves the whole old group or the whole new one.
 
 Paths stay strings everywhere else; `os.path.join` joins them (buckets use "/" too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import os
@@ -223,3 +229,88 @@ class LineLog:
     if self.remote and self._dirty:
       write_text(self.path, self._text)
       self._dirty, self._last = False, time.monotonic()
+
+
+# ---- groups of files written as one ---------------------------------------------------------
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _renameat2():
+  """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError):
+    return None
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  return fn
+
+
+_EXCHANGE = _renameat2()
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps the folders `a` and `b` in one atomic step; False where the system cannot."""
+  if _EXCHANGE is None:
+    return False
+  if _EXCHANGE(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot exchange
+    return False
+  raise OSError(err, os.strerror(err), b)
+
+
+def _siblings(path: str, kind: str) -> list[str]:
+  """The hidden siblings `.<name>.<kind>-*` of `path` (partial or replaced groups)."""
+  parent, name = os.path.split(path.rstrip("/"))
+  if is_remote(path):
+    return [p for p in (str(q) for q in epath.Path(parent).glob(f".{name}.{kind}-*"))]
+  if not os.path.isdir(parent):
+    return []
+  return [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(f".{name}.{kind}-")]
+
+
+def settle_group(path: str) -> None:
+  """Finishes what an interrupted `folder_group` left next to `path`: a group moved aside
+  with no new one in its place goes back; partial groups are removed."""
+  old = _siblings(path, "old")
+  if old and not exists(path):
+    move(sorted(old)[-1], path)
+  for leftover in _siblings(path, "old") + _siblings(path, "partial"):
+    rmtree(leftover)
+
+
+@contextlib.contextmanager
+def folder_group(path: str):
+  """Writes the folder `path` as one group: yields an empty hidden sibling folder to write
+  into; when the block ends, that folder replaces `path` whole. On an error or a signal
+  (KeyboardInterrupt) inside the block, `path` is left as it was and the sibling removed.
+
+  Locally the replacement is one atomic exchange (renameat2), else, and on a bucket, `path`
+  is moved aside, the new group moved in, the old one deleted (`settle_group`, run at the
+  next write, puts an old group back if a crash came between the two moves).
+  """
+  path = path.rstrip("/")
+  settle_group(path)
+  parent, name = os.path.split(path)
+  tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+  rmtree(tmp)
+  makedirs(tmp)
+  try:
+    yield tmp
+  except BaseException:
+    rmtree(tmp)
+    raise
+  if not is_remote(path) and os.path.isdir(path) and _exchange(tmp, path):
+    rmtree(tmp)  # now the old group
+    return
+  if exists(path):
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    move(path, old)
+    move(tmp, path)
+    rmtree(old)
+  else:
+    move(tmp, path)

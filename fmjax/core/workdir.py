@@ -15,6 +15,9 @@ from fmjax.core import console, files
 from fmjax.core.errors import WorkdirError
 
 LOCK_NAME = ".fmjax.lock"
+# A lock file that cannot be parsed is another run's being written, unless it is this old:
+# then it is a damaged leftover and taken over.
+UNREADABLE_LOCK_SECONDS = 60.0
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -42,6 +45,13 @@ def prepare_workdir(workdir: str) -> None:
   except OSError as e:
     raise WorkdirError(f"Cannot write into {workdir!r}: {e.strerror or e}. Use a writable "
                        "--workdir (copy the run there to evaluate it).") from e
+
+
+def check_output_folder(path: str) -> None:
+  """Refuses, before any work, an output folder (eval/, export/, scores/<folder>/) that is a
+  file. Creates nothing: the folder is written whole at the end (`files.folder_group`)."""
+  if files.exists(path) and not files.isdir(path):
+    raise WorkdirError(f"{path!r} is a file, not a directory; move it out of the way.")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,6 +87,15 @@ class WorkdirLock:
         time.sleep(0.2)
     return {}
 
+  def _age(self) -> float:
+    """Seconds since the lock file was last written (0 when that cannot be read)."""
+    try:
+      if files.is_remote(self.path):  # written whole by one request: unreadable means damaged
+        return float("inf")
+      return time.time() - os.path.getmtime(self.path)
+    except OSError:
+      return 0.0
+
   def __enter__(self):
     if not console.is_main_process():
       return self
@@ -93,6 +112,9 @@ class WorkdirLock:
       if holder is None:
         continue  # released meanwhile
       pid, host = holder.get("pid"), holder.get("host")
+      if holder == {} and self._age() < UNREADABLE_LOCK_SECONDS:
+        raise WorkdirError(f"workdir {self.workdir} is being locked by another run "
+                           f"({self.path} is not readable yet); try again in a minute.")
       stale = (host == me["host"] and isinstance(pid, int) and
                (pid == me["pid"] or not _pid_alive(pid))) or holder == {}
       if not stale:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import math
 import os
 
 import numpy as np
 
-from fmjax.core import files
+from fmjax.core import files, fingerprint
 from fmjax.core.errors import DataLayoutError
 
 
@@ -69,6 +71,27 @@ class AnomalyDataset:
       raise ValueError(f"Dataset {self.name!r} holds images of {len(self.train_sizes())} sizes.")
     return tuple(self.train_images.shape[1:])
 
+  def fingerprint(self) -> str:
+    """What the model trains on, as a hash (`fmjax.core.fingerprint`): the training images'
+    pixels in order, their classes and the class names. Recorded in each checkpoint, so that
+    a resume on other data (other files, data.* settings, held-out fraction) is refused."""
+    if getattr(self, "_fingerprint", None) is None:
+      self._fingerprint = fingerprint.of_arrays(
+          [np.frombuffer(json.dumps(list(self.class_names)).encode(), np.uint8),
+           np.asarray(self.train_classes, np.int64), *self.train_images])
+    return self._fingerprint
+
+  def test_fingerprint(self) -> str:
+    """The labelled test split as a hash: images, classes, labels, masks and class names. A
+    result measured on the test split (a study row) is reused only on the same split."""
+    if getattr(self, "_test_fingerprint", None) is None:
+      masks = [] if self.test_masks is None else list(self.test_masks)
+      self._test_fingerprint = fingerprint.of_arrays(
+          [np.frombuffer(json.dumps(list(self.class_names)).encode(), np.uint8),
+           np.asarray(self.test_classes, np.int64), np.asarray(self.test_labels, np.int64),
+           *self.test_images, *masks])
+    return self._test_fingerprint
+
   def train_sizes(self) -> set[tuple[int, int]]:
     """The (height, width) of the training images."""
     if self.train_images.dtype != object:
@@ -108,13 +131,24 @@ class NormStats:
     """float (normalised) -> float in [0, 1] units."""
     return np.asarray(x) * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
 
-  def save(self, path: str) -> None:
-    files.write_json(path, dataclasses.asdict(self))
+  def save(self, path: str, data: str | None = None) -> None:
+    """data_stats.json: mean, std and the fingerprint of the data they were computed on."""
+    files.write_json(path, {**dataclasses.asdict(self), **({"data": data} if data else {})})
 
   @classmethod
-  def load(cls, path: str) -> "NormStats":
-    d = files.read_json(path)
-    return cls(tuple(d["mean"]), tuple(d["std"]))
+  def load(cls, path: str) -> tuple["NormStats", str | None]:
+    """(statistics, data fingerprint or None) of a data_stats.json, checked entry by entry
+    (a hand-edited or truncated file is one CorruptFileError)."""
+    from fmjax.core.records import Fields, read_json_file  # pylint: disable=g-import-not-at-top
+    fix = f"delete {path} and rerun to compute the statistics again"
+    f = Fields(read_json_file(path, fix), path, fix)
+    values = {}
+    for key in ("mean", "std"):
+      v = f.numbers(key)
+      if len(v) != 3 or not all(math.isfinite(x) for x in v) or (key == "std" and min(v) <= 0):
+        f.fail(key, f"= {v}, not 3 finite numbers{' > 0' if key == 'std' else ''}")
+      values[key] = tuple(float(x) for x in v)
+    return cls(**values), (f.string("data") if f.has("data") else None)
 
   @classmethod
   def from_dict(cls, d) -> "NormStats":

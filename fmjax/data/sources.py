@@ -47,7 +47,8 @@ class Sample:
 
 def _list_images(folder: str) -> list[str]:
   return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") and
+                os.path.isfile(os.path.join(folder, f)))
 
 
 def _no_folder(path: str, what: str = "Data root") -> DataLayoutError:
@@ -56,6 +57,10 @@ def _no_folder(path: str, what: str = "Data root") -> DataLayoutError:
     return DataLayoutError(
         f"{what} {path!r} is a URL, but images are read from a folder: copy them to the disk "
         "(gcloud storage cp -r <url> /data) or mount the bucket (gcsfuse), and give that folder.")
+  if os.path.exists(path):
+    return DataLayoutError(f"{what} {path!r} is a file, not a folder of images"
+                           + (" (set --config.data.root to the folder)." if what == "Data root"
+                              else "."))
   return DataLayoutError(f"{what} {path!r} does not exist"
                          + (" (set --config.data.root)." if what == "Data root" else "."))
 
@@ -231,14 +236,23 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
       test_mask_paths=[s.mask for s, _ in test] if with_masks else None)
 
 
-def folder_images(folder: str) -> list[str]:
-  """Every image file under `folder` (recursively), sorted; an error if there are none."""
+def folder_images(folder: str, exclude=()) -> list[str]:
+  """Every image file under `folder` (recursively; hidden files and folders, and the folders
+  in `exclude`, e.g. fmjax's own outputs, left out), sorted; an error if there are none."""
   if not os.path.isdir(folder):
     raise _no_folder(folder, "Folder")
-  paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+  skip = {os.path.realpath(e) for e in exclude}
+  inside = lambda p: any(p == s or p.startswith(s + os.sep) for s in skip)
+  paths = []
+  for d, dirs, names in ([] if inside(os.path.realpath(folder)) else os.walk(folder)):
+    dirs[:] = sorted(n for n in dirs if not n.startswith(".") and
+                     os.path.realpath(os.path.join(d, n)) not in skip)
+    paths += [os.path.join(d, f) for f in names
+              if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+  paths.sort()
   if not paths:
-    raise DataLayoutError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}.")
+    raise DataLayoutError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}"
+                          + (" (fmjax's own output folders left out)." if skip else "."))
   return paths
 
 

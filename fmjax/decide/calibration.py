@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from fmjax.core import files, ragged
+from fmjax.core import files, fingerprint, ragged
 from fmjax.core.records import Fields, read_json_file
 from fmjax.core.settings import parse_list
 from fmjax.decide import normalize
@@ -197,7 +197,7 @@ class CascadeBands:
 class Calibration:
   """<workdir>/calibration.json: thresholds from held-out normal images.
 
-  `settings` are the scorer's (`fmjax.score.scoring.scorer_settings`: checkpoint_step, method,
+  `settings` are the scorer's (`fmjax.score.scoring.scorer_settings`: checkpoint fingerprint and step, method,
   method_options, use_ema, seed, val_fraction), compared key by key with the current scorer's.
   """
   settings: dict
@@ -260,8 +260,9 @@ def settings_mismatch(path: str, saved: dict, current: dict, keys) -> str:
   differ = [k for k in keys if saved.get(k) != current.get(k)]
   if not differ:
     return ""
-  return (f"{path} was made with " + ", ".join(f"{k}={saved.get(k)!r}" for k in differ) +
-          "; now " + ", ".join(f"{k}={current.get(k)!r}" for k in differ))
+  show = lambda k, v: f"{k}={fingerprint.short(v) if k == 'checkpoint' and v else v!r}"
+  return (f"{path} was made with " + ", ".join(show(k, saved.get(k)) for k in differ) +
+          "; now " + ", ".join(show(k, current.get(k)) for k in differ))
 
 
 def load(workdir: str, current: dict, keys) -> tuple[Calibration | None, str]:

@@ -51,6 +51,7 @@ def calibrate(config, workdir: str, dataset: AnomalyDataset | None = None,
       for ci, name in enumerate(dataset.class_names) if (dataset.val_classes == ci).any()})
   cc = config.evaluate.cascade
   if cc.enabled:  # the band of cheap scores that the full setting scores again
+    check_cascade_scores(config)
     _, cheap, _ = session.score(dataset.val_images, dataset.val_classes,
                                 cascade.cheap_eval_config(config.evaluate), "calibrate (cheap)")
     result = dataclasses.replace(result, cascade=calibration.CascadeBands(
@@ -142,6 +143,15 @@ def cascade_results(bands: calibration.CascadeBands, dataset: AnomalyDataset, ch
       per_category=per_category)
 
 
+def check_cascade_scores(config) -> None:
+  """The cascade compares its cheap setting's on-device scores with the full setting's: a
+  scorer whose image scores are fitted (RADAR's Isolation Forest) would pair unfitted with
+  fitted scores, so it is refused here, where the scores meet, not only by the config check."""
+  if methods.scorer(config.evaluate.method).image_score_fitter(
+      methods.scorer_options(config.evaluate)) is not None:
+    raise ConfigError("evaluate.cascade works with on-device image scores, not a fitted one.")
+
+
 def cascade_scores(session: ScoringSession, workdir: str, images: np.ndarray,
                    classes: np.ndarray, category: str, trace=None):
   """Cascade scoring of new images [M,H,W,3] of class indices [M]: heatmaps, scores, decisions,
@@ -154,9 +164,7 @@ def cascade_scores(session: ScoringSession, workdir: str, images: np.ndarray,
     raise ConfigError("evaluate.cascade.enabled needs a cascade band calibrated for this "
                       "checkpoint, scorer and cheap setting" + (f" ({why})" if why else "") +
                       ": run --mode=calibrate with the same --config.evaluate.cascade.* first.")
-  if methods.scorer(config.evaluate.method).image_score_fitter(
-      methods.scorer_options(config.evaluate)) is not None:
-    raise ConfigError("evaluate.cascade works with on-device image scores, not a fitted one.")
+  check_cascade_scores(config)
   band = bands.bands[category]
   t0 = time.time()
   heat, cheap, _ = session.score(images, classes, cascade.cheap_eval_config(config.evaluate),

@@ -34,9 +34,9 @@ import jax
 import numpy as np
 
 from fmjax import methods
-from fmjax.core import console, files
+from fmjax.core import console, files, fingerprint
 from fmjax.core.errors import ConfigError
-from fmjax.core.workdir import prepare_workdir
+from fmjax.core.workdir import check_output_folder
 from fmjax.decide import calibration, decisions
 from fmjax.decide.settings import export_platforms
 from fmjax.model.unet import build_unet
@@ -58,6 +58,7 @@ def export_scorer(config, workdir: str) -> str:
                       "=top1).")
   platforms = export_platforms(config.export.platforms)
   fmt = config.export.format
+  check_output_folder(os.path.join(workdir, "export"))
   session = ScoringSession.load(config, workdir)
   tile_shape = _tile_shape(config)
   leaves = jax.tree.leaves(jax.device_get(session.params))
@@ -75,20 +76,18 @@ def export_scorer(config, workdir: str) -> str:
     np.savez(buffer, **{f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
     written = {"scorer.jax": bytes(exported.serialize()), "params.npz": buffer.getvalue()}
   out_dir = os.path.join(workdir, "export")
-  prepare_workdir(out_dir)
   if not console.is_main_process():
     return out_dir
-  for name in ("scorer.jax", "params.npz", "model.onnx"):  # none of another format's files stays
-    if name not in written and files.exists(os.path.join(out_dir, name)):
-      files.remove(os.path.join(out_dir, name))
-  for name, data in written.items():
-    files.write_bytes(os.path.join(out_dir, name), data)
-  files.write_json(os.path.join(out_dir, "manifest.json"), manifest)
+  with files.folder_group(out_dir) as group:  # the whole old export or the whole new one
+    for name, data in written.items():
+      files.write_bytes(os.path.join(group, name), data)
+    files.write_json(os.path.join(group, "manifest.json"), manifest)
   thresholds, size, tile = manifest["thresholds"], manifest["image_size"], manifest["tile_size"]
   known = [n for n, t in thresholds.items() if t["image"] is not None]
   shape = f"{size}x{size}" if tile == 0 else f"any size in {tile}x{tile} tiles"
   where = "ONNX" if fmt == "onnx" else f"StableHLO for {','.join(platforms)}"
-  console.say(f"Exported {ec.method} as {where} (step {session.step}, {shape}, "
+  console.say(f"Exported {ec.method} as {where} (checkpoint {fingerprint.short(session.fingerprint)}"
+              f" at step {session.step}, {shape}, "
               f"{manifest['num_params']:,} parameters) to {out_dir}/; "
               f"thresholds for {len(known)}/{len(thresholds)} categories "
               f"({', '.join(sorted({thresholds[n]['kind'] for n in known})) or 'none'}).")
@@ -150,7 +149,8 @@ def _manifest(config, workdir: str, session: ScoringSession, platforms: list[str
       "null_label": len(class_names), "num_params": int(sum(np.size(x) for x in leaves)),
       "num_param_arrays": len(leaves), "method": ec.method,
       "method_options": methods.scorer_options(ec), "seed": ec.seed,
-      "checkpoint_step": int(session.step), "use_ema": bool(ec.use_ema), "thresholds": thresholds,
+      "checkpoint": session.fingerprint, "checkpoint_step": int(session.step),
+      "use_ema": bool(ec.use_ema), "thresholds": thresholds,
       "calibration_rate": calibration.parse_rates(config.calibrate.false_alarm_rates)[0],
       "decision": "anomalous when score > threshold (strict: calibrated) or score >= threshold "
                   "(F1-optimal, tuned on test labels)",

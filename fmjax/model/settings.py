@@ -18,6 +18,17 @@ def config_errors(config) -> list[str]:
       ("model.head_channels", mc.head_channels, mc.head_channels >= 1, ">= 1"),
       ("model.dropout", mc.dropout, 0 <= mc.dropout < 1, "in [0, 1)")])
   levels = len(mc.channel_mult)
+  if levels == 0:
+    return errors + ["model.channel_mult must list at least one level's width multiplier "
+                     "(e.g. (1, 2, 2)), got ()"]
+  if any(not isinstance(m, int) or m < 1 for m in mc.channel_mult):
+    errors.append(f"model.channel_mult must be whole numbers >= 1, got {tuple(mc.channel_mult)}")
+  rates = [2 ** i for i in range(levels)]
+  unused = [r for r in mc.attention_rates if r not in rates]
+  if unused:
+    errors.append(f"model.attention_rates {unused} are not down-sampling rates of this U-Net "
+                  f"({levels} levels: {', '.join(map(str, rates))}); no level would get attention "
+                  "there")
   if size % (2 ** (levels - 1)):
     errors.append(f"data.image_size {size} must be divisible by 2^{levels - 1} "
                   f"for {levels} U-Net levels")

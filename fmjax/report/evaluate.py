@@ -15,10 +15,10 @@ import os
 
 import numpy as np
 
-from fmjax.core import console, ragged
+from fmjax.core import console, files, fingerprint, ragged
 from fmjax.core.errors import ConfigError
 from fmjax.core.runlog import MetricWriter, StepTrace
-from fmjax.core.workdir import prepare_workdir
+from fmjax.core.workdir import check_output_folder
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.decode import read_mask
 from fmjax.data.sources import folder_images, read_images
@@ -65,14 +65,16 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   <workdir>/eval/ and returns the evaluation (None on processes other than 0, which write
   nothing)."""
   eval_dir = os.path.join(workdir, "eval")
-  prepare_workdir(eval_dir)  # writable before any scoring
+  check_output_folder(eval_dir)  # before any scoring
   dataset = dataset if dataset is not None else load_dataset(config.data)
   session = session or ScoringSession.load(config, workdir, dataset.class_names)
   step = session.step
+  settings = session.settings()
+  # Read (and check) the calibration before scoring: a corrupt file fails in a second, not
+  # after every test image has been scored.
+  calibrated, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
   trace = StepTrace(workdir, "score", config.evaluate.profile_batches, "evaluate.profile_batches")
   heatmaps, scores, images_per_s = session.score_split(dataset, "test", trace=trace)
-  settings = session.settings()
-  calibrated, why = calibration.load(workdir, settings, CALIBRATION_KEYS)
   cascaded = _cascade(config, session, dataset, calibrated, scores, images_per_s)
   if not console.is_main_process():
     return None
@@ -109,9 +111,10 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()
-  report.write_report(eval_dir, result, dataset, heatmaps, scores, curves,
-                      num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns,
-                      decision_thresholds={n: c.decision_threshold for n, c in scales.items()})
+  with files.folder_group(eval_dir) as group:  # the whole old report or the whole new one
+    report.write_report(group, result, dataset, heatmaps, scores, curves,
+                        num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns,
+                        decision_thresholds={n: c.decision_threshold for n, c in scales.items()})
   console.say(*report.summary_lines(result),
               f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).")
   return result
@@ -123,6 +126,7 @@ def _cascade(config, session: ScoringSession, dataset: AnomalyDataset, calibrate
   when the cascade is off or was not calibrated for this checkpoint and scorer."""
   if not config.evaluate.cascade.enabled:
     return None
+  decisions.check_cascade_scores(config)
   bands = decisions.cascade_in(calibrated, config)
   if bands is None:
     console.warn("evaluate.cascade.enabled, but no cascade band was calibrated for this "
@@ -170,11 +174,12 @@ def score_folder(config, workdir: str) -> dict:
   folder = config.data.score_dir
   if not folder:
     raise ConfigError("--mode=score needs --config.data.score_dir=<folder of images>.")
-  paths = folder_images(folder)
+  paths = score_folder_images(folder, workdir)
   out_dir = os.path.join(workdir, "scores", score_dir_name(folder))
-  prepare_workdir(out_dir)  # writable before any scoring
+  check_output_folder(out_dir)  # before any scoring
   session = ScoringSession.load(config, workdir)
   step, class_names = session.step, session.class_names
+  _warn_if_export_is_older(workdir, session)
   category = config.data.score_category or (class_names[0] if len(class_names) == 1 else "")
   if config.data.class_conditional and category not in class_names:
     raise ConfigError(f"Set --config.data.score_category to the category of the images: one of "
@@ -192,7 +197,11 @@ def score_folder(config, workdir: str) -> dict:
   else:
     heatmaps, scores, images_per_s = session.score(images.array, classes, trace=trace)
     fit = session.image_score_fit()  # on the training images
-    if fit is not None:  # the category's fit; the first one for a pooled model without category
+    if fit is not None:  # the category's fit (a pooled model fitted on one category: that one)
+      if category not in fit and not (category == "" and len(fit) == 1):
+        raise ConfigError(f"{config.evaluate.method}'s image scores were fitted on the normal "
+                          f"images of {sorted(fit)}, none of category {category!r}: set "
+                          "--config.data.score_category to one of them.")
       scores = fit.get(category, next(iter(fit.values())))(heatmaps)
     flags = decision.flags(scores) if decision.known else None
     setting = ["full"] * len(paths)
@@ -203,7 +212,13 @@ def score_folder(config, workdir: str) -> dict:
   for row, (h, w) in zip(rows, images.file_sizes):
     row["width"], row["height"] = w, h
   if console.is_main_process():
-    report.write_unlabeled_report(out_dir, rows, images.array, heatmaps, decision, flags)
+    files.makedirs(os.path.dirname(out_dir))
+    with files.folder_group(out_dir) as group:  # the whole old output or the whole new one
+      report.write_unlabeled_report(group, rows, images.array, heatmaps, decision, flags)
+      files.write_json(os.path.join(group, "provenance.json"), {
+          "folder": os.path.abspath(folder), **session.settings(),
+          "threshold": decision.threshold if decision.known else None,
+          "threshold_kind": decision.kind})
     if flags is not None:
       said = f"{int(np.sum(flags))} flagged at the {decision.kind} threshold {decision.threshold:.4g}. "
     else:
@@ -216,6 +231,28 @@ def score_folder(config, workdir: str) -> dict:
   return {"images": rows, "threshold": decision.threshold, "threshold_kind": decision.kind,
           "decisions": None if flags is None else [bool(f) for f in flags],
           "images_per_s": images_per_s, "checkpoint_step": int(step)}
+
+
+def score_folder_images(folder: str, workdir: str) -> list[str]:
+  """The images `--mode=score` scores in `folder`: never the workdir's own outputs."""
+  return folder_images(folder, exclude=[os.path.join(workdir, d)
+                                        for d in ("scores", "eval", "export", "studies")])
+
+
+def _warn_if_export_is_older(workdir: str, session: ScoringSession) -> None:
+  """A warning when <workdir>/export/ holds another checkpoint than the one scoring now."""
+  path = os.path.join(workdir, "export", "manifest.json")
+  if not files.exists(path):
+    return
+  try:
+    exported = files.read_json(path).get("checkpoint")
+  except (ValueError, AttributeError):
+    return  # a damaged export is reported by whatever loads it
+  if exported != session.fingerprint:
+    now = fingerprint.short(session.fingerprint)
+    console.warn(f"{os.path.dirname(path)} holds checkpoint {fingerprint.short(exported)}, "
+                 f"older than this workdir's checkpoint {now} (step {session.step}) that scores "
+                 "here: export again (--mode=export) before deploying it.")
 
 
 def score_dir_name(folder: str) -> str:

@@ -78,6 +78,7 @@ class EvalSettings:
   num_devices: int
   pixel_metrics_at: str = "scored"  # or "native": maps enlarged to their files' sizes
   sensitivity: float = 0.5  # evaluate.sensitivity of the images' calibrated decisions
+  checkpoint: str | None = None  # its fingerprint (None: written before it was recorded)
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -88,6 +89,8 @@ class EvalSettings:
       del out["pixel_metrics_at"]
     if self.sensitivity == 0.5:  # likewise
       del out["sensitivity"]
+    if self.checkpoint is None:
+      del out["checkpoint"]
     return out
 
   @classmethod
@@ -101,7 +104,8 @@ class EvalSettings:
                num_devices=f.integer("num_devices"),
                pixel_metrics_at=f.string("pixel_metrics_at") if f.has("pixel_metrics_at")
                else "scored",
-               sensitivity=f.number("sensitivity") if f.has("sensitivity") else 0.5)
+               sensitivity=f.number("sensitivity") if f.has("sensitivity") else 0.5,
+               checkpoint=f.string("checkpoint") if f.has("checkpoint") else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,17 +30,19 @@ from fmjax.core.runlog import StepTrace
 from fmjax.data import NormStats
 from fmjax.score import maps, tiling
 
-# What a stored threshold depends on: it is used only when these match the current scorer.
-THRESHOLD_KEYS = ("checkpoint_step", "method", "method_options", "use_ema", "seed")
+# What a stored threshold or score depends on: it is used only when these match the current
+# scorer. "checkpoint" is the checkpoint's content fingerprint (a model retrained to the same
+# step is another model); the step is kept for messages.
+THRESHOLD_KEYS = ("checkpoint", "checkpoint_step", "method", "method_options", "use_ema", "seed")
 # A calibration also depends on which normal images were held out of training.
 CALIBRATION_KEYS = THRESHOLD_KEYS + ("val_fraction",)
 
 
-def scorer_settings(config, step: int, eval_config=None) -> dict:
+def scorer_settings(config, step: int, checkpoint: str, eval_config=None) -> dict:
   """The THRESHOLD_KEYS and CALIBRATION_KEYS values of the scorer of `eval_config` (default:
-  config.evaluate) at `step`."""
+  config.evaluate) with the checkpoint of fingerprint `checkpoint` at `step`."""
   ec = eval_config if eval_config is not None else config.evaluate
-  return {"checkpoint_step": int(step), "method": ec.method,
+  return {"checkpoint": checkpoint, "checkpoint_step": int(step), "method": ec.method,
           "method_options": methods.scorer_options(ec), "use_ema": bool(ec.use_ema),
           "seed": ec.seed, "val_fraction": float(config.data.val_fraction)}
 

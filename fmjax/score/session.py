@@ -19,14 +19,19 @@ from fmjax.core.runlog import StepTrace
 from fmjax.data import AnomalyDataset, NormStats, load_dataset
 from fmjax.model.unet import build_unet
 from fmjax.score import scoring, tiling
+from fmjax.train.checkpoint import params_fingerprint
 from fmjax.train.restore import class_labels, load_params_for_eval
 
 
 class ScoringSession:
-  """Model, params, normalisation, mesh and class names of one checkpoint (step `step`)."""
+  """Model, params, normalisation, mesh and class names of one checkpoint (step `step`,
+  identified by `fingerprint`)."""
 
-  def __init__(self, config, params, norm: NormStats, class_names, step: int, mesh):
+  def __init__(self, config, params, norm: NormStats, class_names, step: int, mesh,
+               fingerprint: str | None = None):
     self.config, self.params, self.norm, self.step, self.mesh = config, params, norm, int(step), mesh
+    # The checkpoint's identity (`checkpoint.params_fingerprint`; computed when not given).
+    self.fingerprint = fingerprint or params_fingerprint(params, None, norm.to_dict())
     self.class_names = list(class_names)
     self.model = build_unet(config.model, len(self.class_names))
     self._score_fns: dict = {}
@@ -38,17 +43,18 @@ class ScoringSession:
     parameters when config.evaluate.use_ema and it has them. With `class_names`, the
     checkpoint must have been trained on them; without, its own are used."""
     mesh = sharding.make_mesh(config.mesh.num_devices)
-    params, step, norm, names = load_params_for_eval(config, workdir, class_names,
-                                                     config.evaluate.use_ema, step, mesh=mesh)
-    return cls(config, params, norm, names, step, mesh)
+    loaded = load_params_for_eval(config, workdir, class_names, config.evaluate.use_ema, step,
+                                  mesh=mesh)
+    return cls(config, loaded.params, loaded.norm, loaded.class_names, loaded.step, mesh,
+               loaded.fingerprint)
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
 
   def settings(self, eval_config=None) -> dict:
-    """`scoring.scorer_settings` of `eval_config` at this session's step."""
-    return scoring.scorer_settings(self.config, self.step, eval_config)
+    """`scoring.scorer_settings` of `eval_config` with this session's checkpoint."""
+    return scoring.scorer_settings(self.config, self.step, self.fingerprint, eval_config)
 
   def labels(self, classes: np.ndarray) -> np.ndarray:
     """Model labels [N] for class indices [N] (the null label for a pooled model)."""

@@ -54,6 +54,8 @@ def config_errors(config) -> list[str]:
       ("evaluate.max_image_pixels", ec.max_image_pixels, ec.max_image_pixels >= 0,
        ">= 0 (0: no limit)"),
       ("evaluate.pixel_metrics_at", ec.pixel_metrics_at, ec.pixel_metrics_at in ("scored", "native"),
-       "scored or native")])
+       "scored or native"),
+      ("evaluate.num_heatmaps", ec.num_heatmaps, ec.num_heatmaps >= 0, ">= 0 (0: none)"),
+      ("evaluate.grid_columns", ec.grid_columns, ec.grid_columns >= 1, ">= 1")])
   errors += tile_errors(ec.tile_size, tile_overlap(ec), model_stride(config.model))
   return errors + smoothing_errors(ec)

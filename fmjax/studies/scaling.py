@@ -13,9 +13,11 @@ on the whole mesh, each in <workdir>/arms/batch_<B>/ (a complete fmjax workdir):
   at the end      the seven metrics (eval/, as --mode=evaluate), training FLOPs (XLA's count of
                   one update x steps), wall time and images/s of the training loop: arm.json
 
-A rerun skips finished arms (arm.json) and resumes a broken one from its checkpoint; an arm
-whose settings changed is refused. The report goes to <workdir>/scaling/: results.json,
-results.md and plots (val_loss.png, batch_scaling.png, auroc_vs_flops.png,
+A rerun skips a finished arm (arm.json) only when its model, data, scorer and checkpoint
+(fingerprints) are the ones it would use now: another scorer (K, T, aggregator, seed, EMA)
+evaluates the arm again, another model or data is refused by its checkpoint; a broken arm
+resumes from its checkpoint; an arm whose ARM_KEYS changed is refused. The report goes to
+<workdir>/scaling/ (written as one group): results.json, results.md and plots (val_loss.png, batch_scaling.png, auroc_vs_flops.png,
 noise_scale.png). Steps and examples to a target held-out loss give the critical batch size
 by fitting S(B) = S_min + E_min / B (McCandlish et al., 2018: (S/S_min - 1)(E/E_min - 1) = 1),
 B_crit = E_min / S_min.
@@ -46,7 +48,8 @@ from fmjax.model.optim import build_optimizer, scaled_learning_rate
 from fmjax.report.writer import format_percent, json_safe
 from fmjax.core.runlog import read_metrics, write_run_record
 from fmjax.core.workdir import prepare_workdir
-from fmjax.train.restore import class_labels
+from fmjax.core.records import Fields, read_json_file
+from fmjax.train.restore import checkpoint_fingerprint, class_labels, model_meta, saved_steps
 
 # What an arm's results depend on: a rerun with other values is refused.
 ARM_KEYS = ("batch_size", "learning_rate", "warmup_steps", "steps", "val_steps", "val_times",
@@ -123,6 +126,42 @@ def _check_same(saved: dict, arm: dict, where: str) -> None:
                       "\nUse a new --workdir, or restore the scaling.* and train.* values it used.")
 
 
+def _provenance(cfg, dataset: AnomalyDataset) -> dict:
+  """What an arm's figures depend on besides ARM_KEYS: the model, the training and test data
+  (fingerprints) and the scorer of its evaluation."""
+  ec = cfg.evaluate
+  return {"model": model_meta(cfg, dataset.class_names), "data": dataset.fingerprint(),
+          "test_data": dataset.test_fingerprint(),
+          "scorer": {"method": ec.method, "method_options": methods.scorer_options(ec),
+                     "use_ema": bool(ec.use_ema), "seed": ec.seed}}
+
+
+def _stale(record: dict, current: dict, cfg, directory: str) -> str:
+  """"" when the finished arm `record` was made from `current` and the arm's newest checkpoint;
+  otherwise what differs."""
+  differ = [k for k in current if record.get(k) != current[k]]
+  if differ:
+    return f"its {', '.join(differ)} differ from now"
+  steps = saved_steps(directory)
+  if not steps:
+    return "its checkpoints are gone"
+  if record.get("checkpoint") != checkpoint_fingerprint(cfg, directory, steps[-1]):
+    return "its newest checkpoint is another model than the one evaluated"
+  return ""
+
+
+def _read_record(path: str) -> dict:
+  """arm.json, checked (a hand-edited or truncated file is one CorruptFileError)."""
+  fix = f"delete {path} to evaluate the arm again"
+  f = Fields(read_json_file(path, fix), path, fix)
+  for key in ARM_KEYS:
+    f.numbers(key) if key == "val_steps" else f.number(key)
+  for key in ("image_auroc", "pixel_auroc", "val_loss", "train_flops", "wall_s"):
+    f.number(key, nullable=True)
+  f.list_of("val_curve")
+  return f.obj
+
+
 def train_wall_seconds(records: list[dict]) -> float:
   """Seconds the training loop ran, from train_metrics.jsonl records: each record's steps since
   the previous one over its steps/s (the first includes compilation)."""
@@ -175,17 +214,21 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   """Trains (or resumes) and evaluates one arm; returns its record (None on processes > 0)."""
   directory = arm_dir(workdir, arm["batch_size"])
   record_path = os.path.join(directory, "arm.json")
+  cfg = arm_config(config, arm)
   if files.exists(record_path):
-    record = files.read_json(record_path)
+    record = _read_record(record_path)
     _check_same(record, arm, directory)
-    console.say(f"scaling: batch {arm['batch_size']} already done ({directory}/arm.json)")
-    return record
+    why = _stale(record, _provenance(cfg, dataset), cfg, directory)
+    if not why:
+      console.say(f"scaling: batch {arm['batch_size']} already done ({directory}/arm.json)")
+      return record
+    console.say(f"scaling: batch {arm['batch_size']}: {why}; training resumes or is kept, "
+                "the arm is evaluated again")
   prepare_workdir(directory)
   settings_path = os.path.join(directory, "arm_settings.json")
   if files.exists(settings_path):
     _check_same(files.read_json(settings_path), arm, directory)
   _write_json(settings_path, arm)
-  cfg = arm_config(config, arm)
   write_run_record(directory, cfg, "scaling arm")
   model = build_unet(cfg.model, dataset.num_classes)
   hooks = _arm_hooks(cfg, directory, dataset, arm, model)
@@ -204,7 +247,8 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   noise_log = read_metrics(directory, "noise")
   mean = result.mean  # an Evaluation (fmjax/report/records.py)
   record = {
-      **arm, "examples": arm["steps"] * arm["batch_size"],
+      **arm, **_provenance(cfg, dataset), "checkpoint": result.settings.checkpoint,
+      "examples": arm["steps"] * arm["batch_size"],
       "val_loss": val_log[-1]["val_loss"] if val_log else None,
       **{k: getattr(mean, k) for k in ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc",
                                   "pixel_ap", "pixel_f1_max", "pixel_aupro")},
@@ -453,11 +497,12 @@ FIGURES = {"val_loss.png": val_loss_figure, "batch_scaling.png": batch_scaling_f
 
 
 def write_report(results: dict, out_dir: str) -> None:
-  files.makedirs(out_dir)
-  _write_json(os.path.join(out_dir, "results.json"), results)
-  files.write_text(os.path.join(out_dir, "results.md"), results_table(results))
-  for name, draw in FIGURES.items():
-    plots.save(draw(results), os.path.join(out_dir, name))
+  """results.json, results.md and the figures, written as one group (`files.folder_group`)."""
+  with files.folder_group(out_dir) as group:
+    _write_json(os.path.join(group, "results.json"), results)
+    files.write_text(os.path.join(group, "results.md"), results_table(results))
+    for name, draw in FIGURES.items():
+      plots.save(draw(results), os.path.join(group, name))
 
 
 def run_scaling(config, workdir: str, dataset: AnomalyDataset) -> dict:

@@ -13,9 +13,10 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from fmjax.core import files
+from fmjax.core import files, fingerprint
 from fmjax.core.errors import CheckpointMismatchError, WorkdirError
 
 
@@ -50,7 +51,26 @@ def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Ch
                        f"installed ({e}). For gs:// install: pip install 'fmjax[gcs]'.") from e
 
 
+def _host_array(a) -> np.ndarray:
+  """A (replicated) parameter as a numpy array on this host."""
+  if isinstance(a, jax.Array) and not a.is_fully_addressable:
+    return np.asarray(a.addressable_data(0))  # replicated: every host holds all of it
+  return np.asarray(jax.device_get(a))
+
+
+def params_fingerprint(params, ema_params, norm: dict | None) -> str:
+  """A checkpoint's identity (`fmjax.core.fingerprint`): its parameters, its EMA parameters
+  ({} or None when not kept) and its normalisation statistics, in tree order."""
+  leaves = [_host_array(a) for a in jax.tree.leaves(params) + jax.tree.leaves(ema_params or {})]
+  if norm is not None:
+    leaves += [np.asarray(norm["mean"], np.float64), np.asarray(norm["std"], np.float64)]
+  return fingerprint.of_arrays(leaves)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  """The train state at `step` with `meta` and the state's `params_fingerprint` in it."""
+  meta = {**meta, "fingerprint": params_fingerprint(state.params, state.ema_params,
+                                                    meta.get("norm"))}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()

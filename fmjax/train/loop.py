@@ -30,7 +30,8 @@ from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
 from fmjax.train.hooks import (Checkpointer, Hooks, MetricLog, NonFiniteGuard, Profiler,
                                StepMetrics, TrainHook)
-from fmjax.train.restore import class_labels, model_meta, restore_newest, state_meta
+from fmjax.train.restore import (check_data, class_labels, data_meta, model_meta, restore_newest,
+                                 state_meta)
 
 NonFiniteLossError = NonFiniteError  # the name callers catch
 
@@ -127,13 +128,16 @@ def make_train_step(model, optimizer, norm: NormStats, seed: int, ema_decay: flo
 
 
 def norm_stats_for(workdir: str, dataset: AnomalyDataset) -> NormStats:
-  """The workdir's stored statistics, or fresh ones from the normal training images."""
+  """The workdir's stored statistics when they were computed on this data (or the file
+  predates data fingerprints), else fresh ones from the normal training images (stored)."""
   path = workdir_stats_path(workdir)
   if files.exists(path):
-    return NormStats.load(path)
+    stats, data = NormStats.load(path)
+    if data is None or data == dataset.fingerprint():
+      return stats
   stats = NormStats.of(dataset.train_images)
   if console.is_main_process():
-    stats.save(path)
+    stats.save(path, dataset.fingerprint())
   return stats
 
 
@@ -171,12 +175,14 @@ def _restore_or_create(config, workdir: str, dataset: AnomalyDataset, mesh, mode
   ema = config.train.ema_decay > 0
   shape = training_image_shape(config, dataset)
   abstract = abstract_train_state(model, optimizer, shape, dataset.num_classes, ema, mesh)
-  meta = {"model": model_meta(config, dataset.class_names), "state": state_meta(config)}
+  meta = {"model": model_meta(config, dataset.class_names), "state": state_meta(config),
+          "data": data_meta(dataset)}
 
   def restore(manager, step):
     saved = checkpoint.read_meta(manager, step)
     checkpoint.check_meta({**saved["model"], **saved.get("state", {})},
                           {**meta["model"], **meta["state"]}, workdir)
+    check_data(saved.get("data"), meta["data"], workdir)
     return saved, checkpoint.restore(manager, step, abstract)
 
   manager, latest, restored = restore_newest(workdir, restore, keep=config.train.keep_checkpoints,

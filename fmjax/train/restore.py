@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from fmjax.core import console, files, sharding
-from fmjax.core.errors import MissingCheckpointError, UserError
+from fmjax.core import console, files, fingerprint, sharding
+from fmjax.core.errors import CheckpointMismatchError, MissingCheckpointError, UserError
 from fmjax.data import NormStats
 from fmjax.model.unet import build_unet, init_params
 from fmjax.train import checkpoint
@@ -89,6 +90,27 @@ def state_meta(config) -> dict:
           "val_fraction": float(config.data.val_fraction)}
 
 
+def data_meta(dataset) -> dict:
+  """What a checkpoint was trained on: the data set's name, its number of training images and
+  their fingerprint (`AnomalyDataset.fingerprint`)."""
+  return {"name": dataset.name, "train_images": len(dataset.train_images),
+          "fingerprint": dataset.fingerprint()}
+
+
+def check_data(saved: dict | None, current: dict, workdir: str) -> None:
+  """CheckpointMismatchError when the checkpoint was trained on other data than `current`
+  (checkpoints older than data fingerprints carry none and are not checked)."""
+  if not saved or saved.get("fingerprint") == current["fingerprint"]:
+    return
+  raise CheckpointMismatchError(
+      f"The checkpoint in {checkpoint.checkpoint_dir(workdir)} was trained on other data: "
+      f"{saved.get('name')!r}, {saved.get('train_images')} training images (fingerprint "
+      f"{fingerprint.short(saved.get('fingerprint'))}) there; {current['name']!r}, "
+      f"{current['train_images']} (fingerprint {fingerprint.short(current['fingerprint'])}) now "
+      "(data.* settings or files changed). Use a new --workdir, or restore the data it was "
+      "trained on.")
+
+
 def saved_meta(workdir: str, step: int) -> dict:
   """The metadata saved with the checkpoint at `step` (model, state, norm, ...)."""
   manager = checkpoint.make_manager(workdir, read_only=True)
@@ -122,9 +144,29 @@ def abstract_params(model, image_size: int, mesh):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
 
 
+class Loaded(NamedTuple):
+  """A checkpoint restored for scoring."""
+  params: dict  # the EMA parameters when asked for and kept, else the parameters
+  step: int
+  norm: NormStats
+  class_names: list[str]
+  fingerprint: str  # the checkpoint's `checkpoint.params_fingerprint`
+
+
+def _fingerprint(manager, step: int, meta: dict, target, params, ema) -> str:
+  """The checkpoint's fingerprint: the one saved with it, or (checkpoints saved before
+  fingerprints) computed from its parameters and EMA parameters."""
+  if isinstance(meta.get("fingerprint"), str):
+    return meta["fingerprint"]
+  has_ema = bool(meta.get("state", {}).get("ema", False))
+  if has_ema and ema is None or params is None:
+    params, ema = checkpoint.restore_params(manager, step, target, has_ema)
+  return checkpoint.params_fingerprint(params, ema if has_ema else None, meta.get("norm"))
+
+
 def load_params_for_eval(config, workdir: str, class_names=None, use_ema: bool = True,
-                         step: int | None = None, mesh=None):
-  """(params, step, NormStats, class names) of the checkpoint at `step` (default: the latest).
+                         step: int | None = None, mesh=None) -> Loaded:
+  """The checkpoint at `step` (default: the newest that restores), as a `Loaded`.
 
   The checkpoint must match the config's model and, when given, `class_names`;
   without them the checkpoint's own class names are used (scoring new images).
@@ -140,7 +182,8 @@ def load_params_for_eval(config, workdir: str, class_names=None, use_ema: bool =
     target = abstract_params(build_unet(config.model, len(names)), config.data.image_size, mesh)
     with_ema = bool(use_ema and meta.get("state", {}).get("ema", False))
     params, ema = checkpoint.restore_params(manager, step, target, with_ema)
-    return (ema if with_ema else params), NormStats.from_dict(meta["norm"]), names
+    fp = _fingerprint(manager, step, meta, target, params, ema)
+    return (ema if with_ema else params), NormStats.from_dict(meta["norm"]), names, fp
 
   if step is None:  # the newest that restores
     manager, step, restored = restore_newest(workdir, restore, read_only=True)
@@ -158,5 +201,21 @@ def load_params_for_eval(config, workdir: str, class_names=None, use_ema: bool =
       restored = restore(manager, step)
     finally:
       manager.close()
-  params, norm, names = restored
-  return params, step, norm, names
+  params, norm, names, fp = restored
+  return Loaded(params, int(step), norm, names, fp)
+
+
+def checkpoint_fingerprint(config, workdir: str, step: int) -> str:
+  """The fingerprint of the checkpoint at `step` of `workdir`: read from its metadata (no
+  parameters are restored unless the checkpoint predates fingerprints)."""
+  manager = checkpoint.make_manager(workdir, read_only=True)
+  try:
+    meta = checkpoint.read_meta(manager, step)
+    if isinstance(meta.get("fingerprint"), str):
+      return meta["fingerprint"]
+    names = list(meta["model"]["class_names"])
+    target = abstract_params(build_unet(config.model, len(names)), config.data.image_size,
+                             sharding.make_mesh(config.mesh.num_devices))
+    return _fingerprint(manager, step, meta, target, None, None)
+  finally:
+    manager.close()

@@ -7,13 +7,14 @@ registry: one module per study in this package, each defining STUDY (`base.Study
   checkpoints  every saved checkpoint of the run, in training order (Table 9)
   seeds        the same model scored with several scoring seeds: the spread of the metrics
   pooling      class-conditional vs pooled (one unconditional model) training (Table 8):
-               trains the model the workdir lacks in <workdir>/studies/pooling/<kind>/
+               trains the model the workdir lacks in <workdir>/studies/pooling-runs/<kind>/
   methods      the scorers of the same model (fmjax.methods): Flow Mismatching, ReconFlow,
                D-Flow, RADAR on a CFM model (Tables 4/5)
 
 Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are saved as
-they finish; a rerun reuses a finished row only when its setting, checkpoint step and every
-scorer setting (method, its options with K and T, seed, EMA) match, and scores it again
+they finish; a rerun reuses a finished row only when its setting, checkpoint (its content's
+fingerprint, not its step) and every scorer setting (method, its options with K and T, seed,
+EMA) and the test split (its fingerprint) match, and scores it again
 otherwise, so a long study resumes and a retrained model or another scorer is never reported
 with stale rows.
 """
@@ -25,13 +26,14 @@ import os
 
 from fmjax.core import console, files, plots
 from fmjax.core.errors import ConfigError, MissingCheckpointError
+from fmjax.core.records import Fields, read_json_file
 from fmjax.report import evaluate
 from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report.writer import json_safe
 from fmjax.score.scoring import THRESHOLD_KEYS, scorer_settings
 from fmjax.score.session import ScoringSession
 from fmjax.studies.ablations.base import Study, setting_config
-from fmjax.train.restore import saved_steps
+from fmjax.train.restore import checkpoint_fingerprint, saved_steps
 
 # The registry line: each module defines STUDY.
 MODULES = ("compute", "aggregators", "checkpoints", "seeds", "pooling", "methods")
@@ -59,19 +61,20 @@ def config_errors(config) -> list[str]:
 
 def _scorer_of(config, run_dir: str, setting: dict) -> dict:
   """The THRESHOLD_KEYS values a row of `setting` would be scored with now: its checkpoint
-  step (the setting's, else the newest saved in `run_dir`) and the scorer settings."""
+  (the setting's step, else the newest saved in `run_dir`; identified by its fingerprint) and
+  the scorer settings."""
   step = setting.get("step", setting.get("checkpoint_step"))
-  if step is None:
-    steps = saved_steps(run_dir)
-    if not steps:
-      raise MissingCheckpointError(f"No checkpoints in {run_dir}: train first.")
-    step = steps[-1]
-  settings = scorer_settings(config, step)
+  steps = saved_steps(run_dir)
+  if not steps:
+    raise MissingCheckpointError(f"No checkpoints in {run_dir}: train first.")
+  step = steps[-1] if step is None else step
+  settings = scorer_settings(config, step, checkpoint_fingerprint(config, run_dir, step))
   return {k: settings[k] for k in THRESHOLD_KEYS}
 
 
 def _reusable(row: dict, setting: dict, scorer: dict) -> bool:
-  """The finished `row` is the one `setting` would make now (same setting, step and scorer)."""
+  """The finished `row` is the one `setting` would make now (same setting, checkpoint and
+  scorer)."""
   return (all(row.get(k) == v for k, v in setting.items()) and
           all(row.get(k) == v for k, v in scorer.items()))
 
@@ -91,21 +94,41 @@ def _evaluate_setting(s: Study, config, workdir, dataset, setting: dict, session
   heatmaps, scores, images_per_s = session.score_split(dataset, "test", cfg.evaluate)
   per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
   return {**setting, "label": s.label(setting), **session.settings(cfg.evaluate),
-          "images_per_s": images_per_s, "mean": mean_over_categories(per_category),
+          "test_data": dataset.test_fingerprint(), "images_per_s": images_per_s, "mean": mean_over_categories(per_category),
           "per_category": {n: {k: m[k] for k in METRIC_KEYS if k in m}
                            for n, m in per_category.items()}}
 
 
+def _saved_rows(path: str, fix: str) -> list[dict]:
+  """The rows of a study's results.json or of its partial rows file (checked: a hand-edited
+  or truncated file is one CorruptFileError naming it); [] when absent."""
+  if not files.exists(path):
+    return []
+  f = Fields(read_json_file(path, fix), path, fix)
+  rows = [r.obj for r in f.list_of("rows")]
+  for i, row in enumerate(f.list_of("rows")):
+    if not row.has("mean") or not row.has("label"):
+      row.fail("mean" if not row.has("mean") else "label", "is missing")
+    row.fields("mean")
+  return rows
+
+
 def run_study(config, workdir: str, dataset) -> dict:
-  """Runs `config.study.name` on the trained model in `workdir`; returns {"rows": [...]}."""
+  """Runs `config.study.name` on the trained model in `workdir`; returns {"rows": [...]}.
+
+  Rows are saved as they finish in studies/.<name>.rows.json (a rerun resumes from it); the
+  results (results.json, results.md, plot.png) are written as one group at the end
+  (`files.folder_group`): an interrupted study leaves the previous results whole."""
   s = study(config.study.name)
   settings = s.settings(config, workdir, dataset)
-  scorers = [_scorer_of(setting_config(config, st), s.run_dir(config, workdir, st), st)
-             for st in settings]
+  test_data = dataset.test_fingerprint()
+  scorers = [{**_scorer_of(setting_config(config, st), s.run_dir(config, workdir, st), st),
+              "test_data": test_data} for st in settings]
   out_dir = os.path.join(workdir, "studies", s.name)
-  files.makedirs(out_dir)
-  results_path = os.path.join(out_dir, "results.json")
-  saved = files.read_json(results_path)["rows"] if files.exists(results_path) else []
+  partial_path = os.path.join(workdir, "studies", f".{s.name}.rows.json")
+  fix = f"delete it to score the study's rows again (--mode=study --config.study.name={s.name})"
+  saved = (_saved_rows(partial_path, fix) +
+           _saved_rows(os.path.join(out_dir, "results.json"), fix))
   sessions: dict = {}
   rows = []
   for i, (setting, scorer) in enumerate(zip(settings, scorers)):
@@ -113,15 +136,18 @@ def run_study(config, workdir: str, dataset) -> dict:
     if row is None:
       console.say(f"study {s.name}: {i + 1}/{len(settings)} {s.label(setting)}")
       row = _evaluate_setting(s, config, workdir, dataset, setting, sessions)
-      saved = [r for r in saved if not all(r.get(k) == v for k, v in setting.items())] + [row]
+      saved = [row] + [r for r in saved if not all(r.get(k) == v for k, v in setting.items())]
       if console.is_main_process():
-        _write_rows(results_path, s.name, saved)
+        files.makedirs(os.path.dirname(partial_path))
+        _write_rows(partial_path, s.name, saved)
     rows.append(row)
   extra = s.summary(rows)
   if console.is_main_process():
-    _write_rows(results_path, s.name, rows, **extra)
-    files.write_text(os.path.join(out_dir, "results.md"), s.table(s.name, rows))
-    plots.save(s.plot(s.name, rows), os.path.join(out_dir, "plot.png"))
+    with files.folder_group(out_dir) as group:
+      _write_rows(os.path.join(group, "results.json"), s.name, rows, **extra)
+      files.write_text(os.path.join(group, "results.md"), s.table(s.name, rows))
+      plots.save(s.plot(s.name, rows), os.path.join(group, "plot.png"))
+    files.remove(partial_path)
     console.say(s.table(s.name, rows),
                 f"Study written to {out_dir}/ (results.md, results.json, plot.png).")
   return {"study": s.name, "rows": rows, **extra}

@@ -1,5 +1,6 @@
 """Table 8: class-conditional vs pooled (one unconditional model) training. The model the
-workdir lacks is trained with the same recipe in <workdir>/studies/pooling/<kind>/."""
+workdir lacks is trained with the same recipe in <workdir>/studies/pooling-runs/<kind>/ (beside,
+not inside, the study's results folder, which is replaced whole on each write)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from fmjax.core import console, plots
+from fmjax.core import console, files, plots
 from fmjax.report.writer import format_percent
 from fmjax.studies.ablations.base import (Study, percent, plotted_metrics, present_columns,
                                           setting_config)
@@ -25,7 +26,15 @@ def run_dir(config, workdir: str, setting: dict) -> str:
   kind = setting.get("model")
   if kind is None or kind == _own_kind(config):
     return workdir
-  return os.path.join(workdir, "studies", "pooling", kind)
+  return os.path.join(workdir, "studies", "pooling-runs", kind)
+
+
+def _move_old_run(workdir: str, directory: str, kind: str) -> None:
+  """A run trained where earlier versions put it (studies/pooling/<kind>/) moves to `directory`."""
+  old = os.path.join(workdir, "studies", "pooling", kind)
+  if files.isdir(os.path.join(old, "checkpoints")) and not files.exists(directory):
+    files.move(old, directory)
+    console.say(f"study pooling: moved the {kind} model from {old} to {directory}")
 
 
 def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
@@ -35,6 +44,8 @@ def train_pooling_runs(config, workdir: str, dataset) -> list[dict]:
   settings = []
   for kind in KINDS:
     directory = run_dir(config, workdir, {"model": kind})
+    if directory != workdir:
+      _move_old_run(workdir, directory, kind)
     console.say(f"study pooling: the {kind} model in {directory}")
     state = loop.train(setting_config(config, {"model": kind}), directory, dataset)
     settings.append({"model": kind, "checkpoint_step": int(jax.device_get(state.step))})
