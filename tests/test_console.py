@@ -6,6 +6,8 @@ import re
 import sys
 import warnings
 
+import pytest
+
 from fmjax.core import console
 from fmjax.core.console import Progress
 
@@ -64,17 +66,20 @@ def test_only_process_0_says_and_warns_and_every_process_reports_errors(monkeypa
   assert console.is_main_process()
 
 
-def test_fmjax_warnings_become_one_line_and_other_packages_keep_their_format(monkeypatch, capsys):
+def test_every_warning_becomes_one_line_once(monkeypatch, capsys):
   import fmjax.data.decode as decode
-  passed_on = []
-  monkeypatch.setattr(warnings, "showwarning", lambda *a, **k: passed_on.append(str(a[0])))
+  monkeypatch.setattr(warnings, "showwarning", lambda *a, **k: pytest.fail("Python's format"))
+  console.new_run()
   console.route_warnings()
   # A warning raised inside the package (the file name is fmjax's own) ...
   warnings.showwarning(UserWarning("mask is 32x32"), UserWarning, decode.__file__, 10)
-  # ... and one from elsewhere, which goes on to Python's (here the recorder's) display.
-  warnings.showwarning(UserWarning("elsewhere"), UserWarning, "/tmp/other.py", 3)
-  assert capsys.readouterr().err.splitlines() == ["fmjax: warning: mask is 32x32"]
-  assert passed_on == ["elsewhere"]
+  # ... and two from another package, the second one a repeat: one line each, once.
+  other = "/usr/lib/python3/site-packages/orbax/checkpoint/x.py"
+  for _ in range(2):
+    warnings.showwarning(DeprecationWarning("old API\n  more detail"), DeprecationWarning, other, 3)
+  assert capsys.readouterr().err.splitlines() == [
+      "fmjax: warning: mask is 32x32",
+      "fmjax: warning: orbax: DeprecationWarning: old API"]
 
 
 def test_output_and_the_process_0_rule_live_in_the_console():

@@ -127,6 +127,7 @@ def test_resuming_on_other_data_is_refused_with_the_difference(made, tmp_path):
   with pytest.raises(CheckpointMismatchError, match="36 training images .* there; 'synthetic', 45"):
     fm_main.run(config(**{"data.synthetic.num_train": 20, "train.num_steps": 6}), str(run), "train")
   assert sorted(os.listdir(run / "checkpoints")) == sorted(os.listdir(made[0] / "checkpoints"))
+  assert (run / "data_stats.json").read_bytes() == (made[0] / "data_stats.json").read_bytes()
 
 
 def test_normalisation_statistics_follow_the_data(tmp_path):
@@ -301,6 +302,7 @@ CORRUPTIONS = [  # (file, how, mode that reads it, what the message says)
      '"threshold"] = "abc", not a number'),
     ("calibration.json", lambda p: _edit_json(p, lambda o: o.update(rates="0.01")), "evaluate",
      'rates = "0.01", not a list'),
+    ("calibration.json", _truncate, "export", "is not valid JSON"),
     ("data_stats.json", _truncate, "train", "is not valid JSON"),
     ("data_stats.json", lambda p: _edit_json(p, lambda o: o.update(std=[0, 1, 1])), "train",
      "std = [0, 1, 1], not 3 finite numbers > 0"),
@@ -326,8 +328,10 @@ def test_a_corrupt_file_is_one_line_naming_it(made, tmp_path, name, corrupt, mod
   from fmjax.score.session import ScoringSession
   monkeypatch.setattr(ScoringSession, "score_split",
                       lambda *a, **k: pytest.fail("scored before reading the file"))
+  export = _snapshot(run / "export")
   with pytest.raises(CorruptFileError) as e:
     fm_main.run(config(**overrides), str(run), mode)
+  assert _snapshot(run / "export") == export  # an export refused replaces nothing
   message = str(e.value)
   assert str(path) in message and says in message and "\n" not in message
   assert any(w in message for w in ("delete", "run --mode", "again", "export")), message
@@ -501,3 +505,81 @@ def test_the_cascade_never_pairs_unfitted_with_fitted_scores():
   with pytest.raises(ConfigError, match="on-device image scores, not a fitted one"):
     decisions.check_cascade_scores(radar)
   decisions.check_cascade_scores(config(**{"evaluate.cascade.enabled": True}))  # no error
+
+
+# Settings of config.evaluate that do not change a score or a heatmap, and why. Every other
+# key must be in the scorer settings that reused results are compared on: a new setting that
+# changes scores and is not recorded fails this test.
+NOT_SCORE_KEYS = {
+    "batch_size": "how many tiles per call (scores are independent of it, tests/test_session.py)",
+    "max_forward_batch": "a memory bound (tests/test_tiling.py: the same scores)",
+    "max_image_pixels": "refuses images, changes no score",
+    "num_heatmaps": "pictures", "grid_columns": "pictures", "profile_batches": "traces",
+    "pixel_metrics_at": "where pixel metrics are measured; evaluations record it themselves",
+    "sensitivity": "applied to the stored thresholds when deciding",
+    "cascade.enabled": "the cascade's bands are recorded with their own K, T and margin",
+    "cascade.margin": "", "cascade.num_seeds": "", "cascade.num_times": "",
+    "method": "varied below, by method",
+}
+
+
+def _leaves(d, prefix=""):
+  for k, v in d.items():
+    if hasattr(v, "items"):
+      yield from _leaves(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
+
+
+def _other_value(key, value):
+  alternatives = {"flow_mismatch.aggregator": "mean", "radar.image_score": "isolation_forest",
+                  "flow_mismatch.quantile": 0.5, "tile_size": 16, "tile_overlap": 4}
+  if key in alternatives:
+    return alternatives[key]
+  if isinstance(value, bool):
+    return not value
+  return value + 1 if isinstance(value, int) else value * 0.5 + 0.1
+
+
+@pytest.mark.parametrize("method", ["flow_mismatch", "reconflow", "dflow", "radar"])
+def test_every_setting_that_changes_scores_is_in_the_recorded_settings(method):
+  from fmjax import methods
+  from fmjax.score.scoring import THRESHOLD_KEYS, scorer_settings
+  base = config(**{"evaluate.method": method})
+  scorer = methods.scorer(method)
+  recorded = lambda c: {k: v for k, v in scorer_settings(c, 4, "abc").items() if k in THRESHOLD_KEYS}
+  before = recorded(base)
+  for key, value in _leaves(base.evaluate.to_dict()):
+    section = key.split(".")[0] if "." in key else None
+    if key in NOT_SCORE_KEYS or (section and section != method and section != "cascade"):
+      continue
+    overrides = {f"evaluate.{key}": _other_value(key, value)}
+    if key == "tile_overlap":  # an overlap only exists with tiles
+      overrides["evaluate.tile_size"] = 16
+      before_key = recorded(config(**{"evaluate.method": method, "evaluate.tile_size": 16}))
+    else:
+      before_key = before
+    used = key not in ("num_seeds", "num_times") or key in scorer.uses
+    changed = recorded(config(**{"evaluate.method": method, **overrides})) != before_key
+    assert changed == used, (method, key)
+  # And the checkpoint: another content is another scorer, whatever the step.
+  assert scorer_settings(base, 4, "abc")["checkpoint"] != scorer_settings(base, 4, "abd")["checkpoint"]
+
+
+def test_a_half_written_log_line_is_dropped_on_resume_and_a_bad_one_is_one_line(made, tmp_path,
+                                                                                 capsys):
+  """A run killed while appending to its metric log leaves half a line: resuming drops it (it
+  is past the checkpoint); a damaged line elsewhere is one line naming the file and line."""
+  from fmjax.core import runlog
+  run = _copy(made, tmp_path)
+  log = run / "train_metrics.jsonl"
+  whole = log.read_text()
+  log.write_text(whole + '{"step": 5, "lo')
+  fm_main.run(config(**{"train.num_steps": 6}), str(run), "train")
+  assert "dropped the half-written last line" in capsys.readouterr().err
+  steps = [r["step"] for r in runlog.read_metrics(str(run), "train")]
+  assert steps == sorted(steps) and steps[-1] == 6 and len(steps) == len(set(steps))
+  lines = log.read_text().splitlines()
+  log.write_text("\n".join(lines[:1] + ["not json"] + lines[1:]) + "\n")
+  with pytest.raises(CorruptFileError, match=r"train_metrics.jsonl line 2 is not a JSON record"):
+    runlog.read_metrics(str(run), "train")

@@ -8,7 +8,7 @@ be process 0.
   say(*lines)       lines on stdout: what was done, tables, where results were written
   warn(message)     one "fmjax: warning: ..." line on stderr
   error(message)    one "<prog>: error: ..." line on stderr (every process)
-  route_warnings()  Python warnings (warnings.warn in the library) become warn lines, for
+  route_warnings()  Python warnings (fmjax's and other packages') become warn lines, for
                     the command-line entry points
   Progress          long loops: tqdm's live bar on a terminal; in logs, CI and notebooks the
                     same tqdm-formatted line once per `interval` seconds and at the end, so
@@ -62,18 +62,27 @@ def error(message: str, prog: str = "fmjax") -> None:
 
 
 def route_warnings() -> None:
-  """Shows fmjax's own Python warnings (warnings.warn in the library) as one `warn` line each,
-  without file name, line and source, for the command-line entry points. Other packages'
-  warnings keep Python's format."""
+  """Shows every Python warning as one `warn` line, once per run, for the command-line entry
+  points: fmjax's own (warnings.warn in the library) as its message, another package's as
+  "<package>: <category>: <first line of its message>", without file, line and source."""
   package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  shown = warnings.showwarning
 
   def show(message, category, filename, lineno, file=None, line=None):
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
     if os.path.abspath(filename).startswith(package + os.sep):
-      warn(str(message))
+      warn(text)
     else:
-      shown(message, category, filename, lineno, file, line)
+      warn(f"{_package_of(filename)}: {category.__name__}: {text}")
   warnings.showwarning = show
+
+
+def _package_of(filename: str) -> str:
+  """The top-level package a file belongs to ("jax" for .../site-packages/jax/_src/x.py)."""
+  parts = os.path.abspath(filename).split(os.sep)
+  for marker in ("site-packages", "dist-packages"):
+    if marker in parts and parts.index(marker) + 1 < len(parts):
+      return os.path.splitext(parts[parts.index(marker) + 1])[0]
+  return os.path.splitext(os.path.basename(filename))[0]
 
 
 def _format(value) -> str:

@@ -30,6 +30,7 @@ import tempfile
 import jax
 
 from fmjax.core import console, files
+from fmjax.core.errors import CorruptFileError
 from fmjax.core.settings import trace_window
 
 
@@ -67,13 +68,35 @@ def write_run_record(workdir: str, config, mode: str, argv: list[str] | None = N
                     json.dumps({"started": started, "mode": mode, "command": command}) + "\n")
 
 
+def _records(path: str, text: str) -> list[tuple[str, dict | None]]:
+  """(line, record or None) of a JSONL log. A last line that does not parse is what a killed
+  run left half-written: None (the caller drops it). Any other line that is not a JSON object
+  with a whole-number "step" is one CorruptFileError naming the file and the line."""
+  lines = [l for l in text.splitlines(keepends=True) if l.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:
+        out.append((line, None))
+        continue
+      record = None
+    if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+      raise CorruptFileError(f"{path} line {i + 1} is not a JSON record with a step "
+                             f"({line.strip()[:60]!r}); delete that line (or the file: it is "
+                             "the run's metric log)")
+    out.append((line, record))
+  return out
+
+
 def read_metrics(workdir: str, name: str) -> list[dict]:
   """The records of <workdir>/<name>_metrics.jsonl in step order ([] when there is none)."""
   path = os.path.join(workdir, f"{name}_metrics.jsonl")
   if not files.exists(path):
     return []
-  lines = files.read_text(path).splitlines()
-  return sorted((json.loads(l) for l in lines if l.strip()), key=lambda r: r["step"])
+  records = [r for _, r in _records(path, files.read_text(path)) if r is not None]
+  return sorted(records, key=lambda r: r.get("step", 0))
 
 
 class MetricWriter:
@@ -95,10 +118,15 @@ class MetricWriter:
   def _drop_after(self, step: int) -> None:
     if not console.is_main_process() or not files.exists(self.path):
       return
-    lines = files.read_text(self.path).splitlines(keepends=True)
-    kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= step]
-    if len(kept) != len(lines):
-      self._log.replace("".join(kept))
+    text = files.read_text(self.path)
+    records = _records(self.path, text)
+    if records and records[-1][1] is None:
+      console.warn(f"dropped the half-written last line of {self.path} (a run killed while "
+                   "writing it).")
+    kept = "".join(l if l.endswith("\n") else l + "\n" for l, r in records
+                   if r is not None and r.get("step", 0) <= step)
+    if kept != text:
+      self._log.replace(kept)
 
   def _tensorboard(self):
     if self._tb is None:

@@ -227,7 +227,8 @@ def run_arm(config, workdir: str, dataset: AnomalyDataset, arm: dict) -> dict | 
   prepare_workdir(directory)
   settings_path = os.path.join(directory, "arm_settings.json")
   if files.exists(settings_path):
-    _check_same(files.read_json(settings_path), arm, directory)
+    fix = f"delete {settings_path} if the arm was run with the current settings"
+    _check_same(Fields(read_json_file(settings_path, fix), settings_path, fix).obj, arm, directory)
   _write_json(settings_path, arm)
   write_run_record(directory, cfg, "scaling arm")
   model = build_unet(cfg.model, dataset.num_classes)

@@ -259,9 +259,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
   dataset = dataset if dataset is not None else load_dataset(config.data)
   mesh = sharding.make_mesh(config.mesh.num_devices)
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-  norm = norm_stats_for(workdir, dataset)
   model, optimizer = build_unet(config.model, dataset.num_classes), build_optimizer(config.train)
   manager, state, saved, meta = _restore_or_create(config, workdir, dataset, mesh, model, optimizer)
+  norm = norm_stats_for(workdir, dataset)  # after the checkpoint's data check: nothing refused writes
   total = num_train_steps(config, len(dataset.train_images))
   start = int(jax.device_get(state.step))
   train_step = make_train_step(model, optimizer, norm, config.seed, config.train.ema_decay, mesh,
