@@ -63,6 +63,10 @@ def test_quickstart_and_explore_notebooks_run(tmp_path):
   assert "CpuDevice" in _text(nb) and "image/png" in json.dumps([c.outputs for c in nb.cells
                                                                  if c.cell_type == "code"])
   assert os.path.exists(os.path.join(workdir, "eval", "metrics.md"))
+  shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+           if "text/html" in o.get("data", {})]
+  assert any('<iframe class="fmjax-report" srcdoc="' in o["data"]["text/html"] and
+             "fmjax-data" in o["data"]["text/html"] for o in shown)  # the report page inline
   nb = _execute("explore_flow_mismatch.ipynb",
                 {"WORKDIR": workdir, "OVERRIDES": TINY, "CATEGORY": "tiles", "K": 2, "T": 3}, tmp_path)
   assert "largest difference from fmjax's heatmap" in _text(nb)

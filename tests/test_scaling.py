@@ -299,6 +299,7 @@ def test_three_arm_study_end_to_end_and_rerun_trains_nothing(tmp_path, capsys):
     from PIL import Image
     with Image.open(tmp_path / "study" / "scaling" / name) as im:
       assert im.width >= 600 and im.height >= 400
+  _check_page(tmp_path / "study" / "scaling" / "report.html", on_disk)
   # A rerun trains and scores nothing and writes the same results.
   before = {p: os.path.getmtime(p) for p in (tmp_path / "study" / "arms").rglob("*") if p.is_file()}
   capsys.readouterr()
@@ -342,6 +343,26 @@ class _CrashAfter(train.TrainHook):
   def after_step(self, step, state):
     if step == self.step:
       raise _Crash(f"killed after step {step}")
+
+
+def _check_page(path, results):
+  """scaling/report.html in headless Chromium: a table row per arm, the four plots, a point per
+  held-out loss measurement, no console error (skipped where Chromium is not installed)."""
+  from test_report_page import chromium_available, open_page, start_browser
+  if not chromium_available():
+    return
+  driver = start_browser()
+  try:
+    open_page(driver, path)
+    rows = driver.find_elements("css selector", "#table-0 tbody tr")
+    assert [r.find_elements("css selector", "td")[0].text for r in rows] == \
+        [str(a["batch_size"]) for a in results["arms"]]
+    assert len(driver.find_elements("css selector", ".plot-box svg")) == 4
+    points = sum(1 for a in results["arms"] for p in a["val_curve"] if p["steps"] > 0)
+    assert len(driver.find_elements("css selector", "#plot-0 circle.dot")) == points
+    assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+  finally:
+    driver.quit()
 
 
 def test_a_broken_arm_resumes_and_matches_an_uninterrupted_one(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.decode import read_mask
 from fmjax.data.sources import folder_images, read_images
 from fmjax.decide import calibration, cascade, decisions
+from fmjax.model.unet import count_params
 from fmjax.report import writer as report
 from fmjax.report.metrics import compute_metrics, mean_over_categories
 from fmjax.report.records import EvalSettings, Evaluation, ImageResult, Metrics
@@ -114,10 +115,23 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   with files.folder_group(eval_dir) as group:  # the whole old report or the whole new one
     report.write_report(group, result, dataset, heatmaps, scores, curves,
                         num_heatmaps=ec.num_heatmaps, grid_columns=ec.grid_columns,
-                        decision_thresholds={n: c.decision_threshold for n, c in scales.items()})
+                        decision_thresholds={n: c.decision_threshold for n, c in scales.items()},
+                        context=_context(config, session))
   console.say(*report.summary_lines(result),
-              f"Report written to {eval_dir}/ (metrics.md, metrics.json, scores.csv, pictures).")
+              f"Report written to {eval_dir}/ (report.html to explore it in a browser; "
+              "metrics.md, metrics.json, scores.csv, pictures).")
   return result
+
+
+def _context(config, session: ScoringSession) -> dict:
+  """The model and the data in words, for the report page's header."""
+  m, d = config.model, config.data
+  model = (f"U-Net, {count_params(session.params):,} parameters, channels {m.channels}, "
+           f"channel_mult {tuple(m.channel_mult)}")
+  geometry = d.get("resize", "square")
+  data = f"{d.get('name', '')}, " + (f"{d.image_size}x{d.image_size}" if geometry == "square"
+                                     else f"resize {geometry}")
+  return {"model": model, "data": data.strip(", ")}
 
 
 def _cascade(config, session: ScoringSession, dataset: AnomalyDataset, calibrated,

@@ -7,6 +7,7 @@
   score_histogram.png   image scores of normal vs anomalous images, per category
   roc_pr.png            ROC and precision-recall curves (image and pixel level)
   heatmaps/             the highest- and lowest-scoring images at full size
+  report.html           one self-contained page to explore all of it (`fmjax.report.page`)
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from PIL import Image
 
 from fmjax.decide import calibration, regions
 from fmjax.decide.cascade import CascadeResults
-from fmjax.core import files, plots
+from fmjax.core import console, files, plots
 from fmjax.core.records import json_safe  # noqa: F401  (studies write their JSON with it)
 from fmjax import methods
 from fmjax.data import AnomalyDataset
+from fmjax.report import page
 from fmjax.report.records import EvalSettings, Evaluation, Metrics
 
 # (Metrics attribute, column name) of the tables, in the papers' order.
@@ -315,10 +317,13 @@ def roc_pr_figure(curves: dict, pooled: Metrics):
 
 def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, heatmaps: np.ndarray,
                  scores: np.ndarray, curves: dict, num_heatmaps: int = 12,
-                 grid_columns: int = 8, decision_thresholds: dict | None = None) -> list[str]:
+                 grid_columns: int = 8, decision_thresholds: dict | None = None,
+                 context: dict | None = None) -> list[str]:
   """Writes every file listed in the module docstring from the evaluation, its test images'
   heatmaps [N,H,W] and image scores [N] and the pooled `curves` (roc_pr_figure); returns the
-  paths. `decision_thresholds`: see `write_scores_csv`."""
+  paths. `decision_thresholds`: see `write_scores_csv`; `context`: {"model": ..., "data": ...}
+  in words for the page's header. A page that cannot be written is one warning line; every
+  other file is written."""
   files.makedirs(eval_dir)
   written = []
 
@@ -342,6 +347,16 @@ def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, hea
   # Always: with num_heatmaps = 0 it leaves an empty folder, no stale pictures of an earlier run.
   write_heatmaps(os.path.join(eval_dir, "heatmaps"), dataset, heatmaps, scores, num_heatmaps,
                  scales)
+  links = [os.path.basename(p) for p in written] + ["heatmaps/"]
+  report_path = os.path.join(eval_dir, "report.html")
+  try:
+    data = page.evaluation_page(result, dataset, heatmaps, scores, scales=scales,
+                                decision_thresholds=decision_thresholds, context=context,
+                                links=links)
+    page.write(report_path, data["title"], data)
+    written.append(report_path)
+  except (page.PageError, ValueError, OSError) as e:
+    console.warn(f"{report_path} not written ({e}); the rest of the report is.")
   return written
 
 

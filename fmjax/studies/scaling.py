@@ -17,7 +17,7 @@ A rerun skips a finished arm (arm.json) only when its model, data, scorer and ch
 (fingerprints) are the ones it would use now: another scorer (K, T, aggregator, seed, EMA)
 evaluates the arm again, another model or data is refused by its checkpoint; a broken arm
 resumes from its checkpoint; an arm whose ARM_KEYS changed is refused. The report goes to
-<workdir>/scaling/ (written as one group): results.json, results.md and plots (val_loss.png, batch_scaling.png, auroc_vs_flops.png,
+<workdir>/scaling/ (written as one group): report.html, results.json, results.md and plots (val_loss.png, batch_scaling.png, auroc_vs_flops.png,
 noise_scale.png). Steps and examples to a target held-out loss give the critical batch size
 by fitting S(B) = S_min + E_min / B (McCandlish et al., 2018: (S/S_min - 1)(E/E_min - 1) = 1),
 B_crit = E_min / S_min.
@@ -36,7 +36,7 @@ import scipy.optimize
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from fmjax.core import console, files, plots, sharding
-from fmjax.report import evaluate
+from fmjax.report import evaluate, page
 from fmjax import methods
 from fmjax.studies import noise_scale, validation
 from fmjax.studies.settings import scaling_batch_sizes
@@ -497,13 +497,51 @@ FIGURES = {"val_loss.png": val_loss_figure, "batch_scaling.png": batch_scaling_f
            "auroc_vs_flops.png": auroc_flops_figure, "noise_scale.png": noise_scale_figure}
 
 
+def page_plots(results: dict) -> list[dict]:
+  """The figures' data for report.html (`fmjax.report.page.table_page`), hover values and log
+  axes in the page."""
+  arms = results["arms"]
+  reached = [a for a in arms if a["steps_to_target"]]
+  flops = [(a, a.get("train_flops")) for a in arms]
+  return [
+      {"title": "Held-out loss vs examples", "x": "training examples", "y": "held-out CFM loss",
+       "log_x": True, "log_y": False,
+       "series": [page.series(f"B={a['batch_size']}", [(p["examples"], p["val_loss"])
+                                                       for p in a["val_curve"] if p["steps"] > 0])
+                  for a in arms]},
+      {"title": "Steps and examples to the target loss", "x": "global batch size B",
+       "y": "to the target", "log_x": True, "log_y": True,
+       "series": [page.series("steps", [(a["batch_size"], a["steps_to_target"]) for a in reached]),
+                  page.series("examples", [(a["batch_size"], a["examples_to_target"])
+                                           for a in reached])]},
+      {"title": "Anomaly detection against training compute",
+       "x": "training FLOPs (XLA count)", "y": "AUROC (%)", "log_x": False, "log_y": False,
+       "series": [page.series(label, [(f, None if a.get(key) is None else 100 * a[key],
+                                       f"B={a['batch_size']}") for a, f in flops])
+                  for key, label in (("image_auroc", "image AUROC"),
+                                     ("pixel_auroc", "pixel AUROC"))]},
+      {"title": "Gradient noise scale", "x": "training examples", "y": "B_simple",
+       "log_x": False, "log_y": True,
+       "series": [page.series(f"B={a['batch_size']}", [
+           (p["examples"], p["gradient_noise_scale"]) for p in a["noise_curve"]
+           if p["gradient_noise_scale"] is not None and p["gradient_noise_scale"] > 0])
+           for a in arms]}]
+
+
 def write_report(results: dict, out_dir: str) -> None:
-  """results.json, results.md and the figures, written as one group (`files.folder_group`)."""
+  """results.json, results.md, the figures and report.html, written as one group
+  (`files.folder_group`)."""
   with files.folder_group(out_dir) as group:
     _write_json(os.path.join(group, "results.json"), results)
-    files.write_text(os.path.join(group, "results.md"), results_table(results))
+    table = results_table(results)
+    files.write_text(os.path.join(group, "results.md"), table)
     for name, draw in FIGURES.items():
       plots.save(draw(results), os.path.join(group, name))
+    notes = " ".join(line for line in table.splitlines() if line and not line.startswith("|"))
+    page.write_safely(os.path.join(group, "report.html"), lambda: (
+        "Scaling study", page.table_page("scaling", "Scaling study", notes, table,
+                                         page_plots(results),
+                                         ["results.md", "results.json", *FIGURES])))
 
 
 def run_scaling(config, workdir: str, dataset: AnomalyDataset) -> dict:
@@ -522,6 +560,6 @@ def run_scaling(config, workdir: str, dataset: AnomalyDataset) -> dict:
   results = summarize(config, records)
   out_dir = os.path.join(workdir, "scaling")
   write_report(results, out_dir)
-  console.say(results_table(results), f"Scaling report written to {out_dir}/ (results.md, "
-              f"results.json, {', '.join(FIGURES)}).")
+  console.say(results_table(results), f"Scaling report written to {out_dir}/ (report.html, "
+              f"results.md, results.json, {', '.join(FIGURES)}).")
   return results

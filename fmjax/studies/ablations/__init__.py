@@ -11,7 +11,7 @@ registry: one module per study in this package, each defining STUDY (`base.Study
   methods      the scorers of the same model (fmjax.methods): Flow Mismatching, ReconFlow,
                D-Flow, RADAR on a CFM model (Tables 4/5)
 
-Each writes <workdir>/studies/<name>/results.json, results.md and plot.png. Rows are saved as
+Each writes <workdir>/studies/<name>/results.json, results.md, plot.png and report.html. Rows are saved as
 they finish; a rerun reuses a finished row only when its setting, checkpoint (its content's
 fingerprint, not its step) and every scorer setting (method, its options with K and T, seed,
 EMA) and the test split (its fingerprint) match, and scores it again
@@ -27,12 +27,12 @@ import os
 from fmjax.core import console, files, plots
 from fmjax.core.errors import ConfigError, MissingCheckpointError
 from fmjax.core.records import Fields, read_json_file
-from fmjax.report import evaluate
+from fmjax.report import evaluate, page
 from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
 from fmjax.report.writer import json_safe
 from fmjax.score.scoring import THRESHOLD_KEYS, scorer_settings
 from fmjax.score.session import ScoringSession
-from fmjax.studies.ablations.base import Study, setting_config
+from fmjax.studies.ablations.base import Study, page_plots, setting_config
 from fmjax.train.restore import checkpoint_fingerprint, saved_steps
 
 # The registry line: each module defines STUDY.
@@ -147,9 +147,13 @@ def run_study(config, workdir: str, dataset) -> dict:
       _write_rows(os.path.join(group, "results.json"), s.name, rows, **extra)
       files.write_text(os.path.join(group, "results.md"), s.table(s.name, rows))
       plots.save(s.plot(s.name, rows), os.path.join(group, "plot.png"))
+      page.write_safely(os.path.join(group, "report.html"), lambda: (
+          f"Study: {s.name}", page.table_page(
+              "study", f"Study: {s.name}", s.description, s.table(s.name, rows),
+              page_plots(s.name, rows), ["results.md", "results.json", "plot.png"])))
     files.remove(partial_path)
     console.say(s.table(s.name, rows),
-                f"Study written to {out_dir}/ (results.md, results.json, plot.png).")
+                f"Study written to {out_dir}/ (report.html, results.md, results.json, plot.png).")
   return {"study": s.name, "rows": rows, **extra}
 
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from fmjax.core import plots
+from fmjax.report import page
 from fmjax.report.metrics import METRIC_KEYS
 from fmjax.report.writer import TABLE_COLUMNS, format_percent
 
@@ -101,6 +102,20 @@ def settings_plot(name: str, rows: list[dict]):
   ax.grid(alpha=0.3)
   plots.legend(ax, loc="best")
   return fig
+
+
+def page_plots(name: str, rows: list[dict]) -> list[dict]:
+  """The plot of `settings_plot` for the study's report.html (`fmjax.report.page.table_page`):
+  each plotted metric per setting (hover: the setting), or per training step."""
+  by_step = all("step" in r for r in rows) and bool(rows)
+  xs = [r["step"] for r in rows] if by_step else list(range(len(rows)))
+  labels = [(f"{r['group']}: " if "group" in r else "") + r["label"] for r in rows]
+  return [{"title": f"{name} study", "x": "training step" if by_step else "setting",
+           "y": "percent (mean over categories)", "log_x": False, "log_y": False,
+           **({} if by_step else {"x_ticks": [[x, label] for x, label in zip(xs, labels)]}),
+           "series": [page.series(title, [(x, percent(r["mean"].get(key)), label)
+                                          for x, r, label in zip(xs, rows, labels)])
+                      for key, title in plotted_metrics(rows)]}]
 
 
 def no_errors(config) -> list[str]:
