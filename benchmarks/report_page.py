@@ -141,7 +141,7 @@ def main():
   best = min(timings)
   print(json.dumps({"benchmark": "report_page", "images": args.images,
                     "page_mb": round(os.path.getsize(path) / 1e6, 2),
-                    "thumbnail_side": page.thumbnail_side(args.images),
+                    "thumbnail_sides": data["thumbnails"],
                     "write_s": round(write_s, 2), "ready_ms": round(best[0]),
                     "cards_drawn_after_scroll_ms": round(best[1]), "slider_move_ms": round(best[2], 1),
                     "load_wall_s": round(best[3], 2), "console_errors": len(errors),

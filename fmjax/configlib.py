@@ -64,7 +64,7 @@ def _data_section() -> ml_collections.ConfigDict:
   """What is read and how (fmjax/data): the source, categories, image geometry, held-out
   normals, loaders."""
   s = ml_collections.ConfigDict()
-  s.name = "mvtec"  # synthetic | mvtec | visa | folder
+  s.name = "mvtec"  # synthetic, or a set in fmjax.data.sets (mvtec, visa, folder, mpdd, ...)
   s.root = ""
   s.categories = ""  # comma-separated; empty: every category (all 15 for mvtec)
   s.image_size = 128

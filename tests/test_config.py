@@ -36,7 +36,7 @@ def _load(path, variant=None):
 def test_config_files_document_their_variants():
   variants = {p.name: _variants(p) for p in CONFIGS}
   assert {"quickstart.py", "mvtec.py", "visa.py", "folder.py", "cpu_bottle.py", "scaling.py",
-          "studies.py"} <= set(variants)
+          "studies.py", "mpdd.py", "btad.py", "ksdd2.py", "kolektorsdd.py"} <= set(variants)
   assert variants["studies.py"] == [None, "aggregators", "checkpoints", "compute", "methods",
                                     "pooling", "seeds"]
   assert variants["scaling.py"] == [None, "quickstart"]

@@ -109,4 +109,6 @@ def test_scaling_study_notebook_runs(tmp_path):
   assert all(a["examples"] == 32 for a in results["arms"])
   text = _text(nb)
   assert "critical batch size:" in text
+  assert any('<iframe class="fmjax-report" srcdoc="' in o.get("data", {}).get("text/html", "")
+             for c in nb.cells if c.cell_type == "code" for o in c.outputs)
   assert json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"]).count("image/png") >= 5

@@ -356,3 +356,49 @@ def test_study_page_tables_sort_and_plots_hover(browser, evaluation):
   assert browser.find_element("id", "plot-0").get_attribute("data-log-y") == "true"
   assert len(browser.find_elements("css selector", "#plot-0 circle.dot")) == plotted * 3
   assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def _decoded_size(uri):
+  import base64
+  import io
+  with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as im:
+    return im.size
+
+
+def test_thumbnails_keep_the_aspect_and_shrink_to_the_byte_budget(shared_data, monkeypatch):
+  assert _decoded_size(page.image_thumbnail(np.zeros((40, 100, 3), np.uint8), 96)) == (96, 38)
+  assert _decoded_size(page.grey_png(np.zeros((300, 30), np.uint8), 128)) == (13, 128)
+  assert _decoded_size(page.image_thumbnail(np.zeros((20, 10, 3), np.uint8), 96)) == (10, 20)
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "report_page_benchmark", pathlib.Path(__file__).parents[1] / "benchmarks" / "report_page.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  result, dataset, heat, scores = bench.build(60)
+  scales = page.plots.heat_scales(dataset.test_classes, heat)
+  full = page.evaluation_page(result, dataset, heat, scores, scales=scales)
+  assert full["thumbnails"] == [192, 192] and len(full["images"]) == 60
+  pictures = sum(len(e[k]) for e in full["images"] for k in ("img", "heat", "mask") if k in e)
+  monkeypatch.setattr(page, "MAX_PICTURE_BYTES", pictures // 2)
+  small = page.evaluation_page(result, dataset, heat, scores, scales=scales)
+  side, heat_side = small["thumbnails"]
+  assert side < 192 and heat_side < 192
+  assert sum(len(e[k]) for e in small["images"] for k in ("img", "heat", "mask") if k in e) \
+      <= pictures // 2 or (side, heat_side) == page.THUMBNAIL_SIDES[-1][1:]
+  assert max(_decoded_size(small["images"][0]["heat"])) == heat_side
+  assert max(_decoded_size(small["images"][0]["img"])) == side
+
+
+def test_the_benchmark_builds_and_times_a_page(shared_data, tmp_path):
+  import subprocess
+  import sys
+  repo = pathlib.Path(__file__).parents[1]
+  out = subprocess.run([sys.executable, "benchmarks/report_page.py", "--images", "50", "--out",
+                        str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=600)
+  if out.returncode and "Chromium and ChromeDriver not found" in out.stdout + out.stderr:
+    pytest.skip("Chromium not installed")
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  assert row["images"] == 50 and row["console_errors"] == 0 and row["thumbnail_sides"] == [192, 192]
+  assert row["page_mb"] == round((tmp_path / "report.html").stat().st_size / 1e6, 2)
+  assert row["ready_ms"] > 0 and row["cards_drawn_after_scroll_ms"] >= 0

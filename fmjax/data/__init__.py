@@ -4,9 +4,10 @@ from fmjax.data.dataset import AnomalyDataset, NormStats, hold_out_normals
 from fmjax.data.decode import CorruptImageError
 from fmjax.data.sources import MVTEC_CATEGORIES, VISA_CATEGORIES, mvtec_samples, read_samples, visa_samples
 from fmjax.data.synthetic import make_synthetic_dataset
+from fmjax.data import sets
 from fmjax.core.errors import ConfigError, DataLayoutError
 
-DATASETS = ("synthetic", "mvtec", "visa", "folder")
+DATASETS = ("synthetic",) + tuple(sets.MODULES)  # data.name: the procedural set, then `sets`
 
 
 def categories_of(data_config) -> list[str]:
@@ -17,11 +18,9 @@ def categories_of(data_config) -> list[str]:
     return cats
   if data_config.name == "synthetic":
     return list(data_config.synthetic.categories)
-  if data_config.name == "mvtec":
-    return list(MVTEC_CATEGORIES)
-  if data_config.name == "visa":
-    return list(VISA_CATEGORIES)
-  return []  # folder: every category found under root
+  if data_config.name in sets.MODULES:
+    return list(sets.get(data_config.name).categories)  # () for folder: every one found
+  return []
 
 
 def load_folder_dataset(root: str, categories=(), image_size: int = 128,
@@ -75,9 +74,8 @@ def _load_source(data_config) -> AnomalyDataset:
     tfds_builders.prepare(builder, data_config.root)  # a no-op once prepared
     return tfds_builders.read_prepared(builder, categories,
                                        with_masks=not data_config.image_level_only)
-  if name == "visa":
-    return load_visa_dataset(data_config.root, categories_of(data_config), data_config.image_size,
-                             data_config.visa_split_csv, data_config.skip_corrupt,
-                             data_config.image_level_only, resize)
-  return load_folder_dataset(data_config.root, categories_of(data_config), data_config.image_size,
-                             data_config.image_level_only, name, data_config.skip_corrupt, resize)
+  categories, samples = sets.get(name).samples(data_config.root, categories_of(data_config),
+                                               data_config.image_level_only, data_config)
+  return read_samples(name, categories, samples, data_config.image_size,
+                      with_masks=not data_config.image_level_only,
+                      skip_corrupt=data_config.skip_corrupt, resize=resize)

@@ -45,7 +45,7 @@ class Sample:
   mask: str | None = None  # mask file of an anomalous test image
 
 
-def _list_images(folder: str) -> list[str]:
+def list_images(folder: str) -> list[str]:
   return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") and
                 os.path.isfile(os.path.join(folder, f)))
@@ -65,7 +65,7 @@ def _no_folder(path: str, what: str = "Data root") -> DataLayoutError:
                          + (" (set --config.data.root)." if what == "Data root" else "."))
 
 
-def _resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
+def resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
   if not os.path.isdir(root):
     raise _no_folder(root)
   categories = list(wanted) or found
@@ -82,7 +82,7 @@ def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
   """(categories, samples) of an MVTec-layout tree; all categories with a train/ folder if none given."""
   found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train"))) \
       if os.path.isdir(root) else []
-  categories = _resolve_categories(root, categories, found, "MVTec")
+  categories = resolve_categories(root, categories, found, "MVTec")
   samples = []
   for cat in categories:
     cat_dir = os.path.join(root, cat)
@@ -91,7 +91,7 @@ def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
       if not os.path.isdir(d):
         raise DataLayoutError(f"Category {cat!r}: expected folder {d} (MVTec layout "
                               f"<root>/<category>/train/good and test/<defect>).")
-    train = _list_images(train_dir)
+    train = list_images(train_dir)
     if not train:
       raise DataLayoutError(f"Category {cat!r}: the training split is empty (no images in {train_dir}).")
     samples += [Sample(p, cat, "train") for p in train]
@@ -102,7 +102,7 @@ def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
         continue
       normal = defect in NORMAL_FOLDERS
       gt_dir = os.path.join(cat_dir, "ground_truth", defect)
-      images = _list_images(ddir)
+      images = list_images(ddir)
       if images and not normal and not image_level_only and not os.path.isdir(gt_dir):
         raise DataLayoutError(
             f"Category {cat!r}: defect type {defect!r} has no masks folder {gt_dir}. Set "
@@ -139,7 +139,7 @@ def visa_samples(root: str, categories=(), split_csv: str = "split_csv/1cls.csv"
     raise DataLayoutError(f"{csv_path} must have the columns {sorted(need)}; "
                           f"found {sorted(rows[0]) if rows else 'no rows'}.")
   found = sorted({r["object"] for r in rows})
-  categories = _resolve_categories(root, categories, found, "VisA")
+  categories = resolve_categories(root, categories, found, "VisA")
   samples = []
   for cat in categories:
     mine = sorted((r for r in rows if r["object"] == cat), key=lambda r: r["image"])

@@ -50,13 +50,23 @@ class PageError(ValueError):
   """The page cannot be written (the evaluation writes everything else)."""
 
 
+# The embedded pictures of a page stay under this many bytes (base64 included) where the smallest
+# thumbnails allow: maps noisier than usual step down to the next row of THUMBNAIL_SIDES.
+MAX_PICTURE_BYTES = 23_000_000
+
+
+def thumbnail_tier(num_images: int) -> int:
+  """The row of THUMBNAIL_SIDES for a page of `num_images` images."""
+  for tier, (limit, _, _) in enumerate(THUMBNAIL_SIDES):
+    if num_images <= limit:
+      return tier
+  raise PageError(f"{num_images} test images are more than a page can hold ({MAX_IMAGES})")
+
+
 def thumbnail_side(num_images: int) -> tuple[int, int]:
   """The long sides (pixels) of the images' and the heatmaps' thumbnails in a page of
-  `num_images` images."""
-  for limit, side, heat_side in THUMBNAIL_SIDES:
-    if num_images <= limit:
-      return side, heat_side
-  raise PageError(f"{num_images} test images are more than a page can hold ({MAX_IMAGES})")
+  `num_images` images (before MAX_PICTURE_BYTES asks for smaller ones)."""
+  return THUMBNAIL_SIDES[thumbnail_tier(num_images)][1:]
 
 
 def _fit(h: int, w: int, side: int) -> tuple[int, int]:
@@ -171,7 +181,7 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
   n = len(scores)
   if n == 0 or dataset.test_images is None or len(dataset.test_images) != n:
     raise PageError("no test images to embed")
-  side, heat_side = thumbnail_side(n)
+  tier = thumbnail_tier(n)
   s = result.settings
   options = s.method_options or {}
   settings = [["method", s.method]]
@@ -240,13 +250,34 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
         "pixel_level": None if norm is None else level_of(pixel, norm),
         "pixel_words": pixel_kind})
 
+  while True:  # the largest thumbnails whose pictures fit MAX_PICTURE_BYTES
+    side, heat_side = THUMBNAIL_SIDES[tier][1:]
+    images = _image_entries(result, dataset, heatmaps, scores, scales, side, heat_side)
+    size = sum(len(e[k]) for e in images for k in ("img", "heat", "mask") if k in e)
+    if size <= MAX_PICTURE_BYTES or tier == len(THUMBNAIL_SIDES) - 1:
+      break
+    tier += 1
+
+  try:
+    method = methods.scorer(s.method).title
+  except ConfigError:  # an evaluation of a scorer this version does not know
+    method = s.method
+  return {"kind": "evaluation", "title": f"{method} evaluation: {s.dataset}",
+          "settings": settings, "columns": [name for _, name in columns], "metrics": metric_rows,
+          "links": list(links), "colours": colour_table(), "alpha": plots.OVERLAY_ALPHA,
+          "categories": categories, "images": images, "thumbnails": [side, heat_side]}
+
+
+def _image_entries(result, dataset, heatmaps, scores, scales: dict, side: int,
+                   heat_side: int) -> list[dict]:
+  """Per test image: what the page shows of it, its image, heatmap levels and mask embedded
+  with long sides `side`, `heat_side` and `side`."""
   images = []
   masks = dataset.test_masks
-  for i in range(n):
+  for i in range(len(scores)):
     r = result.images[i]
     ci = int(dataset.test_classes[i])
     image = dataset.test_images[i]
-    heat = np.asarray(heatmaps[i])
     entry = {"c": ci, "path": r.path, "name": os.path.basename(r.path), "defect": r.defect,
              "label": int(r.label), "score": float(scores[i]),
              "w": int(image.shape[1]), "h": int(image.shape[0]),
@@ -256,20 +287,12 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
     if r.calibrated_decision is not None:
       entry["decision"] = r.calibrated_decision
     if ci in scales:
-      entry["heat"] = grey_png(heat_levels(heat, scales[ci]), heat_side)
+      entry["heat"] = grey_png(heat_levels(np.asarray(heatmaps[i]), scales[ci]), heat_side)
     mask = None if masks is None else np.asarray(masks[i])
     if mask is not None and mask.any():
       entry["mask"] = grey_png((mask > 0).astype(np.uint8) * 255, side, nearest=True)
     images.append(entry)
-
-  try:
-    method = methods.scorer(s.method).title
-  except ConfigError:  # an evaluation of a scorer this version does not know
-    method = s.method
-  return {"kind": "evaluation", "title": f"{method} evaluation: {s.dataset}",
-          "settings": settings, "columns": [name for _, name in columns], "metrics": metric_rows,
-          "links": list(links), "colours": colour_table(), "alpha": plots.OVERLAY_ALPHA,
-          "categories": categories, "images": images}
+  return images
 
 
 def markdown_tables(text: str) -> list[dict]:

@@ -1,0 +1,61 @@
+"""BTAD, the beanTech Anomaly Detection data set (Mishra et al. 2021), as distributed:
+
+  <root>/<category>/train/ok/*.{bmp,png}        normal training images
+  <root>/<category>/test/ok/*.{bmp,png}         normal test images
+  <root>/<category>/test/ko/*.{bmp,png}         anomalous test images
+  <root>/<category>/ground_truth/ko/<stem>.png  their masks (same stem as the image)
+
+Categories 01, 02, 03 (category 01 and 03 ship .bmp images, 02 .png); the defect type of every
+anomalous image is "ko".
+"""
+
+from __future__ import annotations
+
+import os
+
+from fmjax.core.errors import DataLayoutError
+from fmjax.data.sets import DataSet
+from fmjax.data.sources import Sample, list_images, resolve_categories
+
+CATEGORIES = ("01", "02", "03")
+
+
+def _mask(gt_dir: str, image: str) -> str:
+  stem = os.path.splitext(os.path.basename(image))[0]
+  for ext in (".png", ".bmp"):
+    path = os.path.join(gt_dir, stem + ext)
+    if os.path.isfile(path):
+      return path
+  raise DataLayoutError(f"Anomalous BTAD image {image} has no mask {os.path.join(gt_dir, stem)}"
+                        ".png. Set --config.data.image_level_only=True to read it without masks.")
+
+
+def btad_samples(root: str, categories=(), image_level_only: bool = False):
+  """(categories, samples) of BTAD as distributed."""
+  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train"))) \
+      if os.path.isdir(root) else []
+  categories = resolve_categories(root, categories, found, "BTAD")
+  samples = []
+  for cat in categories:
+    folders = {name: os.path.join(root, cat, *name.split("/"))
+               for name in ("train/ok", "test/ok", "test/ko")}
+    for name, folder in folders.items():
+      if not os.path.isdir(folder):
+        raise DataLayoutError(f"BTAD category {cat!r}: expected folder {folder} (train/ok, "
+                              "test/ok, test/ko, ground_truth/ko).")
+    train = list_images(folders["train/ok"])
+    if not train:
+      raise DataLayoutError(f"BTAD category {cat!r}: no images in {folders['train/ok']}.")
+    samples += [Sample(p, cat, "train") for p in train]
+    samples += [Sample(p, cat, "test") for p in list_images(folders["test/ok"])]
+    gt_dir = os.path.join(root, cat, "ground_truth", "ko")
+    for p in list_images(folders["test/ko"]):
+      samples.append(Sample(p, cat, "test", "ko", 1,
+                            None if image_level_only else _mask(gt_dir, p)))
+  return categories, samples
+
+
+SET = DataSet("btad", "BTAD: <category>/train/ok, test/{ok,ko}, ground_truth/ko/<stem>.png",
+              CATEGORIES,
+              lambda root, categories, image_level_only, dc: btad_samples(root, categories,
+                                                                          image_level_only))
