@@ -111,7 +111,7 @@ def main():
   started = time.perf_counter()
   scales = plots.heat_scales(dataset.test_classes, heat)
   data = page.evaluation_page(result, dataset, heat, scores, scales=scales)
-  page.write(path, data["title"], data)
+  page.write(path, data)
   write_s = time.perf_counter() - started
 
   from test_report_page import open_page, start_browser  # the tests' browser set-up

@@ -72,6 +72,13 @@ def describe_scale(norm: Normalize) -> str:
           f"(99.9th percentile)")
 
 
+def heat_level(heatmap: np.ndarray, norm: Normalize) -> np.ndarray:
+  """float64 [H,W] in [0, 1]: where the heatmap [H,W] lies on the colour scale `norm` (0 at
+  norm.vmin, 1 at norm.vmax; NaN and masked values count as the top)."""
+  level = np.ma.filled(norm(np.asarray(heatmap, np.float64)), 1.0).astype(np.float64)
+  return np.clip(np.nan_to_num(level, nan=1.0), 0.0, 1.0)
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, norm: Normalize,
             alpha: float = OVERLAY_ALPHA) -> np.ndarray:
   """uint8 [H,W,3]: the heatmap [H,W] in CMAP under `norm`, blended over the uint8 image [H,W,3].
@@ -79,8 +86,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, norm: Normalize,
   The colour's opacity grows with the heatmap from 0 at norm.vmin to `alpha` at norm.vmax, so
   normal regions show the image as it is and anomalous ones the colour of their score.
   """
-  level = np.ma.filled(norm(np.asarray(heatmap, np.float64)), 1.0).astype(np.float64)
-  level = np.clip(np.nan_to_num(level, nan=1.0), 0.0, 1.0)
+  level = heat_level(heatmap, norm)
   colour = colormaps[CMAP](level)[..., :3]
   weight = (alpha * level)[..., None]
   out = (1 - weight) * np.asarray(image, np.float64) / 255.0 + weight * colour

@@ -2,7 +2,7 @@
 
 from fmjax.data.dataset import AnomalyDataset, NormStats, hold_out_normals
 from fmjax.data.decode import CorruptImageError
-from fmjax.data.sources import MVTEC_CATEGORIES, VISA_CATEGORIES, mvtec_samples, read_samples, visa_samples
+from fmjax.data.sources import mvtec_samples, read_samples, visa_samples
 from fmjax.data.synthetic import make_synthetic_dataset
 from fmjax.data import sets
 from fmjax.core.errors import ConfigError, DataLayoutError

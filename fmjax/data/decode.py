@@ -107,6 +107,13 @@ def read_image(path: str, size: int, resize: str = "square") -> np.ndarray:
   return read_image_and_size(path, size, resize)[0]
 
 
+def mask_has_foreground(path: str) -> bool:
+  """True when the mask file has a nonzero pixel (`read_mask`'s foreground); a file that cannot
+  be decoded is a CorruptImageError naming it."""
+  with _open(path) as im:
+    return bool(np.asarray(im.convert("L") if im.mode not in ("L", "1", "I;16", "I") else im).any())
+
+
 def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,
               notes: list[str] | None = None, resize: str = "square") -> np.ndarray:
   """A mask file -> uint8 {0,1} [H,W] at its image's `resized_size`; foreground = any nonzero

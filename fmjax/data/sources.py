@@ -65,6 +65,14 @@ def _no_folder(path: str, what: str = "Data root") -> DataLayoutError:
                          + (" (set --config.data.root)." if what == "Data root" else "."))
 
 
+def folders_with(root: str, child: str) -> list[str]:
+  """The sub-folders of `root` that hold a folder `child` (a layout's categories), sorted; []
+  when `root` is not a folder (`resolve_categories` then says so)."""
+  if not os.path.isdir(root):
+    return []
+  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, child)))
+
+
 def resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
   if not os.path.isdir(root):
     raise _no_folder(root)
@@ -80,9 +88,7 @@ def resolve_categories(root: str, wanted, found: list[str], layout: str) -> list
 
 def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
   """(categories, samples) of an MVTec-layout tree; all categories with a train/ folder if none given."""
-  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train"))) \
-      if os.path.isdir(root) else []
-  categories = resolve_categories(root, categories, found, "MVTec")
+  categories = resolve_categories(root, categories, folders_with(root, "train"), "MVTec")
   samples = []
   for cat in categories:
     cat_dir = os.path.join(root, cat)

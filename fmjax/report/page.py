@@ -31,11 +31,10 @@ from importlib import resources
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import LogNorm
 from PIL import Image
 
 from fmjax import methods
-from fmjax.core import files, plots
+from fmjax.core import console, files, fingerprint, plots
 from fmjax.core.errors import ConfigError
 
 MAX_IMAGES = 20000  # beyond this a page would not stay interactive; the report says so
@@ -95,11 +94,8 @@ def image_thumbnail(image: np.ndarray, side: int) -> str:
 
 
 def heat_levels(heatmap: np.ndarray, norm) -> np.ndarray:
-  """uint8 [H,W]: the heatmap's level under the colour scale `norm` (0 at vmin, 255 at vmax),
-  as `plots.overlay` computes it (NaN and masked values count as the top)."""
-  level = np.ma.filled(norm(np.asarray(heatmap, np.float64)), 1.0).astype(np.float64)
-  level = np.clip(np.nan_to_num(level, nan=1.0), 0.0, 1.0)
-  return np.round(level * 255).astype(np.uint8)
+  """uint8 [H,W]: `plots.heat_level` (the overlay's) in 256 steps (0 at vmin, 255 at vmax)."""
+  return np.round(plots.heat_level(heatmap, norm) * 255).astype(np.uint8)
 
 
 def level_of(value: float | None, norm) -> int | None:
@@ -133,11 +129,6 @@ def _number(v) -> float | None:
   return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
-def percent(v) -> str:
-  """As the Markdown tables write it (`writer.format_percent`)."""
-  return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
-
-
 def _assets() -> tuple[str, str]:
   folder = resources.files("fmjax.report") / "page"
   return ((folder / "page.js").read_text(encoding="utf-8"),
@@ -163,8 +154,9 @@ def render(title: str, data: dict) -> str:
           f"<script>{script}</script>\n</body></html>\n")
 
 
-def write(path: str, title: str, data: dict) -> None:
-  files.write_text(path, render(title, data))
+def write(path: str, data: dict) -> None:
+  """The page of `data` (titled with its "title") at `path`."""
+  files.write_text(path, render(data["title"], data))
 
 
 def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
@@ -191,7 +183,7 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
       settings.append([label, str(options[key])])
   settings += [["checkpoint step", str(s.checkpoint_step)]]
   if s.checkpoint:
-    settings.append(["checkpoint", s.checkpoint[:12]])
+    settings.append(["checkpoint", fingerprint.short(s.checkpoint)])
   settings += [["images/s", f"{s.images_per_s:.3g}" if s.images_per_s else "-"],
                ["EMA parameters", "yes" if s.use_ema else "no"],
                ["test images", str(s.num_test_images)], ["dataset", s.dataset]]
@@ -205,10 +197,10 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
   if s.pixel_metrics_at == "native":
     settings.append(["pixel metrics", "at each test file's own size"])
 
-  from fmjax.report.writer import present_columns  # the tables' columns
+  # The tables' columns and figures (writer imports this module, so not at the top).
+  from fmjax.report.writer import format_percent as percent, present_columns  # noqa: PLC0415
   columns = present_columns(list(result.per_category.values()) + [result.mean])
-  metric_rows = [{"name": name, "cells": [percent(getattr(m, k)) for k, _ in columns],
-                  "values": [_number(getattr(m, k)) for k, _ in columns]}
+  metric_rows = [{"name": name, "cells": [percent(getattr(m, k)) for k, _ in columns]}
                  for name, m in list(result.per_category.items()) + [("Mean", result.mean)]]
 
   calibrated = result.calibrated.per_category if result.calibrated is not None else {}
@@ -245,7 +237,6 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
     categories.append({
         "name": name, "marks": marks,
         "scale": None if norm is None else {"vmin": float(norm.vmin), "vmax": float(norm.vmax),
-                                            "log": isinstance(norm, LogNorm),
                                             "words": plots.describe_scale(norm)},
         "pixel_level": None if norm is None else level_of(pixel, norm),
         "pixel_words": pixel_kind})
@@ -340,15 +331,14 @@ def table_page(kind: str, title: str, intro: str, markdown: str, plots_: list[di
 
 
 def write_safely(path: str, build) -> bool:
-  """Writes the page `build()` returns ((title, data)) to `path`; a page that cannot be made is
-  one warning line (the caller's other files are written all the same). True when written."""
+  """Writes the page of the data `build()` returns to `path`; a page that cannot be made (a
+  PageError, a value JSON cannot hold, a file that cannot be written) is one warning line, and
+  the caller's other files are written all the same. True when written."""
   try:
-    title, data = build()
-    write(path, title, data)
+    write(path, build())
     return True
-  except (PageError, ValueError, TypeError, KeyError, OSError) as e:
-    from fmjax.core import console  # noqa: PLC0415
-    console.warn(f"{path} not written ({type(e).__name__}: {e}); the other files are.")
+  except (PageError, ValueError, OSError) as e:
+    console.warn(f"{path} not written ({e}); the other files are.")
     return False
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from fmjax.decide import calibration, regions
 from fmjax.decide.cascade import CascadeResults
-from fmjax.core import console, files, plots
+from fmjax.core import files, plots
 from fmjax.core.records import json_safe  # noqa: F401  (studies write their JSON with it)
 from fmjax import methods
 from fmjax.data import AnomalyDataset
@@ -349,14 +349,10 @@ def write_report(eval_dir: str, result: Evaluation, dataset: AnomalyDataset, hea
                  scales)
   links = [os.path.basename(p) for p in written] + ["heatmaps/"]
   report_path = os.path.join(eval_dir, "report.html")
-  try:
-    data = page.evaluation_page(result, dataset, heatmaps, scores, scales=scales,
-                                decision_thresholds=decision_thresholds, context=context,
-                                links=links)
-    page.write(report_path, data["title"], data)
+  if page.write_safely(report_path, lambda: page.evaluation_page(
+      result, dataset, heatmaps, scores, scales=scales, decision_thresholds=decision_thresholds,
+      context=context, links=links)):
     written.append(report_path)
-  except (page.PageError, ValueError, OSError) as e:
-    console.warn(f"{report_path} not written ({e}); the rest of the report is.")
   return written
 
 

@@ -538,10 +538,9 @@ def write_report(results: dict, out_dir: str) -> None:
     for name, draw in FIGURES.items():
       plots.save(draw(results), os.path.join(group, name))
     notes = " ".join(line for line in table.splitlines() if line and not line.startswith("|"))
-    page.write_safely(os.path.join(group, "report.html"), lambda: (
-        "Scaling study", page.table_page("scaling", "Scaling study", notes, table,
-                                         page_plots(results),
-                                         ["results.md", "results.json", *FIGURES])))
+    page.write_safely(os.path.join(group, "report.html"), lambda: page.table_page(
+        "scaling", "Scaling study", notes, table, page_plots(results),
+        ["results.md", "results.json", *FIGURES]))
 
 
 def run_scaling(config, workdir: str, dataset: AnomalyDataset) -> dict:

@@ -15,7 +15,7 @@ import os
 
 from fmjax.core.errors import DataLayoutError
 from fmjax.data.sets import DataSet
-from fmjax.data.sources import Sample, list_images, resolve_categories
+from fmjax.data.sources import Sample, folders_with, list_images, resolve_categories
 
 CATEGORIES = ("01", "02", "03")
 
@@ -32,9 +32,7 @@ def _mask(gt_dir: str, image: str) -> str:
 
 def btad_samples(root: str, categories=(), image_level_only: bool = False):
   """(categories, samples) of BTAD as distributed."""
-  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "train"))) \
-      if os.path.isdir(root) else []
-  categories = resolve_categories(root, categories, found, "BTAD")
+  categories = resolve_categories(root, categories, folders_with(root, "train"), "BTAD")
   samples = []
   for cat in categories:
     folders = {name: os.path.join(root, cat, *name.split("/"))

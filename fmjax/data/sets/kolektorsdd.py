@@ -15,20 +15,13 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
-from PIL import Image
-
 from fmjax.core.errors import DataLayoutError
+from fmjax.data.decode import mask_has_foreground
 from fmjax.data.sets import DataSet
 from fmjax.data.sources import Sample, resolve_categories
 
 CATEGORY = "kolektorsdd"
 LAST_TRAIN_FOLDER = 40  # kos01..kos40 train, kos41..kos50 test (defect-free images)
-
-
-def _defective(label: str) -> bool:
-  with Image.open(label) as im:
-    return bool(np.asarray(im.convert("L")).any())
 
 
 def kolektorsdd_samples(root: str, categories=(), image_level_only: bool = False):
@@ -49,7 +42,7 @@ def kolektorsdd_samples(root: str, categories=(), image_level_only: bool = False
       label = os.path.splitext(image)[0] + "_label.bmp"
       if not os.path.isfile(label):
         raise DataLayoutError(f"KolektorSDD image {image} has no label {label}.")
-      if _defective(label):
+      if mask_has_foreground(label):
         samples.append(Sample(image, CATEGORY, "test", "defect", 1,
                               None if image_level_only else label))
       else:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import os
 import warnings
 
-import numpy as np
-from PIL import Image
-
 from fmjax.core.errors import DataLayoutError
+from fmjax.data.decode import mask_has_foreground
 from fmjax.data.sets import DataSet
 from fmjax.data.sources import Sample, list_images, resolve_categories
 
@@ -42,22 +40,17 @@ def _pairs(folder: str) -> list[tuple[str, str]]:
   return pairs
 
 
-def _defective(gt: str) -> bool:
-  with Image.open(gt) as im:
-    return bool(np.asarray(im.convert("L")).any())
-
-
 def ksdd2_samples(root: str, categories=(), image_level_only: bool = False):
   """(["ksdd2"], samples) of KolektorSDD2 as distributed."""
   resolve_categories(root, categories, [CATEGORY], "KolektorSDD2")
   samples, left_out = [], 0
   for image, gt in _pairs(os.path.join(root, "train")):
-    if _defective(gt):
+    if mask_has_foreground(gt):
       left_out += 1
     else:
       samples.append(Sample(image, CATEGORY, "train"))
   for image, gt in _pairs(os.path.join(root, "test")):
-    bad = _defective(gt)
+    bad = mask_has_foreground(gt)
     samples.append(Sample(image, CATEGORY, "test", "defect" if bad else "good", int(bad),
                           gt if bad and not image_level_only else None))
   if left_out:

@@ -147,10 +147,9 @@ def run_study(config, workdir: str, dataset) -> dict:
       _write_rows(os.path.join(group, "results.json"), s.name, rows, **extra)
       files.write_text(os.path.join(group, "results.md"), s.table(s.name, rows))
       plots.save(s.plot(s.name, rows), os.path.join(group, "plot.png"))
-      page.write_safely(os.path.join(group, "report.html"), lambda: (
-          f"Study: {s.name}", page.table_page(
-              "study", f"Study: {s.name}", s.description, s.table(s.name, rows),
-              page_plots(s.name, rows), ["results.md", "results.json", "plot.png"])))
+      page.write_safely(os.path.join(group, "report.html"), lambda: page.table_page(
+          "study", f"Study: {s.name}", s.description, s.table(s.name, rows),
+          page_plots(s.name, rows), ["results.md", "results.json", "plot.png"]))
     files.remove(partial_path)
     console.say(s.table(s.name, rows),
                 f"Study written to {out_dir}/ (report.html, results.md, results.json, plot.png).")
