@@ -78,7 +78,11 @@ def _data_section() -> ml_collections.ConfigDict:
   s.image_level_only = False  # True: no masks (image metrics only)
   s.skip_corrupt = False  # True: skip undecodable files with a warning instead of stopping
   s.visa_split_csv = "split_csv/1cls.csv"  # relative to data.root, or an absolute path
-  s.tfds_dir = ""  # mvtec/visa: prepare TFDS array_record files here once, then read them
+  # Real-IAD (data.root = its folder): the image folder and the meta files' folder (the split:
+  # realiad_jsons, realiad_jsons_sv or realiad_jsons_fuiad_<r>), relative to data.root.
+  s.realiad_images = "realiad_1024"
+  s.realiad_jsons = "realiad_jsons"
+  s.tfds_dir = ""  # every set but mvtec_loco: prepare TFDS array_record files here once, then read them
   s.score_dir = ""  # --mode=score: a folder of unlabeled images to score
   s.score_category = ""  # --mode=score: their category (a class of the trained model)
   # Normal training images held out of training per category (for calibration): the paper's
@@ -168,6 +172,9 @@ def _evaluate_section() -> ml_collections.ConfigDict:
   # size) or "native" (each map resized back to its file's size and compared with the mask
   # read at that size: the same yardstick for squashed and native-resolution runs).
   s.pixel_metrics_at = "scored"
+  # AUPIMO's range of the normal images' shared false-positive rate, "lower,upper" (Bertoldo
+  # et al. 2024: 1e-5 to 1e-4; the lower bound needs about 1/lower normal test pixels).
+  s.aupimo_fpr = "1e-5,1e-4"
   s.profile_batches = ""  # "a,b": trace of scoring batches a..b into <workdir>/profile/score
   return s
 

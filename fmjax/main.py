@@ -16,7 +16,9 @@
   (scaling.batch_sizes) in <workdir>/arms/batch_<B>/ and writes the compute-scaling report to
   <workdir>/scaling/: held-out loss, gradient noise scale, critical batch size, AUROC per FLOP.
   --mode=score scores a folder of unlabeled images (--config.data.score_dir) with the
-  workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/.
+  workdir's trained model: scores.csv and heatmaps in <workdir>/scores/<folder>/. Without
+  data.score_dir, a data set with unlabeled server splits (mvtec_ad2: test_private,
+  test_private_mixed) is scored into its evaluation server's format (fmjax/report/submission.py).
 """
 
 import os
@@ -67,6 +69,9 @@ def run(config, workdir: str | None, mode: str | None = None):
   elif mode == "score" and config.data.score_dir:  # a missing or empty folder: before anything
     from fmjax.report.evaluate import score_folder_images
     score_folder_images(config.data.score_dir, workdir)
+  elif mode == "score":  # a set's unlabeled server splits (MVTec AD 2's private tests)
+    from fmjax.report.submission import server_splits
+    server_splits(config)
   from fmjax.core.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
   with WorkdirLock(workdir, mode):
@@ -76,9 +81,13 @@ def run(config, workdir: str | None, mode: str | None = None):
 
 
 def _run_locked(config, workdir: str, mode: str, dataset):
+  from fmjax.data import sets
   from fmjax.decide import decisions
   from fmjax.report import evaluate
   from fmjax.train import loop as train
+  if mode == "score" and not config.data.score_dir and config.data.name in sets.MODULES:
+    from fmjax.report.submission import score_for_server
+    return score_for_server(config, workdir)
   if mode == "score":
     return evaluate.score_folder(config, workdir)
   if mode == "export":

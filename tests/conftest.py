@@ -92,8 +92,9 @@ def check_eval_report(eval_dir, categories, with_masks=True):
   table = list(itertools.takewhile(lambda l: l.startswith("|"), text[first:]))  # the first table
   header = [c.strip() for c in table[0].strip("|").split("|")]
   keys = {"I-AUROC": "image_auroc", "I-AP": "image_ap", "I-F1max": "image_f1_max",
-          "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap", "P-F1max": "pixel_f1_max", "PRO": "pixel_aupro"}
-  assert len(header) == (8 if with_masks else 4), header
+          "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap", "P-F1max": "pixel_f1_max", "PRO": "pixel_aupro",
+          "AUPIMO": "pixel_aupimo"}
+  assert len(header) == (9 if with_masks else 4), header
   body = {re.sub(r"\*", "", r.strip("|").split("|")[0]).strip(): r for r in table[2:]}
   assert list(body) == list(categories) + ["Mean"]
   for name, row in body.items():

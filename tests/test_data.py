@@ -317,7 +317,7 @@ def test_tfds_builder_matches_the_folder_reader(shared_data, tmp_path):
   from fmjax.data import load_dataset
   config = _tfds_config("mvtec", str(shared_data / "mvtec"), tmp_path / "tfds", "bottle", 32)
   via_tfds = load_dataset(config.data)
-  assert list((tmp_path / "tfds" / "fmjax_mvtec" / "bottle_32px" / "1.0.0").glob("*.array_record*"))
+  assert list((tmp_path / "tfds" / "fmjax_mvtec" / "bottle_32px" / "1.1.0").glob("*.array_record*"))
   direct = load_folder_dataset(str(shared_data / "mvtec"), ["bottle"], 32)
   for field in ("train_images", "test_images", "test_masks", "test_labels", "test_classes"):
     np.testing.assert_array_equal(getattr(via_tfds, field), getattr(direct, field), err_msg=field)

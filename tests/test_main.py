@@ -26,7 +26,7 @@ def test_train_and_evaluate_writes_report_and_logs(tmp_path):
   assert set(metrics["per_category"]) == {"weave", "brushed", "tiles"}
   assert metrics["settings"]["checkpoint_step"] == 4
   assert len(os.listdir(tmp_path / "eval" / "heatmaps")) == 2
-  assert set(metrics["mean"]) == set(METRIC_KEYS)
+  assert set(metrics["mean"]) == set(METRIC_KEYS) | {"pixel_aupimo"}
   lines = (tmp_path / "train_metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in lines] == [1, 2, 3, 4]
   # Evaluating again from the checkpoint gives the same scores (same seed).

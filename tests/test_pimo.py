@@ -49,6 +49,15 @@ def test_aupimo_equals_the_oracle(bounds):
   assert all(np.isnan(got["per_image"][:6]))  # normal images have none
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_aupimo_equals_the_oracle_with_ties(seed):
+  heat, masks, labels = _data(seed, 6, 4, 24, 1.0)
+  heat = np.round(heat, 1)  # many pixels share a score, across normal and defect pixels
+  got = aupimo(heat, masks, labels, (1e-2, 0.3))
+  want = oracle(heat, masks, labels, 1e-2, 0.3)
+  np.testing.assert_allclose([v for v in got["per_image"] if not np.isnan(v)], want, atol=1e-6)
+
+
 def test_default_bounds_on_enough_pixels_and_images_of_several_sizes():
   heat, masks, labels = _data(1, 8, 3, 120, 2.0)  # 115,200 normal pixels: FPR 1e-5 resolvable
   ragged_heat = np.empty(len(heat), object)
@@ -69,7 +78,7 @@ def test_closed_forms_and_undefined_cases():
   low = heat.copy()
   low[masks > 0] = -100.0  # below every normal pixel
   assert aupimo(low, masks, labels, (1e-2, 1e-1))["aupimo"] == 0.0
-  with pytest.warns(UserWarning, match="smallest shared FPR is"):
+  with pytest.warns(UserWarning, match="too few pixels to reach a false-positive rate of 1e-05"):
     assert np.isnan(aupimo(heat, masks, labels)["aupimo"])  # 1,024 normal pixels < 1e5
   with pytest.warns(UserWarning, match="needs normal and anomalous"):
     assert np.isnan(aupimo(heat[:4], masks[:4], labels[:4], (1e-2, 1e-1))["aupimo"])

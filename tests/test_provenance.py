@@ -516,6 +516,7 @@ NOT_SCORE_KEYS = {
     "max_image_pixels": "refuses images, changes no score",
     "num_heatmaps": "pictures", "grid_columns": "pictures", "profile_batches": "traces",
     "pixel_metrics_at": "where pixel metrics are measured; evaluations record it themselves",
+    "aupimo_fpr": "how AUPIMO is measured; evaluations and study rows record it themselves",
     "sensitivity": "applied to the stored thresholds when deciding",
     "cascade.enabled": "the cascade's bands are recorded with their own K, T and margin",
     "cascade.margin": "", "cascade.num_seeds": "", "cascade.num_times": "",

@@ -114,7 +114,7 @@ def test_metrics_table_equals_metrics_json(report):
   header = [th.text for th in driver.find_elements("css selector", "#metrics-table thead th")]
   keys = {"I-AUROC": "image_auroc", "I-AP": "image_ap", "I-F1max": "image_f1_max",
           "P-AUROC": "pixel_auroc", "P-AP": "pixel_ap", "P-F1max": "pixel_f1_max",
-          "PRO": "pixel_aupro"}
+          "PRO": "pixel_aupro", "AUPIMO": "pixel_aupimo"}
   assert header == ["Category"] + list(keys)
   names = [r.get_attribute("data-category") for r in rows]
   assert names == list(metrics["per_category"]) + ["Mean"]

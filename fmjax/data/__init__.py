@@ -62,20 +62,24 @@ def _load_source(data_config) -> AnomalyDataset:
     raise ConfigError(f"Set --config.data.root to the {name} data folder.")
   resize = data_config.get("resize", "square")
   if data_config.tfds_dir:
-    if name not in ("mvtec", "visa"):
-      raise ConfigError(f"data.tfds_dir works with mvtec and visa, not {name!r}.")
+    from fmjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    if name not in tfds_builders.SETS:
+      raise ConfigError(f"data.tfds_dir works with {', '.join(tfds_builders.SETS)}, not {name!r}.")
     if resize != "square":
       raise ConfigError(f"data.tfds_dir stores square images; it cannot read data.resize={resize}.")
-    from fmjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
     categories = categories_of(data_config)
     builder = tfds_builders.make_builder(
         name, data_config.tfds_dir, data_config.image_size, categories,
-        data_config.image_level_only, data_config.visa_split_csv)
+        data_config.image_level_only, data_config.visa_split_csv, data_config.realiad_images,
+        data_config.realiad_jsons)
     tfds_builders.prepare(builder, data_config.root)  # a no-op once prepared
     return tfds_builders.read_prepared(builder, categories,
                                        with_masks=not data_config.image_level_only)
-  categories, samples = sets.get(name).samples(data_config.root, categories_of(data_config),
-                                               data_config.image_level_only, data_config)
-  return read_samples(name, categories, samples, data_config.image_size,
-                      with_masks=not data_config.image_level_only,
-                      skip_corrupt=data_config.skip_corrupt, resize=resize)
+  data_set = sets.get(name)
+  categories, samples = data_set.samples(data_config.root, categories_of(data_config),
+                                         data_config.image_level_only, data_config)
+  dataset = read_samples(name, categories, samples, data_config.image_size,
+                         with_masks=not data_config.image_level_only,
+                         skip_corrupt=data_config.skip_corrupt, resize=resize)
+  dataset.defect_groups = data_set.defect_groups
+  return dataset

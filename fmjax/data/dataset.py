@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from fmjax.core import files, fingerprint
-from fmjax.core.errors import DataLayoutError
+from fmjax.core.errors import ConfigError, DataLayoutError
 
 
 @dataclasses.dataclass
@@ -42,7 +42,13 @@ class AnomalyDataset:
   # for normal images); None for data that was not read from files (`--config.evaluate.
   # pixel_metrics_at=native` needs them).
   test_file_sizes: list[tuple[int, int]] | None = None
-  test_mask_paths: list[str | None] | None = None
+  test_mask_paths: list[str | tuple[str, ...] | None] | None = None
+  # Each test image's saturated regions (`sources.Region`s; () for normal images), for sPRO
+  # (MVTec LOCO AD); None for sets without them.
+  test_regions: list[tuple] | None = None
+  # Defect types reported apart, each with the normal test images (MVTec LOCO AD: logical and
+  # structural anomalies); () for none.
+  defect_groups: tuple[str, ...] = ()
 
   def __post_init__(self):
     n, m = len(self.train_images), len(self.test_images)
@@ -53,7 +59,7 @@ class AnomalyDataset:
     checks = [(self.train_classes, n, "train_classes"), (self.test_classes, m, "test_classes"),
               (self.test_labels, m, "test_labels"), (self.test_defects, m, "test_defects"),
               (self.test_paths, m, "test_paths")]
-    for name in ("test_masks", "test_file_sizes", "test_mask_paths"):
+    for name in ("test_masks", "test_file_sizes", "test_mask_paths", "test_regions"):
       if getattr(self, name) is not None:
         checks.append((getattr(self, name), m, name))
     for arr, size, what in checks:
@@ -180,6 +186,10 @@ def hold_out_normals(dataset: AnomalyDataset, fraction: float) -> AnomalyDataset
   """
   if fraction <= 0:
     return dataset
+  if dataset.val_images is not None:
+    raise ConfigError(f"data.val_fraction={fraction:g}, but {dataset.name} ships its own "
+                      "validation normals, which calibration uses: set "
+                      "--config.data.val_fraction=0.")
   held = np.zeros(len(dataset.train_images), bool)
   for c in np.unique(dataset.train_classes):
     idx = np.flatnonzero(dataset.train_classes == c)

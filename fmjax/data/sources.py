@@ -36,13 +36,23 @@ NORMAL_FOLDERS = ("good", "Normal")
 
 
 @dataclasses.dataclass(frozen=True)
+class Region:
+  """One ground-truth region of a data set with saturated regions (MVTec LOCO AD): a mask file
+  whose nonzero pixels are the region, and when its overlap saturates (`fmjax.report.spro`)."""
+  path: str
+  saturation: float  # a fraction of the region's area (relative), or pixels of the file
+  relative: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Sample:
   path: str
   category: str
-  split: str  # "train" | "test"
+  split: str  # "train" | "val" (a set's own validation normals) | "test"
   defect: str = "good"  # "good" for normal images
   label: int = 0  # 0 normal, 1 anomalous
-  mask: str | None = None  # mask file of an anomalous test image
+  mask: str | tuple[str, ...] | None = None  # mask file(s) of an anomalous test image (union)
+  regions: tuple[Region, ...] = ()  # its saturated regions (MVTec LOCO AD), else ()
 
 
 def list_images(folder: str) -> list[str]:
@@ -71,6 +81,44 @@ def folders_with(root: str, child: str) -> list[str]:
   if not os.path.isdir(root):
     return []
   return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, child)))
+
+
+def images_in(folder: str, missing: str, empty: str | None = None) -> list[str]:
+  """The images of `folder` (`list_images`); DataLayoutError(`missing`) when it is not a
+  folder, DataLayoutError(`empty`) when it holds none (None: it may be empty)."""
+  if not os.path.isdir(folder):
+    raise DataLayoutError(missing)
+  images = list_images(folder)
+  if not images and empty is not None:
+    raise DataLayoutError(empty)
+  return images
+
+
+def missing_file(expected: str, what: str, fix: str = "") -> DataLayoutError:
+  """The error for a file the layout names that is not there: when a file of the same name with
+  another extension is (a .bmp where a .png was expected), it says so."""
+  stem = os.path.splitext(expected)[0]
+  folder = os.path.dirname(expected) or "."
+  others = sorted(f for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if os.path.splitext(f)[0] == os.path.basename(stem) and
+                  os.path.join(folder, f) != expected)
+  if others:
+    return DataLayoutError(f"{what} {expected}: found {os.path.join(folder, others[0])}, but "
+                           f"the layout expects {expected} (a {os.path.splitext(expected)[1]} "
+                           "file).")
+  return DataLayoutError(f"{what} {expected}." + (f" {fix}" if fix else ""))
+
+
+def unmatched_masks(gt_dir: str, expected: set[str], layout: str) -> None:
+  """A DataLayoutError for the first file of `gt_dir` that is not one of the `expected` mask
+  paths (a mask whose name matches no image)."""
+  if not os.path.isdir(gt_dir):
+    return
+  for name in sorted(os.listdir(gt_dir)):
+    path = os.path.join(gt_dir, name)
+    if os.path.isfile(path) and not name.startswith(".") and path not in expected:
+      raise DataLayoutError(f"{layout} mask {path} matches no test image (each mask is named "
+                            "after its image).")
 
 
 def resolve_categories(root: str, wanted, found: list[str], layout: str) -> list[str]:
@@ -113,16 +161,20 @@ def mvtec_samples(root: str, categories=(), image_level_only: bool = False):
         raise DataLayoutError(
             f"Category {cat!r}: defect type {defect!r} has no masks folder {gt_dir}. Set "
             "--config.data.image_level_only=True for datasets without masks.")
+      masks = set()
       for path in images:
         mask = None
         if not normal and not image_level_only:
           stem = os.path.splitext(os.path.basename(path))[0]
           mask = os.path.join(gt_dir, f"{stem}_mask.png")
           if not os.path.isfile(mask):
-            raise DataLayoutError(
-                f"Anomalous test image {path} has no mask {mask}. Set "
-                "--config.data.image_level_only=True for datasets without masks.")
+            raise missing_file(mask, f"Anomalous test image {path} has no mask",
+                               "Set --config.data.image_level_only=True for datasets without "
+                               "masks.")
+          masks.add(mask)
         test.append(Sample(path, cat, "test", defect, int(not normal), mask))
+      if not normal and not image_level_only:
+        unmatched_masks(gt_dir, masks, "MVTec-layout")
     if not test:
       raise DataLayoutError(f"Category {cat!r}: the test split is empty (no images under {test_dir}).")
     samples += test
@@ -183,11 +235,10 @@ class _Decode(grain.transforms.Map):
       out["image"], original_wh = read_image_and_size(sample.path, self.size, self.resize)
       out["file_size"] = (int(original_wh[1]), int(original_wh[0]))
       if self.with_masks and sample.split == "test":
-        if sample.mask is None:
-          out["mask"] = np.zeros(out["image"].shape[:2], np.uint8)
-        else:
-          out["mask"] = read_mask(sample.mask, self.size, original_wh, notes=out["warnings"],
-                                  resize=self.resize)
+        out["mask"] = np.zeros(out["image"].shape[:2], np.uint8)
+        for mask in ([sample.mask] if isinstance(sample.mask, str) else sample.mask or ()):
+          out["mask"] |= read_mask(mask, self.size, original_wh, notes=out["warnings"],
+                                   resize=self.resize)
     except CorruptImageError as e:
       out["error"] = str(e)
     return out
@@ -223,6 +274,7 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
   keep = [(s, d) for s, d in zip(samples, decoded) if not d["error"]]
   class_of = {c: i for i, c in enumerate(categories)}
   train = [(s, d) for s, d in keep if s.split == "train"]
+  val = [(s, d) for s, d in keep if s.split == "val"]
   test = [(s, d) for s, d in keep if s.split == "test"]
   for split, items in (("train", train), ("test", test)):
     for cat in categories:
@@ -239,7 +291,13 @@ def read_samples(name: str, categories: list[str], samples: list[Sample], image_
       test_defects=[s.defect for s, _ in test], test_paths=[s.path for s, _ in test],
       train_paths=[s.path for s, _ in train],
       test_file_sizes=[d["file_size"] for _, d in test],
-      test_mask_paths=[s.mask for s, _ in test] if with_masks else None)
+      test_mask_paths=[s.mask for s, _ in test] if with_masks else None,
+      test_regions=([s.regions for s, _ in test]
+                    if with_masks and any(s.regions for s, _ in test) else None),
+      **({} if not val else dict(
+          val_images=stack_images([d["image"] for _, d in val]),
+          val_classes=np.asarray([class_of[s.category] for s, _ in val], np.int32),
+          val_paths=[s.path for s, _ in val])))
 
 
 def folder_images(folder: str, exclude=()) -> list[str]:

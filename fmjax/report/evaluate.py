@@ -10,10 +10,12 @@ cascade are `fmjax.decide.decisions`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
 import numpy as np
+from PIL import Image
 
 from fmjax.core import console, files, fingerprint, ragged
 from fmjax.core.errors import ConfigError
@@ -25,15 +27,17 @@ from fmjax.data.sources import folder_images, read_images
 from fmjax.decide import calibration, cascade, decisions
 from fmjax.model.unet import count_params
 from fmjax.report import writer as report
-from fmjax.report.metrics import compute_metrics, mean_over_categories
-from fmjax.report.records import EvalSettings, Evaluation, ImageResult, Metrics
+from fmjax.report.metrics import AUPIMO_FPR, compute_metrics, mean_over_categories
+from fmjax.report.records import EvalSettings, Evaluation, GroupMetrics, ImageResult, Metrics
+from fmjax.report.spro import SaturatedRegion, au_spro, saturation_area
 from fmjax.score import maps
 from fmjax.score.scoring import CALIBRATION_KEYS
+from fmjax.score.settings import aupimo_fpr
 from fmjax.score.session import ScoringSession
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray,
-                         masks: np.ndarray | None = None) -> dict:
+                         masks: np.ndarray | None = None, aupimo_fpr=AUPIMO_FPR) -> dict:
   """{category: compute_metrics(...)} over each category's test images (`masks`: the
   dataset's test masks unless given, e.g. at the files' sizes)."""
   masks = dataset.test_masks if masks is None else masks
@@ -41,7 +45,7 @@ def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: 
   for ci, name in enumerate(dataset.class_names):
     sel = dataset.test_classes == ci
     out[name] = compute_metrics(scores[sel], dataset.test_labels[sel], heatmaps[sel],
-                                None if masks is None else masks[sel])
+                                None if masks is None else masks[sel], aupimo_fpr=aupimo_fpr)
   return out
 
 
@@ -55,9 +59,54 @@ def at_file_size(dataset: AnomalyDataset, heatmaps: np.ndarray) -> tuple[np.ndar
   out_maps, out_masks = [], []
   for heatmap, (h, w), mask_path in zip(heatmaps, dataset.test_file_sizes, dataset.test_mask_paths):
     out_maps.append(maps.resize_map(heatmap, h, w))
-    out_masks.append(np.zeros((h, w), np.uint8) if mask_path is None else
-                     read_mask(mask_path, 0, (w, h), resize="native"))
+    mask = np.zeros((h, w), np.uint8)
+    for path in ([mask_path] if isinstance(mask_path, str) else mask_path or ()):
+      mask |= read_mask(path, 0, (w, h), resize="native")
+    out_masks.append(mask)
   return ragged.stack(out_maps), ragged.stack(out_masks)
+
+
+def saturated_regions(dataset: AnomalyDataset, heatmaps) -> list[list[SaturatedRegion]]:
+  """Each test image's ground-truth regions (`dataset.test_regions`) at its heatmap's size:
+  the mask read from its file and resized (nearest), an absolute saturation area scaled by the
+  heatmap's pixels per file pixel."""
+  out = []
+  for heatmap, regions, (file_h, file_w) in zip(heatmaps, dataset.test_regions,
+                                                dataset.test_file_sizes):
+    h, w = np.shape(heatmap)
+    scale = (h * w) / (file_h * file_w)
+    image_regions = []
+    for r in regions:
+      mask = read_mask(r.path, 0, (file_w, file_h), resize="native")
+      if mask.shape != (h, w):
+        mask = np.asarray(Image.fromarray(mask * 255).resize((w, h), Image.NEAREST)) > 127
+      mask = mask.astype(bool)
+      if mask.any():  # a region too small for the scored size is not seen there
+        image_regions.append(SaturatedRegion(mask, saturation_area(
+            int(mask.sum()), r.saturation, r.relative, scale)))
+    out.append(image_regions)
+  return out
+
+
+def _metrics_by_category(dataset: AnomalyDataset, scores, maps, masks, fpr_range, regions,
+                         keep: np.ndarray | None = None) -> dict[str, Metrics]:
+  """{category: Metrics} over the test images in `keep` (all by default), with AU-sPRO when
+  the images have `regions`."""
+  keep = np.ones(len(scores), bool) if keep is None else keep
+  out = {}
+  for ci, name in enumerate(dataset.class_names):
+    sel = keep & (dataset.test_classes == ci)
+    m = compute_metrics(scores[sel], dataset.test_labels[sel], maps[sel],
+                        None if masks is None else masks[sel], aupimo_fpr=fpr_range)
+    if regions is not None:
+      idx = np.flatnonzero(sel)
+      m["pixel_spro"] = au_spro([maps[i] for i in idx], [regions[i] for i in idx])
+    out[name] = Metrics.from_dict(m)
+  return out
+
+
+def _mean(per_category: dict[str, Metrics]) -> Metrics:
+  return Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()}))
 
 
 def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
@@ -85,11 +134,24 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
   if ec.pixel_metrics_at == "native" and dataset.test_masks is not None:
     pixel_maps, pixel_masks = at_file_size(dataset, heatmaps)
     pixels_at = "native"
+  fpr_range = aupimo_fpr(ec)
   overall = compute_metrics(scores, dataset.test_labels, pixel_maps, pixel_masks,
-                            with_curves=True)
+                            with_curves=True, aupimo_fpr=fpr_range)
   curves = {k: overall.pop(k) for k in ("image_curves", "pixel_curves") if k in overall}
-  per_category = {n: Metrics.from_dict(m) for n, m in metrics_per_category(
-      dataset, scores, pixel_maps, pixel_masks).items()}
+  regions = None
+  if dataset.test_regions is not None and pixel_masks is not None:
+    regions = saturated_regions(dataset, pixel_maps)
+    overall["pixel_spro"] = au_spro(pixel_maps, regions)
+  measure = functools.partial(_metrics_by_category, dataset, scores, pixel_maps, pixel_masks,
+                              fpr_range, regions)
+  per_category = measure()
+  by_group = None
+  if dataset.defect_groups:
+    defects = np.asarray(dataset.test_defects)
+    by_group = {}
+    for group in dataset.defect_groups:
+      metrics = measure((dataset.test_labels == 0) | (defects == group))
+      by_group[group] = GroupMetrics(metrics, _mean(metrics))
   scales = {} if calibrated is None else {  # the normalised-score maps at evaluate.sensitivity
       n: scale for n in dataset.class_names
       if (scale := calibrated.scale(n, "image", ec.sensitivity)) is not None}
@@ -101,14 +163,15 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
     console.say(f"No calibrated thresholds in the report: {why}.")
   result = Evaluation(
       pooled=Metrics.from_dict(overall),
-      mean=Metrics.from_dict(mean_over_categories({n: m.as_dict() for n, m in per_category.items()})),
+      mean=_mean(per_category),
       per_category=per_category,
       settings=EvalSettings(dataset=dataset.name, categories=tuple(dataset.class_names), **settings,
                             images_per_s=images_per_s, num_test_images=int(len(scores)),
                             batch_size=ec.batch_size, num_devices=int(session.mesh.devices.size),
-                            pixel_metrics_at=pixels_at, sensitivity=float(ec.sensitivity)),
+                            pixel_metrics_at=pixels_at, sensitivity=float(ec.sensitivity),
+                            aupimo_fpr=fpr_range if pixel_masks is not None else None),
       images=_image_results(dataset, scores, outcomes, scales),
-      cascade=cascaded, calibrated=outcomes)
+      cascade=cascaded, calibrated=outcomes, by_defect_group=by_group)
   writer = MetricWriter(workdir, "eval")
   writer.write(int(step), images_per_s=images_per_s, **result.pooled.metrics())
   writer.close()

@@ -22,10 +22,16 @@ import numpy as np
 from scipy import ndimage
 
 from fmjax.core.errors import NonFiniteError
+from fmjax.report import pimo
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
-METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
+METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS  # the seven of the papers' tables
+# Beside the seven: AUPIMO (fmjax/report/pimo.py) wherever there are masks, and AU-sPRO
+# (fmjax/report/spro.py) on data sets that define saturated regions (MVTec LOCO AD).
+EXTRA_KEYS = ("pixel_aupimo", "pixel_spro")
+REPORTED_KEYS = METRIC_KEYS + EXTRA_KEYS
+AUPIMO_FPR = (1e-5, 1e-4)  # AUPIMO's default integration range of the shared FPR
 
 
 def _float32_sort_keys(x: np.ndarray) -> np.ndarray:
@@ -199,8 +205,9 @@ def pixel_metrics(anomaly_maps, masks, fpr_limit: float = 0.3, with_curves: bool
 
 
 def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None,
-                    with_curves: bool = False) -> dict:
-  """The seven metrics (fractions in [0, 1]) and the F1-optimal thresholds.
+                    with_curves: bool = False, aupimo_fpr=AUPIMO_FPR) -> dict:
+  """The seven metrics (fractions in [0, 1]), AUPIMO over `aupimo_fpr` when there are masks,
+  and the F1-optimal thresholds.
 
   image_scores [N], image_labels [N] (1 = anomalous), anomaly_maps [N,H,W] and
   masks [N,H,W] (or N maps and masks of any sizes, pooled). Without masks only the image keys are returned. A metric that
@@ -224,7 +231,8 @@ def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None,
     raise ValueError("anomaly_maps must be given with masks, one [H,W] map per image score.")
   pixel = pixel_metrics(anomaly_maps, masks, with_curves=with_curves)
   out.update({"pixel_auroc": pixel["auroc"], "pixel_ap": pixel["ap"], "pixel_f1_max": pixel["f1_max"],
-              "pixel_f1_threshold": pixel["f1_threshold"], "pixel_aupro": pixel["aupro"]})
+              "pixel_f1_threshold": pixel["f1_threshold"], "pixel_aupro": pixel["aupro"],
+              "pixel_aupimo": pimo.aupimo(anomaly_maps, masks, labels, aupimo_fpr)["aupimo"]})
   if with_curves and "curves" in pixel:
     out["pixel_curves"] = pixel["curves"]
   return out
@@ -233,7 +241,7 @@ def compute_metrics(image_scores, image_labels, anomaly_maps=None, masks=None,
 def mean_over_categories(per_category: dict[str, dict]) -> dict:
   """The paper's "Mean" row: each metric averaged over the categories that define it."""
   out = {}
-  for key in METRIC_KEYS:
+  for key in REPORTED_KEYS:
     values = [m[key] for m in per_category.values() if key in m]
     finite = [v for v in values if np.isfinite(v)]
     if values:

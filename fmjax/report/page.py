@@ -198,7 +198,8 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
     settings.append(["pixel metrics", "at each test file's own size"])
 
   # The tables' columns and figures (writer imports this module, so not at the top).
-  from fmjax.report.writer import format_percent as percent, present_columns  # noqa: PLC0415
+  from fmjax.report.writer import (columns_note, format_percent as percent,  # noqa: PLC0415
+                                   present_columns)
   columns = present_columns(list(result.per_category.values()) + [result.mean])
   metric_rows = [{"name": name, "cells": [percent(getattr(m, k)) for k, _ in columns]}
                  for name, m in list(result.per_category.items()) + [("Mean", result.mean)]]
@@ -255,6 +256,12 @@ def evaluation_page(result, dataset, heatmaps, scores, *, scales: dict,
     method = s.method
   return {"kind": "evaluation", "title": f"{method} evaluation: {s.dataset}",
           "settings": settings, "columns": [name for _, name in columns], "metrics": metric_rows,
+          "columns_note": columns_note(columns, result.settings.aupimo_fpr),
+          "groups": [{"title": group, "columns": [name for _, name in group_columns],
+                      "rows": [[n] + [percent(getattr(m, k)) for k, _ in group_columns]
+                               for n, m in list(g.per_category.items()) + [("Mean", g.mean)]]}
+                     for group, g in (result.by_defect_group or {}).items()
+                     for group_columns in [present_columns(list(g.per_category.values()))]],
           "links": list(links), "colours": colour_table(), "alpha": plots.OVERLAY_ALPHA,
           "categories": categories, "images": images, "thumbnails": [side, heat_side]}
 

@@ -47,8 +47,9 @@ def aupimo(heatmaps, masks, labels, fpr_bounds: tuple[float, float] = (1e-5, 1e-
   thresholds = values[run_ends]  # descending
   fpr = np.minimum(np.cumsum(weights)[run_ends], 1.0)  # ascending
   if fpr[0] > lower:
-    warnings.warn(f"AUPIMO is undefined: the normal images' smallest shared FPR is {fpr[0]:.3g}, "
-                  f"above the lower bound {lower:g} (it needs more normal pixels).", stacklevel=2)
+    warnings.warn(f"AUPIMO is undefined (NaN) where the normal test images have too few pixels "
+                  f"to reach a false-positive rate of {lower:g} (about {1 / lower:.0f} are "
+                  "needed); evaluate.aupimo_fpr sets the range.", stacklevel=2)
     return {"aupimo": float("nan"), "per_image": per_image.tolist()}
   # Only the thresholds around [lower, upper] matter: one point outside each bound.
   first = max(int(np.searchsorted(fpr, lower, side="right")) - 1, 0)

@@ -19,7 +19,7 @@ import dataclasses
 from fmjax.core.records import Fields, json_safe
 from fmjax.decide.calibration import CalibratedResults
 from fmjax.decide.cascade import CascadeResults
-from fmjax.report.metrics import METRIC_KEYS
+from fmjax.report.metrics import REPORTED_KEYS
 
 FIX = "run --mode=evaluate to write it again"
 
@@ -38,6 +38,8 @@ class Metrics:
   pixel_f1_max: float | None = None
   pixel_f1_threshold: float | None = None
   pixel_aupro: float | None = None  # up to a false-positive rate of 0.3
+  pixel_aupimo: float | None = None  # AUPIMO over the shared FPR range evaluate.aupimo_fpr
+  pixel_spro: float | None = None  # AU-sPRO up to FPR 0.05 (data sets with saturated regions)
 
   @classmethod
   def from_dict(cls, values: dict) -> "Metrics":
@@ -50,8 +52,8 @@ class Metrics:
             if getattr(self, f.name) is not None}
 
   def metrics(self) -> dict:
-    """{key: value} of the seven metrics (METRIC_KEYS) that were measured, no thresholds."""
-    return {k: v for k, v in self.as_dict().items() if k in METRIC_KEYS}
+    """{key: value} of the metrics (REPORTED_KEYS) that were measured, no thresholds."""
+    return {k: v for k, v in self.as_dict().items() if k in REPORTED_KEYS}
 
   to_json = as_dict
 
@@ -79,6 +81,7 @@ class EvalSettings:
   pixel_metrics_at: str = "scored"  # or "native": maps enlarged to their files' sizes
   sensitivity: float = 0.5  # evaluate.sensitivity of the images' calibrated decisions
   checkpoint: str | None = None  # its fingerprint (None: written before it was recorded)
+  aupimo_fpr: tuple[float, float] | None = None  # AUPIMO's FPR range (None: not measured)
 
   def to_json(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -91,6 +94,10 @@ class EvalSettings:
       del out["sensitivity"]
     if self.checkpoint is None:
       del out["checkpoint"]
+    if self.aupimo_fpr is None:
+      del out["aupimo_fpr"]
+    else:
+      out["aupimo_fpr"] = list(self.aupimo_fpr)
     return out
 
   @classmethod
@@ -105,7 +112,8 @@ class EvalSettings:
                pixel_metrics_at=f.string("pixel_metrics_at") if f.has("pixel_metrics_at")
                else "scored",
                sensitivity=f.number("sensitivity") if f.has("sensitivity") else 0.5,
-               checkpoint=f.string("checkpoint") if f.has("checkpoint") else None)
+               checkpoint=f.string("checkpoint") if f.has("checkpoint") else None,
+               aupimo_fpr=tuple(f.numbers("aupimo_fpr")) if f.has("aupimo_fpr") else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +152,23 @@ class ImageResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupMetrics:
+  """One defect type's images with the normal test images: the metrics per category and
+  their mean."""
+  per_category: dict[str, Metrics]
+  mean: Metrics
+
+  def to_json(self) -> dict:
+    return {"per_category": {n: m.to_json() for n, m in self.per_category.items()},
+            "mean": self.mean.to_json()}
+
+  @classmethod
+  def from_fields(cls, f: Fields) -> "GroupMetrics":
+    return cls({n: Metrics.from_fields(m) for n, m in f.each("per_category").items()},
+               Metrics.from_fields(f.fields("mean")))
+
+
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
   """An evaluation of a labelled test split (`fmjax.report.evaluate.evaluate`)."""
   pooled: Metrics  # all test images in one ranking
@@ -153,6 +178,9 @@ class Evaluation:
   images: tuple[ImageResult, ...]  # the test split in order
   cascade: CascadeResults | None = None  # with evaluate.cascade.enabled and calibrated bands
   calibrated: CalibratedResults | None = None  # with a matching calibration.json
+  # Defect types reported apart, each with the normal test images (MVTec LOCO AD's logical and
+  # structural anomalies): {group: GroupMetrics}; None for data sets without groups.
+  by_defect_group: dict[str, "GroupMetrics"] | None = None
 
   def f1_thresholds(self) -> dict[str, float]:
     """{category: its F1-optimal image threshold (tuned on the test labels)}."""
@@ -167,6 +195,8 @@ class Evaluation:
       out["cascade"] = self.cascade.to_json()
     if self.calibrated is not None:
       out["calibrated"] = self.calibrated.to_json()
+    if self.by_defect_group is not None:
+      out["by_defect_group"] = {g: m.to_json() for g, m in self.by_defect_group.items()}
     return json_safe(out)
 
   @classmethod
@@ -180,4 +210,7 @@ class Evaluation:
                images=tuple(ImageResult.from_fields(i) for i in f.list_of("images")),
                cascade=CascadeResults.from_fields(f.fields("cascade")) if f.has("cascade") else None,
                calibrated=(CalibratedResults.from_fields(f.fields("calibrated"))
-                           if f.has("calibrated") else None))
+                           if f.has("calibrated") else None),
+               by_defect_group=({g: GroupMetrics.from_fields(m)
+                                 for g, m in f.each("by_defect_group").items()}
+                                if f.has("by_defect_group") else None))

@@ -30,7 +30,7 @@ from fmjax.report.records import EvalSettings, Evaluation, Metrics
 # (Metrics attribute, column name) of the tables, in the papers' order.
 TABLE_COLUMNS = (("image_auroc", "I-AUROC"), ("image_ap", "I-AP"), ("image_f1_max", "I-F1max"),
                  ("pixel_auroc", "P-AUROC"), ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"),
-                 ("pixel_aupro", "PRO"))
+                 ("pixel_aupro", "PRO"), ("pixel_aupimo", "AUPIMO"), ("pixel_spro", "sPRO"))
 
 
 def fresh_dir(directory: str) -> None:
@@ -144,6 +144,18 @@ def present_columns(metrics) -> list[tuple[str, str]]:
           if any(getattr(m, k) is not None for m in metrics)]
 
 
+def columns_note(columns, aupimo_fpr=None) -> str:
+  """What the tables' columns mean, in a sentence, for the (attribute, name) pairs shown."""
+  keys = {k for k, _ in columns}
+  lo, hi = aupimo_fpr or (1e-5, 1e-4)
+  return " ".join(
+      ["Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3."] +
+      ([f"AUPIMO = each anomalous image's overlap against the normal images' shared FPR, "
+        f"averaged on a log axis over FPR {lo:g} to {hi:g}."] if "pixel_aupimo" in keys else []) +
+      (["sPRO = saturated per-region overlap, its area up to FPR 0.05."]
+       if "pixel_spro" in keys else []))
+
+
 def metrics_table(per_category: dict[str, Metrics], mean: Metrics) -> str:
   """Markdown: one row per category and a Mean row (percent, one decimal), as in Tables 4/5."""
   keys = present_columns(per_category.values())
@@ -173,13 +185,14 @@ def metrics_markdown(result: Evaluation) -> str:
       f"{scorer.title}: {scorer.description}.", "",
       f"Checkpoint step {s.checkpoint_step}; {scorer_settings(s)}; {s.num_test_images} test "
       f"images scored at {s.images_per_s:.2f} images/s.", "",
-      "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. "
-      "Mean = average over categories (the papers' convention)." +
+      columns_note(present_columns(result.per_category.values()), s.aupimo_fpr) +
+      " Mean = average over categories (the papers' convention)." +
       (" Pixel metrics at each test file's own size: every heatmap enlarged to it (bilinear) "
        "and compared with the mask as the file has it." if s.pixel_metrics_at == "native" else ""),
       "",
       metrics_table(result.per_category, result.mean), "",
-      f"All test images pooled into one ranking: {overall}.", ""] + ([
+      f"All test images pooled into one ranking: {overall}.", ""] +
+      (defect_group_section(result) if result.by_defect_group else []) + ([
       "## Decisions without test labels", "",
       "Image thresholds calibrated on normal training images held out of training "
       "(`calibration.json`; flagged when the score is above the threshold), and what they give "
@@ -189,6 +202,22 @@ def metrics_markdown(result: Evaluation) -> str:
        f"{s.sensitivity:g} (its calibrated_threshold column)." if s.sensitivity != 0.5 else ""),
       "", calibrated_table(result.calibrated), ""] if result.calibrated is not None else []) +
       (cascade_section(result.cascade) if result.cascade is not None else []))
+
+
+def defect_group_section(result: Evaluation) -> list[str]:
+  """Markdown lines: each defect group's table (its anomalous images with the normal test
+  images, as MVTec LOCO AD reports logical and structural anomalies) and the groups' mean."""
+  groups = result.by_defect_group
+  lines = ["## By defect type", "",
+           "Each defect type's anomalous test images with all the normal test images, measured "
+           "apart (the benchmark's protocol); the last line averages the types' Mean rows.", ""]
+  for group, g in groups.items():
+    lines += [f"### {group}", "", metrics_table(g.per_category, g.mean), ""]
+  keys = present_columns([g.mean for g in groups.values()])
+  means = " ".join(
+      f"{name} {format_percent(float(np.mean([getattr(g.mean, k) for g in groups.values()])))}"
+      for k, name in keys if all(getattr(g.mean, k) is not None for g in groups.values()))
+  return lines + [f"Mean over {' and '.join(groups)}: {means}.", ""]
 
 
 def cascade_section(c: CascadeResults) -> list[str]:

@@ -45,6 +45,19 @@ def smoothing_errors(eval_config) -> list[str]:
   return errors
 
 
+def aupimo_fpr(eval_config) -> tuple[float, float]:
+  """evaluate.aupimo_fpr as (lower, upper); ValueError saying the valid form."""
+  text = str(eval_config.get("aupimo_fpr", "1e-5,1e-4"))
+  try:
+    lower, upper = (float(v) for v in text.split(","))
+  except ValueError:
+    lower = upper = float("nan")
+  if not 0 < lower < upper <= 1:
+    raise ValueError(f"evaluate.aupimo_fpr must be 'lower,upper' with 0 < lower < upper <= 1 "
+                     f"(the default: 1e-5,1e-4), got {text!r}")
+  return lower, upper
+
+
 def config_errors(config) -> list[str]:
   """What is wrong with how test images are batched, tiled and smoothed for scoring."""
   ec = config.evaluate
@@ -58,4 +71,8 @@ def config_errors(config) -> list[str]:
       ("evaluate.num_heatmaps", ec.num_heatmaps, ec.num_heatmaps >= 0, ">= 0 (0: none)"),
       ("evaluate.grid_columns", ec.grid_columns, ec.grid_columns >= 1, ">= 1")])
   errors += tile_errors(ec.tile_size, tile_overlap(ec), model_stride(config.model))
+  try:
+    aupimo_fpr(ec)
+  except ValueError as e:
+    errors.append(str(e))
   return errors + smoothing_errors(ec)

@@ -15,7 +15,8 @@ import os
 
 from fmjax.core.errors import DataLayoutError
 from fmjax.data.sets import DataSet
-from fmjax.data.sources import Sample, folders_with, list_images, resolve_categories
+from fmjax.data.sources import (Sample, folders_with, list_images, missing_file, resolve_categories,
+                                unmatched_masks)
 
 CATEGORIES = ("01", "02", "03")
 
@@ -26,8 +27,9 @@ def _mask(gt_dir: str, image: str) -> str:
     path = os.path.join(gt_dir, stem + ext)
     if os.path.isfile(path):
       return path
-  raise DataLayoutError(f"Anomalous BTAD image {image} has no mask {os.path.join(gt_dir, stem)}"
-                        ".png. Set --config.data.image_level_only=True to read it without masks.")
+  raise missing_file(os.path.join(gt_dir, stem + ".png"), f"Anomalous BTAD image {image} has "
+                     "no mask", "Set --config.data.image_level_only=True to read it without "
+                     "masks.")
 
 
 def btad_samples(root: str, categories=(), image_level_only: bool = False):
@@ -47,9 +49,16 @@ def btad_samples(root: str, categories=(), image_level_only: bool = False):
     samples += [Sample(p, cat, "train") for p in train]
     samples += [Sample(p, cat, "test") for p in list_images(folders["test/ok"])]
     gt_dir = os.path.join(root, cat, "ground_truth", "ko")
-    for p in list_images(folders["test/ko"]):
+    anomalous = list_images(folders["test/ko"])
+    if anomalous and not image_level_only and not os.path.isdir(gt_dir):
+      raise DataLayoutError(f"BTAD category {cat!r}: the masks folder {gt_dir} is missing. Set "
+                            "--config.data.image_level_only=True to read it without masks.")
+    for p in anomalous:
       samples.append(Sample(p, cat, "test", "ko", 1,
                             None if image_level_only else _mask(gt_dir, p)))
+    if not image_level_only:
+      unmatched_masks(gt_dir, {s.mask for s in samples if s.category == cat and s.mask},
+                      "BTAD")
   return categories, samples
 
 

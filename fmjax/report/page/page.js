@@ -160,7 +160,15 @@
         el("td", { text: row.name }), ...row.cells.map((c) => el("td", { text: c }))));
     }
     metrics.append(body);
-    header.append(el("div", {}, metrics, el("p", { class: "note", text: "Percent. I- = image level, P- = pixel level, PRO = pixel AUPRO up to FPR 0.3. Mean = average over categories (the numbers of metrics.json)." })));
+    header.append(el("div", {}, metrics, el("p", { class: "note", text: `${DATA.columns_note} Mean = average over categories (the numbers of metrics.json).` })));
+    (DATA.groups || []).forEach((g, gi) => {
+      const table = el("table", { class: "metrics", id: `group-table-${gi}` },
+        el("thead", {}, el("tr", {}, el("th", { text: "Category" }), ...g.columns.map((c) => el("th", { text: c })))));
+      const rows = el("tbody");
+      for (const row of g.rows) rows.append(el("tr", {}, ...row.map((c) => el("td", { text: c }))));
+      table.append(rows);
+      app.append(el("h2", { text: `${g.title}, with the normal test images` }), table);
+    });
     app.append(linksList(DATA.links));
     if (DATA.categories.length > 1) {
       app.append(el("nav", {}, "Categories: ", ...DATA.categories.flatMap((c, i) => [i ? " \u00b7 " : "", el("a", { href: `#cat-${i}`, text: c.name })])));

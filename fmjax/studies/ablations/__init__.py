@@ -28,7 +28,8 @@ from fmjax.core import console, files, plots
 from fmjax.core.errors import ConfigError, MissingCheckpointError
 from fmjax.core.records import Fields, read_json_file
 from fmjax.report import evaluate, page
-from fmjax.report.metrics import METRIC_KEYS, mean_over_categories
+from fmjax.report.metrics import REPORTED_KEYS, mean_over_categories
+from fmjax.score.settings import aupimo_fpr
 from fmjax.report.writer import json_safe
 from fmjax.score.scoring import THRESHOLD_KEYS, scorer_settings
 from fmjax.score.session import ScoringSession
@@ -92,10 +93,12 @@ def _evaluate_setting(s: Study, config, workdir, dataset, setting: dict, session
     sessions[(run_dir, step)] = ScoringSession.load(cfg, run_dir, dataset.class_names, step)
   session = sessions[(run_dir, step)]
   heatmaps, scores, images_per_s = session.score_split(dataset, "test", cfg.evaluate)
-  per_category = evaluate.metrics_per_category(dataset, scores, heatmaps)
+  per_category = evaluate.metrics_per_category(dataset, scores, heatmaps,
+                                               aupimo_fpr=aupimo_fpr(cfg.evaluate))
   return {**setting, "label": s.label(setting), **session.settings(cfg.evaluate),
-          "test_data": dataset.test_fingerprint(), "images_per_s": images_per_s, "mean": mean_over_categories(per_category),
-          "per_category": {n: {k: m[k] for k in METRIC_KEYS if k in m}
+          "test_data": dataset.test_fingerprint(), "aupimo_fpr": list(aupimo_fpr(cfg.evaluate)),
+          "images_per_s": images_per_s, "mean": mean_over_categories(per_category),
+          "per_category": {n: {k: m[k] for k in REPORTED_KEYS if k in m}
                            for n, m in per_category.items()}}
 
 
@@ -123,7 +126,8 @@ def run_study(config, workdir: str, dataset) -> dict:
   settings = s.settings(config, workdir, dataset)
   test_data = dataset.test_fingerprint()
   scorers = [{**_scorer_of(setting_config(config, st), s.run_dir(config, workdir, st), st),
-              "test_data": test_data} for st in settings]
+              "test_data": test_data, "aupimo_fpr": list(aupimo_fpr(config.evaluate))}
+             for st in settings]
   out_dir = os.path.join(workdir, "studies", s.name)
   partial_path = os.path.join(workdir, "studies", f".{s.name}.rows.json")
   fix = f"delete it to score the study's rows again (--mode=study --config.study.name={s.name})"
