@@ -542,3 +542,22 @@ def test_each_set_trains_and_evaluates_end_to_end(tmp_path, name):
   for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "pixel_aupimo"):
     assert 0 <= metrics[key] <= 1, key
     assert metrics[key] == getattr(result.pooled, key)
+
+
+def test_score_without_a_folder_is_one_line_unless_the_set_has_server_splits(tmp_path):
+  from fmjax.core.errors import ConfigError
+  for name, root in (("synthetic", ""), ("btad", str(tmp_path))):
+    c = tiny_config(**{"data.name": name, "data.root": root})
+    with pytest.raises(ConfigError, match=r"--mode=score needs --config.data.score_dir"):
+      fm_main.run(c, str(tmp_path / "run"), "score")
+  _ad2(tmp_path / "ad2")
+  c = tiny_config(**{"data.name": "mvtec_ad2", "data.root": str(tmp_path / "ad2"),
+                     "data.categories": "can,vial", "data.val_fraction": 0.0})
+  with pytest.raises(DataLayoutError, match=r"Categories \['vial'\] not found"):
+    fm_main.run(c, str(tmp_path / "ad2_run"), "score")  # checked before anything is loaded
+  (tmp_path / "ad2" / "can" / "test_private_mixed" / "000_mixed.png").unlink()
+  (tmp_path / "ad2" / "can" / "test_private_mixed" / "001_mixed.png").unlink()
+  c.data.categories = "can"
+  with pytest.raises(DataLayoutError, match=r"MVTec AD 2: no images in .*can/test_private_mixed"):
+    fm_main.run(c, str(tmp_path / "ad2_run"), "score")
+  assert not (tmp_path / "ad2_run").exists()  # refused before anything is written

@@ -114,9 +114,8 @@ def unmatched_masks(gt_dir: str, expected: set[str], layout: str) -> None:
   paths (a mask whose name matches no image)."""
   if not os.path.isdir(gt_dir):
     return
-  for name in sorted(os.listdir(gt_dir)):
-    path = os.path.join(gt_dir, name)
-    if os.path.isfile(path) and not name.startswith(".") and path not in expected:
+  for path in list_images(gt_dir):  # image files only (a Thumbs.db or a README is not a mask)
+    if path not in expected:
       raise DataLayoutError(f"{layout} mask {path} matches no test image (each mask is named "
                             "after its image).")
 

@@ -153,7 +153,8 @@ def prepare(builder, manual_dir: str) -> None:
 
 
 def read_prepared(builder, class_names=None, with_masks: bool = True) -> AnomalyDataset:
-  """The prepared train/test splits, read through the builder's data source (array_record).
+  """The prepared train, test (and val) splits, read through the builder's data source
+  (array_record).
 
   In the folder reader's order (recorded when prepared), so both give the same arrays.
   """

@@ -70,7 +70,7 @@ def saturated_regions(dataset: AnomalyDataset, heatmaps) -> list[list[SaturatedR
   """Each test image's ground-truth regions (`dataset.test_regions`) at its heatmap's size:
   the mask read from its file and resized (nearest), an absolute saturation area scaled by the
   heatmap's pixels per file pixel."""
-  out = []
+  out, lost = [], 0
   for heatmap, regions, (file_h, file_w) in zip(heatmaps, dataset.test_regions,
                                                 dataset.test_file_sizes):
     h, w = np.shape(heatmap)
@@ -81,10 +81,15 @@ def saturated_regions(dataset: AnomalyDataset, heatmaps) -> list[list[SaturatedR
       if mask.shape != (h, w):
         mask = np.asarray(Image.fromarray(mask * 255).resize((w, h), Image.NEAREST)) > 127
       mask = mask.astype(bool)
-      if mask.any():  # a region too small for the scored size is not seen there
+      if mask.any():
         image_regions.append(SaturatedRegion(mask, saturation_area(
             int(mask.sum()), r.saturation, r.relative, scale)))
+      else:
+        lost += 1
     out.append(image_regions)
+  if lost:
+    console.warn(f"{lost} ground-truth regions vanish at the scored size and are left out of "
+                 "sPRO (evaluate.pixel_metrics_at=native measures at the files' sizes).")
   return out
 
 

@@ -26,8 +26,8 @@ FIX = "run --mode=evaluate to write it again"
 
 @dataclasses.dataclass(frozen=True)
 class Metrics:
-  """The seven metrics (fractions in [0, 1]) and the F1-optimal thresholds (score units) of
-  `fmjax.report.metrics.compute_metrics`. NaN: undefined (one class only, no defect pixels);
+  """The seven metrics, AUPIMO and AU-sPRO (fractions in [0, 1]) and the F1-optimal thresholds
+  (score units) of `fmjax.report.metrics.compute_metrics`. NaN: undefined (one class only, no defect pixels);
   None: not measured (pixel metrics without masks; a mean has no thresholds)."""
   image_auroc: float | None = None
   image_ap: float | None = None

@@ -51,10 +51,10 @@ def au_spro(heatmaps, regions, fpr_limit: float = FPR_LIMIT) -> float:
   when there is no region or no defect-free pixel."""
   if not 0 < fpr_limit <= 1:
     raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-  values, fpr_steps, spro_steps = [], [], []
+  values, fpr_steps, spro_steps = [np.zeros(0, np.float32)], [np.zeros(0)], [np.zeros(0)]
   all_regions = [r for rs in regions for r in rs]
   num_regions = len(all_regions)
-  for heat, rs in zip(heatmaps, regions):
+  for heat, rs in zip(heatmaps, regions, strict=True):
     heat = np.asarray(heat, np.float32)
     covered = np.zeros(heat.shape, bool)
     for r in rs:

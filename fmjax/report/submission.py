@@ -1,6 +1,6 @@
 """Scoring a data set's unlabeled test splits into the form its evaluation server accepts
 (MVTec AD 2's test_private and test_private_mixed; the format is the set module's
-`write_submission`, e.g. `fmjax.data.sets.mvtec_ad2`).
+`submission_files`, e.g. `fmjax.data.sets.mvtec_ad2`).
 
   <workdir>/scores/<set FOLDER>/          the submission folder, written as one group
   <workdir>/scores/<set FOLDER>.tar.gz    the same, packed for upload (paths <FOLDER>/...)
@@ -14,8 +14,10 @@ no calibration for this checkpoint and scorer.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tarfile
+import tempfile
 
 import numpy as np
 
@@ -45,34 +47,50 @@ def server_splits(config) -> list[tuple[str, str, list[str]]]:
 
 def score_for_server(config, workdir: str) -> dict:
   """Scores every unlabeled split into the server's format; returns {"folder", "archive",
-  "images": {(category, split): count}, "thresholded": bool}."""
+  "images": {(category, split): count}, "thresholded": bool} on process 0 ({} on the others,
+  which score their share of every batch and write nothing)."""
   server = sets.get(config.data.name).server
   splits = server_splits(config)
   out_dir = os.path.join(workdir, "scores", server.FOLDER)
   check_output_folder(out_dir)  # before any scoring
+  import tifffile  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (every process, first)
   session = ScoringSession.load(config, workdir)
   missing = sorted({c for c, _, _ in splits} - set(session.class_names))
-  if missing and config.data.class_conditional:
+  if missing:
     raise ConfigError(f"The checkpoint was trained on {session.class_names}, not on {missing}: "
-                      "train on every category it scores (or set data.categories).")
+                      "set --config.data.categories to the categories it was trained on.")
   calibrated, _ = calibration.load(workdir, session.settings(), CALIBRATION_KEYS)
   main = console.is_main_process()
-  counts, unthresholded, clipped = {}, [], False
+  counts, unthresholded = {}, []
   if main:
     files.makedirs(os.path.dirname(out_dir))
-  with files.folder_group(out_dir) if main else contextlib.nullcontext() as group:
+  with contextlib.ExitStack() as stack:
+    group = stack.enter_context(files.folder_group(out_dir)) if main else None
+    tar_path = stack.enter_context(tempfile.TemporaryDirectory()) + "/submission.tar.gz"
+    tar = stack.enter_context(tarfile.open(tar_path, "w:gz")) if main else None
     for category, split, paths in splits:
       threshold = _pixel_threshold(calibrated, category, config.evaluate.sensitivity)
       if threshold is None:
         unthresholded.append(category)
-      label = session.class_names.index(category) if category in session.class_names else 0
+      label = session.class_names.index(category)
       for path, heatmap in _score_split(config, session, paths, label):
-        if main:  # every process scores its share of each batch; the first one writes
-          clipped |= server.write_submission(group, category, split, path, heatmap, threshold)
+        if not main:  # every process scores its share of each batch; the first one writes
+          continue
+        for rel, data in server.submission_files(category, split, path, heatmap,
+                                                 threshold).items():
+          files.makedirs(os.path.dirname(os.path.join(group, rel)))
+          files.write_bytes(os.path.join(group, rel), data)
+          info = tarfile.TarInfo(f"{server.FOLDER}/{rel}")
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
       counts[(category, split)] = len(paths)
+    if main:
+      tar.close()
+      archive = out_dir + ".tar.gz"
+      with open(tar_path, "rb") as f:  # whole or not at all (files.write_bytes)
+        files.write_bytes(archive, f.read())
   if not main:
     return {}
-  archive = _pack(out_dir, server.FOLDER)
   expected = getattr(server, "SERVER_COUNTS", {})
   short = [f"{c}/{s}: {n} of {expected[c]}" for (c, s), n in counts.items()
            if c in expected and n != expected[c]]
@@ -84,8 +102,6 @@ def score_for_server(config, workdir: str) -> dict:
     console.warn(f"no calibrated pixel threshold for {sorted(set(unthresholded))} (run "
                  "--mode=calibrate with these settings first): their binary maps are left out, "
                  "so the server skips its thresholded metrics for them.")
-  if clipped:
-    console.warn("some map values were beyond float16's range and were clipped to it.")
   console.say(f"Scored {sum(counts.values())} images of {len(counts)} unlabeled splits into "
               f"{out_dir}/ and {archive} (the evaluation server's format; step {session.step}).")
   return {"folder": out_dir, "archive": archive, "images": counts,
@@ -110,13 +126,3 @@ def _score_split(config, session: ScoringSession, paths: list[str], label: int):
     heatmaps, _, _ = session.score(images.array, np.full(len(chunk), label), what="server split")
     for path, heatmap, (h, w) in zip(chunk, heatmaps, images.file_sizes):
       yield path, maps.resize_map(heatmap, h, w)
-
-
-def _pack(folder: str, name: str) -> str:
-  """<folder>.tar.gz with the folder's files under <name>/, written whole or not at all."""
-  archive = folder + ".tar.gz"
-  partial = folder + ".tar.gz.partial"
-  with tarfile.open(partial, "w:gz") as tar:
-    tar.add(folder, arcname=name)
-  os.replace(partial, archive)
-  return archive

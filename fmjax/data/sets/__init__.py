@@ -28,7 +28,8 @@ class DataSet:
   # and structural anomalies).
   defect_groups: tuple[str, ...] = ()
   # Unlabeled test splits scored by --mode=score in the set's server format (MVTec AD 2's
-  # private tests): a module with `unlabeled_splits` and `write_submission`; None for none.
+  # private tests): a module with `unlabeled_splits`, `submission_files` and FOLDER; None for
+  # none.
   server: object = None
   # Whether the set ships validation normals (split "val"), which calibration uses in place
   # of data.val_fraction.

@@ -10,7 +10,7 @@
 
 The labelled split fmjax evaluates is test_public; calibration uses validation/good (so
 data.val_fraction must be 0). `--mode=score` without data.score_dir scores test_private and
-test_private_mixed into the evaluation server's format (`write_submission`), as MVTec's public
+test_private_mixed into the evaluation server's format (`submission_files`), as MVTec's public
 utility code (`check_and_prepare_data_for_upload.py`, `mvtec_ad_2_public_offline.py`) states it:
 
   anomaly_images/<category>/<split>/<stem>.tiff              2-D float16 anomaly map
@@ -23,12 +23,13 @@ truth's) and the binary map at the category's calibrated pixel threshold.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 
 import numpy as np
 
-from fmjax.core.errors import DataLayoutError
+from fmjax.core.errors import DataLayoutError, NonFiniteError
 from fmjax.data.sets import DataSet
 from fmjax.data.sources import (Sample, folders_with, images_in, missing_file, resolve_categories,
                                 unmatched_masks)
@@ -82,7 +83,7 @@ def ad2_samples(root: str, categories=(), image_level_only: bool = False):
 def unlabeled_splits(root: str, categories) -> list[tuple[str, str, list[str]]]:
   """[(category, split, image paths)] of the private test splits, in order."""
   out = []
-  for cat in categories:
+  for cat in resolve_categories(root, categories, folders_with(root, "validation"), "MVTec AD 2"):
     for split in PRIVATE_SPLITS:
       path = os.path.join(root, cat, split)
       out.append((cat, split, images_in(
@@ -98,22 +99,27 @@ def submission_paths(category: str, split: str, image: str) -> tuple[str, str]:
           os.path.join("anomaly_images_thresholded", category, split, f"{stem}.png"))
 
 
-def write_submission(folder: str, category: str, split: str, image: str, heatmap: np.ndarray,
-                     pixel_threshold: float | None) -> bool:
-  """Writes one image's map (float16 TIFF) and, with a threshold, its binary map (0/255 PNG;
-  pixels above the threshold are 255). Returns whether a value was beyond float16's range
-  (clipped to it)."""
+def submission_files(category: str, split: str, image: str, heatmap: np.ndarray,
+                     pixel_threshold: float | None) -> dict[str, bytes]:
+  """{path in the submission folder: file bytes} of one image: its map as a 2-D float16 TIFF
+  (values beyond float16's range clipped to it) and, with a threshold, its binary map as a 0/255
+  PNG (pixels above the threshold are 255). A map with NaN is refused, naming the image."""
   import tifffile  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  tiff, png = (os.path.join(folder, p) for p in submission_paths(category, split, image))
-  os.makedirs(os.path.dirname(tiff), exist_ok=True)
+  heatmap = np.asarray(heatmap, np.float32)
+  if np.isnan(heatmap).any():
+    raise NonFiniteError(f"The anomaly map of {image} has NaN values; the server format needs "
+                         "finite maps.")
   limit = float(np.finfo(np.float16).max)
-  clipped = bool(np.any(np.abs(heatmap) > limit))
-  tifffile.imwrite(tiff, np.clip(heatmap, -limit, limit).astype(np.float16), compression="zlib")
+  tiff, png = submission_paths(category, split, image)
+  out = io.BytesIO()
+  tifffile.imwrite(out, np.clip(heatmap, -limit, limit).astype(np.float16), compression="zlib")
+  files = {tiff: out.getvalue()}
   if pixel_threshold is not None:
-    os.makedirs(os.path.dirname(png), exist_ok=True)
-    Image.fromarray(np.where(heatmap > pixel_threshold, 255, 0).astype(np.uint8)).save(png)
-  return clipped
+    out = io.BytesIO()
+    Image.fromarray(np.where(heatmap > pixel_threshold, 255, 0).astype(np.uint8)).save(out, "PNG")
+    files[png] = out.getvalue()
+  return files
 
 
 SET = DataSet("mvtec_ad2", "MVTec AD 2: train/good, validation/good, test_public/{good,bad} with "

@@ -77,7 +77,7 @@ def _region(path: str, defects: dict, config_path: str) -> Region:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:
-      values = np.unique(np.asarray(im.convert("L") if im.mode not in ("L", "P") else im))
+      values = np.unique(np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im))
   except OSError as e:
     raise CorruptImageError(f"Cannot decode {path}: {e}") from e
   values = [int(v) for v in values if v != 0]

@@ -65,7 +65,8 @@ def realiad_samples(root: str, categories=(), image_level_only: bool = False,
   """(categories, samples) of Real-IAD as its meta files split it."""
   meta_dir = _meta_dir(root, jsons)
   if not os.path.isdir(meta_dir):
-    resolve_categories(root, categories, [], "Real-IAD")  # a missing root says so first
+    if not os.path.isdir(root):
+      resolve_categories(root, categories, [], "Real-IAD")  # says the root is missing
     raise DataLayoutError(f"Real-IAD: the meta folder {meta_dir} does not exist (set "
                           "--config.data.realiad_jsons to realiad_jsons, realiad_jsons_sv or "
                           "realiad_jsons_fuiad_<r>).")
