@@ -356,7 +356,7 @@ def test_mvtec_loco_layout_mistakes_are_one_line(tmp_path):
       ("{not json", r"defects_config\.json is not valid JSON"),
       (json.dumps({"defects": []}), r"defects_config\.json must be a JSON list"),
       (json.dumps([{"defect_name": "x", "pixel_value": 255}]),
-       r"entry 0 must have exactly the keys \['defect_name', 'pixel_value', 'saturation_threshold'"),
+       r"entry 0 must have the keys \['defect_name', 'pixel_value', 'saturation_threshold'"),
       (json.dumps([dict(LOCO_CONFIG[1], saturation_threshold=3)]),
        r"entry 0: a relative saturation_threshold is a fraction in \(0, 1\], got 3")):
     config.write_text(text)

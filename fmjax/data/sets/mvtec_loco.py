@@ -51,8 +51,8 @@ def read_defects_config(path: str) -> dict[int, tuple[str, float, bool]]:
   out = {}
   for i, e in enumerate(entries):
     where = f"MVTec LOCO AD: {path} entry {i}"
-    if not isinstance(e, dict) or sorted(e) != sorted(CONFIG_KEYS):
-      raise DataLayoutError(f"{where} must have exactly the keys {list(CONFIG_KEYS)}; got "
+    if not isinstance(e, dict) or not set(CONFIG_KEYS) <= set(e):
+      raise DataLayoutError(f"{where} must have the keys {list(CONFIG_KEYS)}; got "
                             f"{sorted(e) if isinstance(e, dict) else type(e).__name__}.")
     value, threshold, relative = e["pixel_value"], e["saturation_threshold"], e["relative_saturation"]
     if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 255):

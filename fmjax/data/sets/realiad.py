@@ -3,7 +3,9 @@
   <root>/<data.realiad_images>/<category>/OK/S<nnnn>/<category>_<nnnn>_OK_C<v>_<time>.jpg
   <root>/<data.realiad_images>/<category>/NG/<defect code>/S<nnnn>/..._C<v>_<time>.jpg (+ .png mask)
   <root>/<data.realiad_jsons>/<category>.json   (realiad_jsons/realiad_jsons/<category>.json,
-                                                 as the archive unpacks, is found too)
+                                                 as the archive unpacks, is found too; for
+                                                 the other splits unpacked there, give
+                                                 data.realiad_jsons=realiad_jsons/realiad_jsons_sv)
 
 A meta file is {"meta": {"prefix", "normal_class"}, "train": [...], "test": [...]}, each sample
 {"category", "anomaly_class", "image_path", "mask_path"}, paths relative to
