@@ -69,8 +69,8 @@ def run(config, workdir: str | None, mode: str | None = None):
   elif mode == "score" and config.data.score_dir:  # a missing or empty folder: before anything
     from fmjax.report.evaluate import score_folder_images
     score_folder_images(config.data.score_dir, workdir)
-  elif mode == "score" and config.data.name != "synthetic":  # a set's unlabeled server splits
-    from fmjax.report.submission import server_splits  # (MVTec AD 2's private tests)
+  elif mode == "score":  # a set's unlabeled server splits (MVTec AD 2's private tests)
+    from fmjax.report.submission import server_splits
     server_splits(config)
   from fmjax.core.workdir import WorkdirLock, prepare_workdir
   prepare_workdir(workdir)
@@ -84,7 +84,7 @@ def _run_locked(config, workdir: str, mode: str, dataset):
   from fmjax.decide import decisions
   from fmjax.report import evaluate
   from fmjax.train import loop as train
-  if mode == "score" and not config.data.score_dir and config.data.name != "synthetic":
+  if mode == "score" and not config.data.score_dir:
     from fmjax.report.submission import score_for_server
     return score_for_server(config, workdir)
   if mode == "score":

@@ -107,11 +107,17 @@ def read_image(path: str, size: int, resize: str = "square") -> np.ndarray:
   return read_image_and_size(path, size, resize)[0]
 
 
-def mask_has_foreground(path: str) -> bool:
-  """True when the mask file has a nonzero pixel (`read_mask`'s foreground); a file that cannot
-  be decoded is a CorruptImageError naming it."""
+def mask_pixels(path: str) -> np.ndarray:
+  """A mask file's pixel values [H,W] (greyscale and 16/32-bit integer modes as stored; 1-bit,
+  palette and colour converted to 8-bit greyscale, so a 1-bit foreground is 255); a file that
+  cannot be decoded is a CorruptImageError naming it."""
   with _open(path) as im:
-    return bool(np.asarray(im.convert("L") if im.mode not in ("L", "1", "I;16", "I") else im).any())
+    return np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im)
+
+
+def mask_has_foreground(path: str) -> bool:
+  """True when the mask file has a nonzero pixel (`read_mask`'s foreground)."""
+  return bool(mask_pixels(path).any())
 
 
 def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,
@@ -123,8 +129,7 @@ def read_mask(path: str, size: int, image_wh: tuple[int, int] | None = None,
   is resized to it with a warning before the final resize. Warnings go to
   `notes` when given (thread-safe), else to `warnings.warn`.
   """
-  with _open(path) as im:
-    m = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I;16", "I") else im)
+  m = mask_pixels(path)
   binary = Image.fromarray(((m > 0) * 255).astype(np.uint8))
   note = None
   if image_wh is not None and binary.size != tuple(image_wh):

@@ -55,6 +55,11 @@ class Sample:
   regions: tuple[Region, ...] = ()  # its saturated regions (MVTec LOCO AD), else ()
 
 
+def mask_files(mask: str | tuple[str, ...] | None) -> tuple[str, ...]:
+  """The files of a `Sample.mask` (one path, several whose union is the mask, or none)."""
+  return (mask,) if isinstance(mask, str) else tuple(mask or ())
+
+
 def list_images(folder: str) -> list[str]:
   return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".") and
@@ -235,7 +240,7 @@ class _Decode(grain.transforms.Map):
       out["file_size"] = (int(original_wh[1]), int(original_wh[0]))
       if self.with_masks and sample.split == "test":
         out["mask"] = np.zeros(out["image"].shape[:2], np.uint8)
-        for mask in ([sample.mask] if isinstance(sample.mask, str) else sample.mask or ()):
+        for mask in mask_files(sample.mask):
           out["mask"] |= read_mask(mask, self.size, original_wh, notes=out["warnings"],
                                    resize=self.resize)
     except CorruptImageError as e:

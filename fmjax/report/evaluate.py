@@ -23,7 +23,7 @@ from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import check_output_folder
 from fmjax.data import AnomalyDataset, load_dataset
 from fmjax.data.decode import read_mask
-from fmjax.data.sources import folder_images, read_images
+from fmjax.data.sources import folder_images, mask_files, read_images
 from fmjax.decide import calibration, cascade, decisions
 from fmjax.model.unet import count_params
 from fmjax.report import writer as report
@@ -37,15 +37,21 @@ from fmjax.score.session import ScoringSession
 
 
 def metrics_per_category(dataset: AnomalyDataset, scores: np.ndarray, heatmaps: np.ndarray,
-                         masks: np.ndarray | None = None, aupimo_fpr=AUPIMO_FPR) -> dict:
-  """{category: compute_metrics(...)} over each category's test images (`masks`: the
-  dataset's test masks unless given, e.g. at the files' sizes)."""
+                         masks: np.ndarray | None = None, aupimo_fpr=AUPIMO_FPR,
+                         regions=None, keep: np.ndarray | None = None) -> dict:
+  """{category: compute_metrics(...)} over each category's test images in `keep` (all by
+  default; `masks`: the dataset's test masks unless given, e.g. at the files' sizes), with
+  AU-sPRO ("pixel_spro") when the images have saturated `regions` (`saturated_regions`)."""
   masks = dataset.test_masks if masks is None else masks
+  keep = np.ones(len(scores), bool) if keep is None else keep
   out = {}
   for ci, name in enumerate(dataset.class_names):
-    sel = dataset.test_classes == ci
+    sel = keep & (dataset.test_classes == ci)
     out[name] = compute_metrics(scores[sel], dataset.test_labels[sel], heatmaps[sel],
                                 None if masks is None else masks[sel], aupimo_fpr=aupimo_fpr)
+    if regions is not None:
+      idx = np.flatnonzero(sel)
+      out[name]["pixel_spro"] = au_spro([heatmaps[i] for i in idx], [regions[i] for i in idx])
   return out
 
 
@@ -60,7 +66,7 @@ def at_file_size(dataset: AnomalyDataset, heatmaps: np.ndarray) -> tuple[np.ndar
   for heatmap, (h, w), mask_path in zip(heatmaps, dataset.test_file_sizes, dataset.test_mask_paths):
     out_maps.append(maps.resize_map(heatmap, h, w))
     mask = np.zeros((h, w), np.uint8)
-    for path in ([mask_path] if isinstance(mask_path, str) else mask_path or ()):
+    for path in mask_files(mask_path):
       mask |= read_mask(path, 0, (w, h), resize="native")
     out_masks.append(mask)
   return ragged.stack(out_maps), ragged.stack(out_masks)
@@ -93,21 +99,9 @@ def saturated_regions(dataset: AnomalyDataset, heatmaps) -> list[list[SaturatedR
   return out
 
 
-def _metrics_by_category(dataset: AnomalyDataset, scores, maps, masks, fpr_range, regions,
-                         keep: np.ndarray | None = None) -> dict[str, Metrics]:
-  """{category: Metrics} over the test images in `keep` (all by default), with AU-sPRO when
-  the images have `regions`."""
-  keep = np.ones(len(scores), bool) if keep is None else keep
-  out = {}
-  for ci, name in enumerate(dataset.class_names):
-    sel = keep & (dataset.test_classes == ci)
-    m = compute_metrics(scores[sel], dataset.test_labels[sel], maps[sel],
-                        None if masks is None else masks[sel], aupimo_fpr=fpr_range)
-    if regions is not None:
-      idx = np.flatnonzero(sel)
-      m["pixel_spro"] = au_spro([maps[i] for i in idx], [regions[i] for i in idx])
-    out[name] = Metrics.from_dict(m)
-  return out
+def _metrics_by_category(*args, **kwargs) -> dict[str, Metrics]:
+  """`metrics_per_category` as {category: Metrics}."""
+  return {n: Metrics.from_dict(m) for n, m in metrics_per_category(*args, **kwargs).items()}
 
 
 def _mean(per_category: dict[str, Metrics]) -> Metrics:
@@ -155,7 +149,7 @@ def evaluate(config, workdir: str, dataset: AnomalyDataset | None = None,
     defects = np.asarray(dataset.test_defects)
     by_group = {}
     for group in dataset.defect_groups:
-      metrics = measure((dataset.test_labels == 0) | (defects == group))
+      metrics = measure(keep=(dataset.test_labels == 0) | (defects == group))
       by_group[group] = GroupMetrics(metrics, _mean(metrics))
   scales = {} if calibrated is None else {  # the normalised-score maps at evaluate.sensitivity
       n: scale for n in dataset.class_names

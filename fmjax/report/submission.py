@@ -36,8 +36,8 @@ CHUNK = 16  # images decoded and scored at a time: memory stays bounded on large
 
 def server_splits(config) -> list[tuple[str, str, list[str]]]:
   """The unlabeled splits the set's server scores, checked before anything is written."""
-  data_set = sets.get(config.data.name)
-  if data_set.server is None:
+  data_set = sets.registry().get(config.data.name)  # None: the procedural synthetic set
+  if data_set is None or data_set.server is None:
     raise ConfigError(f"--mode=score needs --config.data.score_dir=<folder of images> "
                       f"({config.data.name} has no unlabeled server splits).")
   if not config.data.root:

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from fmjax.core.errors import DataLayoutError
-from fmjax.data.decode import CorruptImageError
+from fmjax.data.decode import mask_pixels
 from fmjax.data.sets import DataSet
 from fmjax.data.sources import (Region, Sample, folders_with, images_in, list_images,
                                 resolve_categories)
@@ -74,13 +74,7 @@ def read_defects_config(path: str) -> dict[int, tuple[str, float, bool]]:
 
 def _region(path: str, defects: dict, config_path: str) -> Region:
   """The Region of one ground-truth file: its single nonzero value looked up in `defects`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as im:
-      values = np.unique(np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im))
-  except OSError as e:
-    raise CorruptImageError(f"Cannot decode {path}: {e}") from e
-  values = [int(v) for v in values if v != 0]
+  values = [int(v) for v in np.unique(mask_pixels(path)) if v != 0]
   if len(values) != 1:
     raise DataLayoutError(f"MVTec LOCO AD region {path} must hold one nonzero pixel value; "
                           f"it holds {values or 'none'}.")

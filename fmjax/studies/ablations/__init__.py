@@ -93,10 +93,10 @@ def _evaluate_setting(s: Study, config, workdir, dataset, setting: dict, session
     sessions[(run_dir, step)] = ScoringSession.load(cfg, run_dir, dataset.class_names, step)
   session = sessions[(run_dir, step)]
   heatmaps, scores, images_per_s = session.score_split(dataset, "test", cfg.evaluate)
-  per_category = evaluate.metrics_per_category(dataset, scores, heatmaps,
-                                               aupimo_fpr=aupimo_fpr(cfg.evaluate))
+  fpr_range = aupimo_fpr(cfg.evaluate)
+  per_category = evaluate.metrics_per_category(dataset, scores, heatmaps, aupimo_fpr=fpr_range)
   return {**setting, "label": s.label(setting), **session.settings(cfg.evaluate),
-          "test_data": dataset.test_fingerprint(), "aupimo_fpr": list(aupimo_fpr(cfg.evaluate)),
+          "test_data": dataset.test_fingerprint(), "aupimo_fpr": list(fpr_range),
           "images_per_s": images_per_s, "mean": mean_over_categories(per_category),
           "per_category": {n: {k: m[k] for k in REPORTED_KEYS if k in m}
                            for n, m in per_category.items()}}
