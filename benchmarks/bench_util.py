@@ -117,3 +117,15 @@ def model_and_mesh(config):
   num_classes = describe.num_classes_of(config)
   return (build_unet(config.model, num_classes), num_classes,
           sharding.make_mesh(config.mesh.num_devices))
+
+
+def metrics_table(rows: list[dict], lead, columns) -> str:
+  """A Markdown table of result rows: the `lead` columns [(header, row -> text)], then each
+  metric of `columns` [(key, header)] that the first row has, in percent to one decimal."""
+  present = [(k, name) for k, name in columns if k in rows[0]]
+  lines = ["| " + " | ".join([h for h, _ in lead] + [name for _, name in present]) + " |",
+           "|" + "---|" * len(lead) + "---:|" * len(present)]
+  for row in rows:
+    lines.append("| " + " | ".join([fn(row) for _, fn in lead]
+                                   + [f"{row[k]:.1f}" for k, _ in present]) + " |")
+  return "\n".join(lines)

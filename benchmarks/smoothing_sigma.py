@@ -65,12 +65,8 @@ def main(argv):
            **bench_util.environment()}
     bench_util.emit(row, FLAGS.output)
     rows.append(row)
-  present = [(k, name) for k, name in COLUMNS if k in rows[0]]
-  print("| sigma (px) | " + " | ".join(name for _, name in present) + " |")
-  print("|---:|" + "---:|" * len(present))
-  for row in rows:
-    print(f"| {row['sigma_pixels']:g} | " + " | ".join(f"{row[k]:.1f}" for k, _ in present) + " |")
-
+  print(bench_util.metrics_table(rows, [("sigma (px)", lambda r: f"{r['sigma_pixels']:g}")],
+                                 COLUMNS))
 
 if __name__ == "__main__":
   app.run(main)

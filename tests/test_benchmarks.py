@@ -105,3 +105,69 @@ def test_smoothing_benchmark_equals_an_evaluation_at_each_sigma(tmp_path):
     for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro"):
       assert row[key] == pytest.approx(100 * metrics[key], abs=0.006), key  # rounded to 0.01
   assert out.stdout.splitlines()[-2].startswith("| 0 |")  # the Markdown table
+
+
+def _crop_position(code: str) -> str:
+  """Runs `code` in a fresh process with benchmarks/crop_position.py imported as `cp`."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); "
+                        "import crop_position as cp\n" + code], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def test_crop_position_channels_and_crops_match_a_loop():
+  """Position channels: pixel (i, j) of a crop at (y, x) of an H x W image holds
+  ((y + i + 0.5) / H * 2 - 1, (x + j + 0.5) / W * 2 - 1); crops are the images' slices at the
+  offsets, drawn as a pure function of (seed, step)."""
+  import numpy as np
+  out = json.loads(_crop_position(
+      "import json, numpy as np, jax.numpy as jnp\n"
+      "ch = cp.position_channels(jnp.array([[0, 0], [3, 5]], jnp.int32), 4, 6, 12, 20)\n"
+      "images = np.arange(5 * 12 * 20 * 3, dtype=np.int64).reshape(5, 12, 20, 3) % 251\n"
+      "a = cp.batch_at(7, 3, images.astype(np.uint8), np.arange(5), 6, 4)\n"
+      "b = cp.batch_at(7, 3, images.astype(np.uint8), np.arange(5), 6, 4)\n"
+      "c = cp.batch_at(8, 3, images.astype(np.uint8), np.arange(5), 6, 4)\n"
+      "print(json.dumps({'ch': np.asarray(ch).tolist(), 'crops': a[0].tolist(),"
+      " 'classes': a[1].tolist(), 'offsets': a[2].tolist(),"
+      " 'same': all(np.array_equal(x, y) for x, y in zip(a, b)),"
+      " 'other': not np.array_equal(a[2], c[2])}))"))
+  ch = np.array(out["ch"])
+  assert ch.shape == (2, 4, 6, 2)
+  for n, (y, x) in enumerate([(0, 0), (3, 5)]):
+    for i in range(4):
+      for j in range(6):
+        assert ch[n, i, j, 0] == pytest.approx((y + i + 0.5) / 12 * 2 - 1, abs=1e-6)
+        assert ch[n, i, j, 1] == pytest.approx((x + j + 0.5) / 20 * 2 - 1, abs=1e-6)
+  images = (np.arange(5 * 12 * 20 * 3).reshape(5, 12, 20, 3) % 251).astype(np.uint8)
+  crops = np.array(out["crops"])
+  assert crops.shape == (6, 4, 4, 3) and out["same"] and out["other"]
+  for crop, cls, (y, x) in zip(crops, out["classes"], out["offsets"]):
+    assert 0 <= y <= 8 and 0 <= x <= 16
+    np.testing.assert_array_equal(crop, images[cls, y:y + 4, x:x + 4])
+
+
+def test_crop_position_arms_differ_only_in_the_position_channels():
+  """Both crop arms start from a zero output layer (v = 0), so with the same crops and noise
+  their first losses are equal; the position arm then trains other weights and ends apart."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  args = ["--config=configs/quickstart.py", "--config.data.image_size=16",
+          "--config.model.channels=8", "--config.model.channel_mult=(1,2)",
+          "--config.model.attention_rates=(2,)", "--config.model.head_channels=8",
+          "--config.model.norm_groups=4", "--config.train.num_steps=5",
+          "--config.train.batch_size=4", "--config.evaluate.num_seeds=1",
+          "--config.evaluate.num_times=1", "--config.evaluate.batch_size=8",
+          "--config.data.synthetic.num_train=8", "--config.data.synthetic.num_test_normal=3",
+          "--config.data.synthetic.num_test_anomalous=3", "--crop=8"]
+  out = subprocess.run([sys.executable, "benchmarks/crop_position.py", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  assert [(r["arm"], r["train_side"]) for r in rows] == [("whole", 16), ("crop", 8), ("position", 8)]
+  crop, position = rows[1]["final_losses"], rows[2]["final_losses"]
+  assert len(crop) == 5 and crop[0] == position[0] and crop[-1] != position[-1]
+  for r in rows:
+    assert r["num_test_images"] == 3 * 3 * 2 and 0 <= r["image_auroc"] <= 100
+    assert 0 <= r["pixel_auroc"] <= 100
+  assert out.stdout.splitlines()[-1].startswith("| position | 8x8 |")

@@ -193,6 +193,39 @@ def test_corrupt_images_name_the_file_or_are_skipped_with_a_count(tmp_path):
   assert len(ds.train_images) == 2 and not any("001" in p or "002" in p for p in ds.train_paths)
 
 
+def _png_claiming(path, width: int, height: int) -> None:
+  """A PNG whose header says width x height over a few bytes of image data: openable, not
+  decodable, and small however large it claims to be."""
+  import struct
+  import zlib
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                              + struct.pack(">I", zlib.crc32(kind + data)))
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_file_above_the_readers_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+  from fmjax.data import decode
+  huge = str(tmp_path / "huge.png")
+  _png_claiming(huge, 20000, 20000)
+  assert Image.open(huge).size == (20000, 20000)  # the header is readable
+  with pytest.raises(CorruptImageError, match=r"huge.png: 20000x20000 = 400.0 megapixels is above "
+                                              r"the reader's limit of 200 megapixels"):
+    decode.read_image_and_size(huge, 32, "native")
+  # The limit is the file's pixels, checked before decoding: a real 40x30 image under a
+  # 1000-pixel limit is refused the same way, and read at 1200.
+  small = str(tmp_path / "small.png")
+  _png(small, array=np.full((30, 40, 3), 7, np.uint8))
+  monkeypatch.setattr(decode, "MAX_FILE_PIXELS", 1000)
+  with pytest.raises(CorruptImageError, match=r"40x30 = 0.0 megapixels"):
+    decode.read_image_and_size(small, 32, "native")
+  monkeypatch.setattr(decode, "MAX_FILE_PIXELS", 1200)
+  image, size = decode.read_image_and_size(small, 32, "native")
+  assert size == (40, 30) and image.shape == (30, 40, 3) and int(image.max()) == 7
+
+
 def test_mask_of_another_size_is_resized_with_a_warning(tmp_path):
   root = _mvtec_tree(tmp_path)
   m = np.zeros((32, 32), np.uint8)

@@ -198,3 +198,32 @@ def test_pixel_metrics_at_native_size_compare_enlarged_maps_with_the_files_masks
   assert native.pooled.pixel_auroc != scored.pooled.pixel_auroc
   assert (native.settings.pixel_metrics_at, scored.settings.pixel_metrics_at) == ("native", "scored")
   assert "each test file's own size" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def test_mixed_sizes_calibrate_and_cascade(folder, tmp_path):
+  """The calibration run and the cascade take images of many sizes: the held-out thresholds are
+  the order statistics of the held-out images' scores, and the images the cascade rescored are
+  those whose cheap score falls in its band, both recomputed here from ScoringSession.score."""
+  config = _config(folder, **{
+      "evaluate.tile_size": 16, "evaluate.tile_overlap": 4, "train.num_steps": 3,
+      "data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5",
+      "evaluate.cascade.enabled": True, "evaluate.cascade.num_seeds": 1,
+      "evaluate.cascade.num_times": 1, "evaluate.cascade.margin": 0.05})
+  result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
+  saved = json.loads((tmp_path / "calibration.json").read_text())
+  dataset = load_dataset(config.data)
+  assert len({im.shape for im in dataset.val_images}) == 2  # two held-out sizes
+  session = ScoringSession.load(config, str(tmp_path), dataset.class_names)
+  _, val_scores, _ = session.score(dataset.val_images, dataset.val_classes)
+  entry = saved["categories"]["parts"]
+  assert entry["num_held_out"] == 2
+  # 2 scores at a false-alarm rate of 0.5: the threshold is the lower one (one of two above it
+  # would be a rate of 0.5; fmjax's rule is the smallest t with at most that rate above it).
+  assert entry["image"]["0.5"]["threshold"] == pytest.approx(np.sort(val_scores)[0], rel=1e-6)
+  from fmjax.decide import cascade
+  cheap_ec = cascade.cheap_eval_config(config.evaluate)
+  _, test_cheap, _ = session.score(dataset.test_images, dataset.test_classes, cheap_ec)
+  band = saved["cascade"]["categories"]["parts"]
+  inside = (test_cheap > band["low"]) & (test_cheap <= band["high"])
+  assert result.cascade.rescored == int(inside.sum())
+  assert sorted((i.height, i.width) for i in result.images) == sorted(TEST_SHAPES)

@@ -6,7 +6,10 @@ images are scaled from their full range (65535) to 8 bits, and the result is
 resized with an antialiased bilinear filter. Masks become uint8 {0,1} [H,W]
 (any nonzero pixel is foreground, so VisA's non-binary masks work) resized with
 nearest neighbour to their image's size. A file that cannot be decoded raises
-`CorruptImageError` naming it.
+`CorruptImageError` naming it. So does a file of more than `MAX_FILE_PIXELS` pixels, refused
+from its header before anything is decoded (this replaces Pillow's decompression-bomb guard,
+which names no file), so an oversized image costs neither memory nor time; scoring has its own
+limit on the size an image is scored at (`evaluate.max_image_pixels`).
 
 `data.resize` (`resized_size`) sets H, W from the file's width w and height h:
   square         S x S (S = data.image_size): squashed, the aspect ratio is lost
@@ -34,6 +37,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 CorruptImageError = CorruptDataError  # the name the data modules use
 
 RESIZE_RULES = ("square", "scale:<f>", "long_side:<n>", "native")
+
+# The largest file (width x height) the reader decodes: 200 megapixels, 600 MB as RGB, e.g. a
+# 14142 x 14142 scan. Pillow's own guard is off; this one names the file and the limit.
+MAX_FILE_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = None
 
 
 def parse_resize(rule: str) -> tuple[str, float]:
@@ -68,10 +76,20 @@ def resized_size(width: int, height: int, image_size: int, rule: str = "square")
 def _open(path, name: str | None = None) -> Image.Image:
   """The decoded image of a file path (or a binary file object called `name`)."""
   try:
-    im = Image.open(path)
+    im = Image.open(path)  # reads the header only
+  except (OSError, SyntaxError, ValueError) as e:
+    raise CorruptImageError(f"Cannot decode {name or path}: {e}") from e
+  w, h = im.size
+  if w * h > MAX_FILE_PIXELS:
+    im.close()
+    raise CorruptImageError(
+        f"Not decoding {name or path}: {w}x{h} = {w * h / 1e6:.1f} megapixels is above the "
+        f"reader's limit of {MAX_FILE_PIXELS / 1e6:.0f} megapixels "
+        "(fmjax.data.decode.MAX_FILE_PIXELS); scale or cut the image first.")
+  try:
     im.load()  # decode now: truncated files fail here, not later
     return im
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, SyntaxError, ValueError) as e:
     raise CorruptImageError(f"Cannot decode {name or path}: {e}") from e
 
 
