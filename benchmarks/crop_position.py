@@ -6,8 +6,8 @@
       --config.data.categories=magnetic_tile
 
 Trains the config's U-Net from the same initial parameters with the same optimiser, steps,
-batch and seeds in up to three arms, and scores each on the whole test images (the config's
-scorer, K, T and smoothing, seeds from each image's content as evaluation draws them):
+batch and seeds in up to three arms, and scores each on the whole test images as --mode=evaluate
+scores them (`ScoringSession.score_split`: the config's scorer, K, T, seeds and smoothing):
 
 - `whole`: whole training images (`data.image_size`), as the default recipe trains;
 - `crop`: random `--crop` x `--crop` crops, as `data.crop_size` trains: the model never sees
@@ -56,19 +56,19 @@ def position_channels(offsets, crop_h: int, crop_w: int, height: int, width: int
                     jnp.broadcast_to(cols[:, None, :], shape)], axis=-1)
 
 
-def batch_at(step: int, seed: int, images, classes, batch: int, crop: int):
-  """(uint8 images [B,c,c,3], classes [B], offsets int32 [B,2]) of training step `step`: indices
+def batch_at(step: int, seed: int, images, labels, batch: int, crop: int):
+  """(uint8 images [B,c,c,3], model labels [B], offsets int32 [B,2]) of training step `step`: indices
   and crop corners from numpy's generator seeded with (seed, step), a pure function of both."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng([seed, step])
   idx = rng.integers(0, len(images), batch)
   h, w = images.shape[1:3]
   if crop >= min(h, w):
-    return images[idx], classes[idx], np.zeros((batch, 2), np.int32)
+    return images[idx], labels[idx], np.zeros((batch, 2), np.int32)
   offsets = np.stack([rng.integers(0, h - crop + 1, batch), rng.integers(0, w - crop + 1, batch)],
                      axis=1).astype(np.int32)
   out = np.stack([images[i, y:y + crop, x:x + crop] for i, (y, x) in zip(idx, offsets)])
-  return out, classes[idx], offsets
+  return out, labels[idx], offsets
 
 
 def main(argv):
@@ -76,19 +76,29 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
   import bench_util  # pylint: disable=g-import-not-at-top
-  from fmjax import methods  # pylint: disable=g-import-not-at-top
-  from fmjax.core.ids import image_ids  # pylint: disable=g-import-not-at-top
+  from fmjax.core import sharding  # pylint: disable=g-import-not-at-top
   from fmjax.data import load_dataset  # pylint: disable=g-import-not-at-top
   from fmjax.data.dataset import NormStats  # pylint: disable=g-import-not-at-top
   from fmjax.model import flow  # pylint: disable=g-import-not-at-top
   from fmjax.model.optim import build_optimizer  # pylint: disable=g-import-not-at-top
   from fmjax.model.unet import build_unet  # pylint: disable=g-import-not-at-top
   from fmjax.report.metrics import compute_metrics  # pylint: disable=g-import-not-at-top
-  from fmjax.score import maps  # pylint: disable=g-import-not-at-top
+  from fmjax.score.session import ScoringSession  # pylint: disable=g-import-not-at-top
+  from fmjax.train.restore import class_labels  # pylint: disable=g-import-not-at-top
+
+  class WithPositions:
+    """The U-Net with `channels` (position channels, broadcast over the leading axes of x)
+    appended to its input: x [...,H,W,3] -> v [...,H,W,3]."""
+
+    def __init__(self, model, channels):
+      self.model, self.channels = model, channels
+
+    def apply(self, variables, x, *args, **kwargs):
+      extra = jnp.broadcast_to(self.channels, x.shape[:-1] + (2,))
+      return self.model.apply(variables, jnp.concatenate([x, extra], axis=-1), *args, **kwargs)
 
   config = FLAGS.config
   arms = [a.strip() for a in FLAGS.arms.split(",") if a.strip()]
@@ -103,15 +113,9 @@ def main(argv):
   norm = NormStats.of(dataset.train_images)
   model = build_unet(config.model, len(dataset.class_names))
   optimizer = build_optimizer(config.train)
+  mesh = sharding.make_mesh(config.mesh.num_devices)
   seed, steps, batch = int(config.seed), int(config.train.num_steps), int(config.train.batch_size)
-  eval_config = config.evaluate
-  scorer = methods.scorer(eval_config.method)
-  ctx = methods.ScoreContext(
-      key=jax.random.key(eval_config.seed), num_seeds=eval_config.num_seeds,
-      num_times=eval_config.num_times, max_forward_batch=eval_config.max_forward_batch,
-      options=eval_config[scorer.name].to_dict() if scorer.options else {})
-  test = dataset.test_images
-  ids = image_ids(test)
+  train_labels = class_labels(config, dataset.train_classes, len(dataset.class_names))
   full_grid = position_channels(jnp.zeros((1, 2), jnp.int32), height, width, height, width)[0]
   rows = []
   for arm in arms:
@@ -125,14 +129,13 @@ def main(argv):
     def train_step(params, opt_state, images, labels, offsets, step, with_position=with_position,
                    side=side):
       x1 = norm.normalize(images)
-      extra = position_channels(offsets, side, side, height, width) if with_position else None
+      net = (WithPositions(model, position_channels(offsets, side, side, height, width))
+             if with_position else model)
 
       def loss_fn(p):
-        def velocity(x, t, lab):
-          if extra is not None:
-            x = jnp.concatenate([x, extra], axis=-1)
-          return model.apply({"params": p}, x, t, lab, train=True,
-                             rngs={"dropout": jax.random.fold_in(jax.random.key(seed + 1), step)})
+        velocity = lambda x, t, lab: net.apply(
+            {"params": p}, x, t, lab, train=True,
+            rngs={"dropout": jax.random.fold_in(jax.random.key(seed + 1), step)})
         return flow.cfm_loss(velocity, x1, labels, jax.random.fold_in(jax.random.key(seed), step))
 
       loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -143,8 +146,8 @@ def main(argv):
     start = time.perf_counter()
     losses = []
     for step in range(steps):
-      images, labels, offsets = batch_at(step, seed, dataset.train_images, dataset.train_classes,
-                                         batch, side)
+      images, labels, offsets = batch_at(step, seed, dataset.train_images, train_labels, batch,
+                                         side)
       params, opt_state, loss = step_fn(params, opt_state, images, labels, offsets, step)
       if (step + 1) % max(1, steps // 5) == 0:
         losses.append(round(float(loss), 4))
@@ -152,36 +155,20 @@ def main(argv):
     jax.block_until_ready(params)
     train_seconds = time.perf_counter() - start
 
-    def score(params, images, labels, image_id, with_position=with_position):
-      y = norm.normalize(images)
-
-      def velocity(x, t, lab):
-        if with_position:
-          grid = jnp.broadcast_to(full_grid, x.shape[:-1] + (2,))
-          x = jnp.concatenate([x, grid], axis=-1)
-        return model.apply({"params": params}, x, t, lab)
-      return scorer.heatmaps(velocity, y, labels, image_id, ctx)
-
-    score_fn = jax.jit(score)
+    # Scored as --mode=evaluate scores: the same session, seeds, batches and post-processing.
+    session = ScoringSession(config, params, norm, dataset.class_names, steps, mesh)
+    if with_position:
+      session.model = WithPositions(session.model, full_grid)
     start = time.perf_counter()
-    b = int(eval_config.batch_size)
-    heat = []
-    for i in range(0, len(test), b):
-      n = min(b, len(test) - i)
-      pad = lambda a: np.concatenate([a, np.repeat(a[-1:], b - n, axis=0)]) if n < b else a
-      out = score_fn(params, pad(test[i:i + n]), pad(dataset.test_classes[i:i + n]),
-                     pad(ids[i:i + n]))
-      heat.extend(np.asarray(out)[:n])
+    heatmaps, scores, _ = session.score_split(dataset, "test", what=arm)
     score_seconds = time.perf_counter() - start
-    smoothed, scores = zip(*(maps.finish(m, eval_config) for m in heat))
-    metrics = compute_metrics(np.array(scores, np.float32), dataset.test_labels,
-                              None if dataset.test_masks is None else np.stack(smoothed),
-                              dataset.test_masks)
+    metrics = compute_metrics(scores, dataset.test_labels,
+                              None if dataset.test_masks is None else heatmaps, dataset.test_masks)
     row = {"benchmark": "crop_position", "arm": arm, "data": config.data.root,
            "categories": list(dataset.class_names), "image_size": [int(height), int(width)],
-           "train_side": int(side), "num_test_images": len(test), "steps": steps, "batch": batch,
+           "train_side": int(side), "num_test_images": len(scores), "steps": steps, "batch": batch,
            "final_losses": losses,
-           "num_seeds": int(eval_config.num_seeds), "num_times": int(eval_config.num_times),
+           "num_seeds": int(config.evaluate.num_seeds), "num_times": int(config.evaluate.num_times),
            "train_seconds": round(train_seconds, 1), "score_seconds": round(score_seconds, 1),
            **{k: round(100 * float(metrics[k]), 2) for k, _ in COLUMNS if k in metrics},
            **bench_util.environment()}
@@ -190,6 +177,7 @@ def main(argv):
   print(bench_util.metrics_table(
       rows, [("arm", lambda r: r["arm"]),
              ("trained on", lambda r: f"{r['train_side']}x{r['train_side']}")], COLUMNS))
+
 
 if __name__ == "__main__":
   app.run(main)
