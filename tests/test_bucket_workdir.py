@@ -233,3 +233,16 @@ def test_hooks_flush_their_logs_after_every_checkpoint(bucket):
   train.train(tiny_config(), f"{bucket}/hooked", hooks=(hook,))  # checkpoints at steps 2 and 4
   assert hook.calls == [("step", 1), ("step", 2), ("flush", None), ("step", 3), ("step", 4),
                         ("flush", None), ("close", None)]
+
+
+def test_put_file_moves_a_local_file_whole_to_a_folder_or_a_bucket(bucket, tmp_path):
+  data = os.urandom(3 * 1024 * 1024)
+  for target in (str(tmp_path / "out" / "a.bin"), f"{bucket}/out/a.bin"):
+    files.makedirs(os.path.dirname(target))
+    files.write_bytes(target, b"old")
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    files.put_file(str(source), target)
+    stored = target if not target.startswith("gs://") else local_path(target)
+    assert pathlib.Path(stored).read_bytes() == data and not source.exists()
+    assert sorted(os.listdir(os.path.dirname(stored))) == ["a.bin"]  # no temporary left

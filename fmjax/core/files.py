@@ -129,6 +129,24 @@ def write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def put_file(local: str, path: str) -> None:
+  """Moves the local file `local` to `path` (local or a bucket), streamed rather than read into
+  memory, replacing it whole (a reader sees the old or the new file)."""
+  if is_remote(path):
+    fs, name = fsspec.core.url_to_fs(path)
+    fs.put_file(local, name)  # an object appears whole when its upload ends
+    os.remove(local)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    shutil.move(local, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def write_text(path: str, text: str) -> None:
   """`text` at `path`, replacing it whole (a reader sees the old or the new file)."""
   write_bytes(path, text.encode("utf-8"))

@@ -65,9 +65,12 @@ def score_for_server(config, workdir: str) -> dict:
   if main:
     files.makedirs(os.path.dirname(out_dir))
   with contextlib.ExitStack() as stack:
-    group = stack.enter_context(files.folder_group(out_dir)) if main else None
-    tar_path = stack.enter_context(tempfile.TemporaryDirectory()) + "/submission.tar.gz"
-    tar = stack.enter_context(tarfile.open(tar_path, "w:gz")) if main else None
+    group = tar = tar_path = None  # process 0's
+    if main:
+      group = stack.enter_context(files.folder_group(out_dir))
+      tar_path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()),
+                              "submission.tar.gz")
+      tar = stack.enter_context(tarfile.open(tar_path, "w:gz"))
     for category, split, paths in splits:
       threshold = _pixel_threshold(calibrated, category, config.evaluate.sensitivity)
       if threshold is None:
@@ -87,8 +90,7 @@ def score_for_server(config, workdir: str) -> dict:
     if main:
       tar.close()
       archive = out_dir + ".tar.gz"
-      with open(tar_path, "rb") as f:  # whole or not at all (files.write_bytes)
-        files.write_bytes(archive, f.read())
+      files.put_file(tar_path, archive)  # whole or not at all, streamed
   if not main:
     return {}
   expected = getattr(server, "SERVER_COUNTS", {})
