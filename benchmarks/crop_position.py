@@ -5,7 +5,7 @@
       --config.data.name=folder --config.data.root=../shared/data/mtd \
       --config.data.categories=magnetic_tile
 
-Trains the config's U-Net from the same initial parameters with the same optimiser, steps,
+Trains the config's U-Net from the same initialisation seed with the same optimiser, steps,
 batch and seeds in up to three arms, and scores each on the whole test images as --mode=evaluate
 scores them (`ScoringSession.score_split`: the config's scorer, K, T, seeds and smoothing):
 
