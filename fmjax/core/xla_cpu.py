@@ -8,7 +8,9 @@ own flags always win. Measured on a 2-core AMD EPYC (Zen 3, AVX2), quickstart mo
 (benchmarks/README.md, "XLA:CPU settings"):
 
 - `--xla_cpu_experimental_ynn_fusion_type=reduce`: XLA's default also hands convolutions,
-  dots and elementwise fusions to the YNNPACK library, whose 3x3 convolution weight
+  dots and elementwise fusions to the YNNPACK library (with this flag only fusions built
+  around reductions go there, which may still take in a neighbouring convolution or dot;
+  benchmarks/README.md, "The issue's five rows"), whose 3x3 convolution weight
   gradients run at about 5 GFLOP/s here (a 32->32 channel 3x3 convolution's gradient on a
   [32,32,32,32] batch: 130 ms against 29 ms with XLA's own emitter). Reductions stay with
   YNNPACK, which sums over leading axes about 8x faster than XLA's loops.
