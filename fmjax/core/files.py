@@ -113,20 +113,29 @@ def _text_or_empty(path: str) -> str:
   return read_text(path) if exists(path) else ""
 
 
-def write_bytes(path: str, data: bytes) -> None:
-  """`data` at `path`, replacing it whole (a reader sees the old or the new file)."""
-  if is_remote(path):
-    epath.Path(path).write_bytes(data)
-    return
+def _replace_whole(path: str, fill) -> None:
+  """Local `path` replaced whole: `fill(tmp)` writes a temporary file beside it, which is then
+  renamed over `path` (removed instead if anything fails)."""
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    with open(tmp, "wb") as f:
-      f.write(data)
+    fill(tmp)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """`data` at `path`, replacing it whole (a reader sees the old or the new file)."""
+  if is_remote(path):
+    epath.Path(path).write_bytes(data)
+    return
+
+  def fill(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+  _replace_whole(path, fill)
 
 
 def put_file(local: str, path: str) -> None:
@@ -137,14 +146,7 @@ def put_file(local: str, path: str) -> None:
     fs.put_file(local, name)  # an object appears whole when its upload ends
     os.remove(local)
     return
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    shutil.move(local, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  _replace_whole(path, lambda tmp: shutil.move(local, tmp))
 
 
 def write_text(path: str, text: str) -> None:
