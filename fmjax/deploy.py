@@ -151,7 +151,9 @@ class OnnxTiles:
                                                   providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own exception types: a damaged or foreign file
       raise DeployError(f"Cannot load {model}: {str(e).strip().splitlines()[0][:300]}") from None
-    self.devices, self.batch = [], 8
+    # Images per run: the graph has no loops, so its memory grows with the batch (exports
+    # before the key looped over images one at a time and took batches of 8).
+    self.devices, self.batch = [], int(manifest.get("onnx", {}).get("images_per_call", 8))
     # Whole-image exports give the finished heatmaps and scores (smoothed in the graph), so the
     # host needs neither scipy nor its own smoothing for them.
     self.finishes = "scores" in [o.name for o in self.session.get_outputs()]

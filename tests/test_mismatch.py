@@ -57,6 +57,37 @@ def test_flow_mismatch_equals_naive_loop(aggregator, q, max_forward_batch):
   np.testing.assert_allclose(score, ref_score, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("aggregator,q", [("min", None), ("quantile", 0.5)])
+@pytest.mark.parametrize("max_forward_batch", [1024, 10, 7, 1])
+def test_unrolled_flow_mismatch_equals_naive_loop_and_traces_no_loops(aggregator, q,
+                                                                      max_forward_batch):
+  """unrolled=True (the ONNX export's graph): the same heatmaps with all images in every
+  velocity call and the time chunks (4 / 2 / 1 times here) unrolled: no loop primitive."""
+  key_y, key_x = jax.random.split(jax.random.key(4))
+  b, k, t_count, h, w = 3, 5, 4, 6, 8
+  y = jax.random.normal(key_y, (b, h, w, 3))
+  x0 = jax.random.normal(key_x, (b, k, h, w, 3))
+  times = mismatch.interior_times(t_count)
+  calls = []
+
+  def velocity(x, t, labels):
+    calls.append(x.shape[0])
+    return _velocity(x, t, labels)
+
+  f = lambda y, x0: mismatch.flow_mismatch(velocity, y, x0, times, jnp.zeros((b,), jnp.int32),
+                                           aggregator, q, max_forward_batch=max_forward_batch,
+                                           unrolled=True)
+  jaxpr = str(jax.make_jaxpr(f)(y, x0))
+  assert not any(loop in jaxpr for loop in ("scan", "while", "cond")), jaxpr
+  per_call = min(t_count, max(1, max_forward_batch // k))  # times per call
+  assert calls == [b * k * min(per_call, t_count - start)
+                   for start in range(0, t_count, per_call)]
+  heat, score = f(y, x0)
+  ref_heat, ref_score = _naive(y, x0, times, aggregator, q)
+  np.testing.assert_allclose(heat, ref_heat, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(score, ref_score, rtol=2e-5, atol=1e-6)
+
+
 def test_flow_mismatch_is_one_jittable_function():
   y = jnp.ones((2, 8, 8, 3))
   x0 = jax.random.normal(jax.random.key(1), (2, 3, 8, 8, 3))

@@ -28,9 +28,11 @@ pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (pip 
 pytest.importorskip("jax2onnx", reason="the ONNX export needs jax2onnx "
                                        "(pip install --no-deps jax2onnx==0.17.1)")
 
-# Smoothed heatmaps (sigma 1 pixel), so that the graph's smoothing is checked too.
+# Smoothed heatmaps (sigma 1 pixel), so that the graph's smoothing is checked too; forward
+# batches of 2 samples: one image's K = 2 seeds at one time, so the graph unrolls T = 2 chunks
+# of times and fmjax.deploy feeds it one image per run.
 OVERRIDES = {"data.val_fraction": 0.25, "calibrate.false_alarm_rates": "0.5",
-             "evaluate.smoothing_sigma": 1.0}
+             "evaluate.smoothing_sigma": 1.0, "evaluate.max_forward_batch": 2}
 
 
 def test_threefry_hash_is_jax_bit_for_bit():
@@ -92,6 +94,11 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
   assert manifest["format"] == "onnx" and manifest["onnx"]["inputs"]["seeds"] == "float32 [B,2,16,16,3]"
   assert list(manifest["onnx"]["outputs"]) == ["tile_heatmaps", "heatmaps", "scores",
                                                "normalised", "decisions"]
+  # No loops in the graph (onnxruntime runs a loop's body without prepacked weights).
+  import onnx
+  ops = {node.op_type for node in onnx.load(str(exports["onnx"] / "model.onnx")).graph.node}
+  assert not ops & {"Loop", "Scan", "If"} and "Conv" in ops
+  assert manifest["onnx"]["images_per_call"] == 1
   dataset = load_dataset(config.data)
   session = ScoringSession.load(config, str(workdir), dataset.class_names)
   heat, scores, _ = session.score(dataset.test_images, dataset.test_classes)
@@ -124,6 +131,20 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
   for count in (1, 3):
     np.testing.assert_allclose(onnx(dataset.test_images[:count], "weave").scores, scores[:count],
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("k,t,forward_batch,side,expected", [
+    (4, 4, 512, 32, 512 // 16),        # the quickstart: 32 images of 16 samples
+    (10, 10, 800, 32, 512 // 100),     # cpu_bottle: the pixel budget (512 samples of 32x32) binds
+    (10, 10, 400, 128, 1),             # the paper model: one image (100 samples) per run, as before
+    (10, 10, 40, 32, 1),               # times in chunks of 4: one image fills a call
+    (3, 10, 400, 16, 400 // 30),       # 16x16: the forward batch binds
+])
+def test_images_per_onnx_run(k, t, forward_batch, side, expected):
+  from ml_collections import ConfigDict
+  from fmjax.decide import onnx_export
+  ec = ConfigDict({"num_seeds": k, "num_times": t, "max_forward_batch": forward_batch})
+  assert onnx_export.images_per_call(ec, (side, side)) == expected
 
 
 _BLOCKED = """
@@ -288,6 +309,8 @@ def test_onnx_equals_jax_on_the_quickstart_model(tmp_path):
     fm_main.run(config, str(tmp_path), "export")
     scorer = deploy.load(str(tmp_path / "export"))
     assert scorer.format == fmt and scorer.manifest["num_params"] == 345_843
+    if fmt == "onnx":  # 512 samples per run: 32 images of K x T = 16
+      assert scorer.manifest["onnx"]["images_per_call"] == scorer.batch == 32
     out[fmt] = [scorer(images[classes == c], name) for c, name in enumerate(dataset.class_names)]
   for c, (ours, theirs) in enumerate(zip(out["onnx"], out["stablehlo"])):
     np.testing.assert_allclose(ours.heatmaps, heat[classes == c], rtol=1e-4, atol=1e-6)

@@ -170,6 +170,7 @@ def _onnx_contract(config, tile_shape) -> dict:
                    decisions="bool [B] (anomalous)")
   return {
       "opset": onnx_export.OPSET,
+      "images_per_call": onnx_export.images_per_call(config.evaluate, tile_shape),
       "inputs": {"tiles": f"uint8 [B,{h},{w},3]", "category": "int32 [B] (index in class_names)",
                  "seeds": f"float32 [B,{k},{h},{w},3]"},
       "outputs": outputs,

@@ -49,6 +49,9 @@ INPUT_NAMES = ("tiles", "category", "seeds")
 TILE_OUTPUT = "tile_heatmaps"
 IMAGE_OUTPUTS = ("heatmaps", "scores", "normalised", "decisions")
 OPSET = 23
+# Samples x pixels in one run of several images (the quickstart's 512 samples of 32x32): small
+# models batch images up to this; a run of one image may be larger (its K x T samples).
+MAX_SAMPLE_PIXELS_PER_RUN = 512 * 32 * 32
 
 
 def _to_onnx():
@@ -109,6 +112,18 @@ def _category_tables(class_names, thresholds: dict) -> dict:
   return {k: np.asarray(v, bool if k == "strict" else np.float32) for k, v in table.items()}
 
 
+def images_per_call(eval_config, tile_shape: tuple[int, int]) -> int:
+  """Images (or tiles) fmjax.deploy feeds model.onnx per run. The graph has no loops, so a
+  run's memory grows with its batch: as many images as fill evaluate.max_forward_batch samples
+  (each image's K seeds times its chunk of times) while the samples' pixels stay within
+  MAX_SAMPLE_PIXELS_PER_RUN; at least one (what exports before this rule always took)."""
+  k, t = int(eval_config.num_seeds), int(eval_config.num_times)
+  forward_batch = max(1, int(eval_config.max_forward_batch))
+  per_image = k * max(1, min(t, forward_batch // k))
+  samples = min(forward_batch, MAX_SAMPLE_PIXELS_PER_RUN // (tile_shape[0] * tile_shape[1]))
+  return max(1, samples // per_image)
+
+
 def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
                thresholds: dict) -> bytes:
   """The serialized ONNX model (module docstring) for `session`'s params and the manifest's
@@ -127,9 +142,9 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
   params = jax.device_get(session.params)
   norm, k, t = session.norm, int(ec.num_seeds), int(ec.num_times)
   times = mismatch.interior_times(t)
-  # One image per velocity call (its K x T samples, in chunks of max_forward_batch), as in the
-  # StableHLO export (`mismatch.flow_mismatch` with a symbolic batch).
-  forward_batch = max(1, min(int(ec.max_forward_batch), k * t))
+  # No Loop nodes: every image of a run in each velocity call, the time chunks unrolled
+  # (`mismatch.flow_mismatch(unrolled=True)`); fmjax.deploy feeds `images_per_call` images.
+  forward_batch = max(1, int(ec.max_forward_batch))
   conditional, null_label = bool(config.data.class_conditional), len(session.class_names)
   h, w = tile_shape
   whole = whole_images(config, tile_shape)
@@ -141,7 +156,7 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
     velocity = lambda x, tt, lab: model.apply({"params": params}, x, tt, lab)
     raw, _ = mismatch.flow_mismatch(velocity, norm.normalize(tiles), seeds, times, labels,
                                     options.aggregator, options.quantile,
-                                    max_forward_batch=forward_batch)
+                                    max_forward_batch=forward_batch, unrolled=True)
     raw = raw.astype(jnp.float32)
     if not whole:
       return raw
