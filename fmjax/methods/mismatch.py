@@ -122,7 +122,7 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
     raise ValueError("The number of seeds K must be >= 1.")
 
   # Images per chunk, then times per chunk, so that images * K * times <= max_forward_batch.
-  if unrolled:  # the whole batch in each chunk; the caller bounds it
+  if unrolled:  # chunks of times sized for one image; all B images go into each call
     img_chunk = 1
   elif isinstance(b, int):
     img_chunk = max(1, min(b, max_forward_batch // k))
