@@ -25,6 +25,10 @@ runtime. They are the seeds `--mode=evaluate` draws: `fmjax.core.threefry` compu
 numpy from (evaluate.seed, the image's content hash `fmjax.core.ids.image_ids`, and in a tiled
 export the pixel's position), equal to JAX's to one unit in the last place.
 
+The graph has no loops (onnxruntime runs a loop's body without prepacked convolution
+weights): all images of a run go into each U-Net call, so a run's memory grows with its batch,
+and `fmjax.deploy` feeds the manifest's `onnx.images_per_call` images per run.
+
 `fmjax.deploy` feeds the graph: for whole images it takes `heatmaps` and `scores`; for tiles it
 blends, smooths and scores tile_heatmaps on the host (`fmjax.score.maps`), as for the StableHLO
 export. tests/test_onnx.py checks the graph's outputs equal the host's finishing.
