@@ -123,7 +123,7 @@ def images_per_call(eval_config, tile_shape: tuple[int, int]) -> int:
   MAX_SAMPLE_PIXELS_PER_RUN; at least one (what exports before this rule always took)."""
   k, t = int(eval_config.num_seeds), int(eval_config.num_times)
   forward_batch = max(1, int(eval_config.max_forward_batch))
-  per_image = k * max(1, min(t, forward_batch // k))
+  per_image = k * mismatch.times_per_call(t, k, forward_batch)  # flow_mismatch's chunk of times
   samples = min(forward_batch, MAX_SAMPLE_PIXELS_PER_RUN // (tile_shape[0] * tile_shape[1]))
   return max(1, samples // per_image)
 

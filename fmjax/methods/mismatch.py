@@ -71,6 +71,12 @@ def _chunks(total: int, chunk: int) -> tuple[int, int]:
   return n, n * chunk
 
 
+def times_per_call(num_times: int, samples_per_time: int, max_forward_batch: int) -> int:
+  """Times in one call of the velocity field when each time takes `samples_per_time`
+  samples (images x seeds): as many as fit max_forward_batch, at least one, at most all."""
+  return max(1, min(num_times, max_forward_batch // samples_per_time))
+
+
 def map_image_chunks(fn, *per_image: jax.Array, chunk: int) -> jax.Array:
   """fn(*chunks) -> [c,...] over the images in chunks of `chunk`, one after another.
 
@@ -128,7 +134,7 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
     img_chunk = max(1, min(b, max_forward_batch // k))
   else:  # a symbolic batch (an exported scorer): one image per chunk, the only chunk that
     img_chunk = 1  # divides every batch, so a call costs what its images cost (no padding)
-  t_chunk = max(1, min(num_t, max_forward_batch // (img_chunk * k)))
+  t_chunk = times_per_call(num_t, img_chunk * k, max_forward_batch)
   n_t, t_pad = _chunks(num_t, t_chunk)
   t_all = jnp.pad(times, (0, t_pad - num_t))
   t_weight = jnp.pad(jnp.square(times), (0, t_pad - num_t))  # padded times weigh 0
