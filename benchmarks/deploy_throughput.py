@@ -10,8 +10,9 @@ times `--repeats` calls on the same batch (images/s of the median call). With
 largest relative difference from that evaluation's scores. With `--compare=<other export>`
 (e.g. the StableHLO export of the same workdir beside an ONNX one) it scores every image with
 both and reports the largest relative differences of their scores and heatmaps (each map's
-largest difference over its largest value). An ONNX export runs on onnxruntime (`--threads`,
-0: its default) and this script then does not import jax.
+largest difference over its largest value). An ONNX export runs on onnxruntime, or OpenVINO
+with `--runtime=openvino [--precision=bf16]` (`--threads`, 0: the runtime's default), and this
+script then does not import jax.
 
   python benchmarks/deploy_throughput.py --export runs/bottle_onnx/export \
       --compare runs/bottle/export --images ../shared/data/mvtec/bottle/test --category bottle
@@ -39,9 +40,16 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--metrics", default=None, help="an evaluation's metrics.json to compare with")
   parser.add_argument("--compare", default=None, help="another export of the same model")
-  parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: default)")
+  parser.add_argument("--threads", type=int, default=0, help="ONNX runtime threads (0: default)")
+  parser.add_argument("--runtime", default="onnxruntime", choices=deploy.RUNTIMES,
+                      help="what runs an ONNX export")
+  parser.add_argument("--precision", default="f32", choices=deploy.OPENVINO_PRECISIONS,
+                      help="OpenVINO's compute precision")
+  parser.add_argument("--compare-runtime", default="onnxruntime", choices=deploy.RUNTIMES,
+                      help="what runs --compare if it is an ONNX export (f32)")
   args = parser.parse_args()
-  scorer = deploy.load(args.export, threads=args.threads)
+  scorer = deploy.load(args.export, threads=args.threads, runtime=args.runtime,
+                       precision=args.precision)
   paths = sorted(p for p in glob.glob(os.path.join(args.images, "**", "*"), recursive=True)
                  if p.lower().endswith(IMAGE_EXTENSIONS))
   images = np.stack([read_image(p, scorer.image_size) for p in paths])
@@ -62,8 +70,7 @@ def main():
          "image_size": scorer.image_size, "cpus": os.cpu_count(),
          "machine": platform.processor() or platform.machine()}
   if scorer.format == "onnx":
-    import onnxruntime
-    out.update(runtime=f"onnxruntime {onnxruntime.__version__}", threads=args.threads)
+    out.update(runtime=scorer.tiles.runtime, threads=args.threads)
   else:
     import jax
     out.update(runtime=f"jax {jax.__version__}", platform=jax.devices()[0].platform)
@@ -78,7 +85,7 @@ def main():
     out["compared_images"] = len(pairs)
     out["max_relative_difference"] = float(max(abs(s - r) / abs(r) for s, r in pairs)) if pairs else None
   if args.compare:
-    ours, theirs = score_all(scorer), score_all(deploy.load(args.compare))
+    ours, theirs = score_all(scorer), score_all(deploy.load(args.compare, runtime=args.compare_runtime))
     score_diff = heat_diff = 0.0
     for a, b in zip(ours, theirs):
       score_diff = max(score_diff, float(np.max(np.abs(a.scores - b.scores) / np.abs(b.scores))))

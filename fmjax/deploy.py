@@ -18,8 +18,10 @@ the heatmap enlarged to it, above the threshold) and regions.json (their 8-conne
 area, bounding box, peak and mean score; `fmjax.decide.regions`). Files are read at the size
 training read them (`data.resize`).
 Neither loading nor scoring imports Flax, the model code or a checkpoint. An ONNX export
-(export.format=onnx: model.onnx) runs on onnxruntime and does not import jax: its seeds are
-computed in numpy (`fmjax.core.threefry`), the ones evaluation draws.
+(export.format=onnx: model.onnx) runs on onnxruntime, or on OpenVINO with `--runtime=openvino`
+(`load(..., runtime="openvino", precision="f32" | "bf16")`; bf16 uses the CPU's bf16
+instructions where it has them), and does not import jax: its seeds are computed in numpy
+(`fmjax.core.threefry`), the ones evaluation draws.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import zipfile
 
 from fmjax.core import xla_cpu
@@ -88,6 +91,7 @@ class StableHLOTiles:
   def __init__(self, path: str, manifest: dict, devices):
     import jax
     self._jax, self.devices = jax, devices
+    self.runtime = f"jax {jax.__version__}"
     self._conditional, self._null = manifest["class_conditional"], manifest["null_label"]
     with open(os.path.join(path, "scorer.jax"), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
@@ -151,12 +155,16 @@ class OnnxTiles:
                                                   providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own exception types: a damaged or foreign file
       raise DeployError(f"Cannot load {model}: {str(e).strip().splitlines()[0][:300]}") from None
+    self.runtime = f"onnxruntime {onnxruntime.__version__}"
+    self._init_common(manifest, [o.name for o in self.session.get_outputs()])
+
+  def _init_common(self, manifest: dict, output_names) -> None:
     # Images per run: the graph has no loops, so its memory grows with the batch (exports
     # before the key looped over images one at a time and took batches of 8).
     self.devices, self.batch = [], int(manifest.get("onnx", {}).get("images_per_call", 8))
     # Whole-image exports give the finished heatmaps and scores (smoothed in the graph), so the
     # host needs neither scipy nor its own smoothing for them.
-    self.finishes = "scores" in [o.name for o in self.session.get_outputs()]
+    self.finishes = "scores" in list(output_names)
     self.seed, self.num_seeds = int(manifest["seed"]), int(manifest["method_options"]["num_seeds"])
     self.positional = manifest["tile_size"] > 0
 
@@ -171,15 +179,66 @@ class OnnxTiles:
     return {"tiles": np.ascontiguousarray(tiles, np.uint8),
             "category": np.asarray(category, np.int32), "seeds": self.seeds(tiles, ids, origins)}
 
+  def run(self, names, feed) -> list[np.ndarray]:
+    """The graph's outputs `names` for the inputs `feed`."""
+    return self.session.run(names, feed)
+
   def __call__(self, tiles, category, ids, origins) -> np.ndarray:
-    return self.session.run(["tile_heatmaps"], self.feed(tiles, category, ids, origins))[0]
+    return self.run(["tile_heatmaps"], self.feed(tiles, category, ids, origins))[0]
 
   def finished(self, images, category, ids) -> tuple[np.ndarray, np.ndarray]:
     """(smoothed heatmaps [n,H,W], image scores [n]) of whole images [n,H,W,3], from the graph."""
     origins = np.zeros((len(images), 2), np.int32)
-    heat, scores = self.session.run(["heatmaps", "scores"],
-                                    self.feed(images, category, ids, origins))
+    heat, scores = self.run(["heatmaps", "scores"], self.feed(images, category, ids, origins))
     return heat, scores
+
+
+OPENVINO_PRECISIONS = ("f32", "bf16")
+
+
+class OpenVinoTiles(OnnxTiles):
+  """model.onnx on OpenVINO's CPU runtime (same inputs and outputs as `OnnxTiles`).
+
+  precision "f32" compiles it with float32 inference in OpenVINO's accuracy mode (heatmaps equal
+  onnxruntime's to about 1e-6); "bf16" lets OpenVINO compute convolutions and matrix products in
+  bfloat16 on CPUs with bf16 instructions (AVX-512 BF16, AMX), about 1.6-1.8x float32's rate
+  on the paper model's 128- and 256-channel convolutions (benchmarks/README.md), heatmaps within
+  about 1% (tests/test_real_data.py bounds the change of the bottle AUROCs). `self.precision`
+  is what OpenVINO chose: "f32" where the CPU has no bf16 instructions."""
+
+  def __init__(self, path: str, manifest: dict, threads: int = 0, precision: str = "f32"):
+    if precision not in OPENVINO_PRECISIONS:
+      raise DeployError(f"OpenVINO precision must be one of {', '.join(OPENVINO_PRECISIONS)}, "
+                        f"not {precision!r}.")
+    try:
+      import openvino
+    except ImportError as e:
+      raise DeployError(f"runtime openvino needs OpenVINO ({e}): pip install openvino.") from None
+    model = os.path.join(path, "model.onnx")
+    if not os.path.isfile(model):
+      raise DeployError(f"{path} is an ONNX export without model.onnx: export it again.")
+    settings = {"INFERENCE_PRECISION_HINT": precision}
+    if precision == "f32":
+      settings["EXECUTION_MODE_HINT"] = "ACCURACY"
+    if threads:
+      settings["INFERENCE_NUM_THREADS"] = int(threads)
+    core = openvino.Core()
+    try:
+      self.compiled = core.compile_model(core.read_model(model), "CPU", settings)
+    except Exception as e:  # OpenVINO's own exception types: a damaged or foreign file
+      raise DeployError(f"Cannot load {model} into OpenVINO: "
+                        f"{str(e).strip().splitlines()[0][:300]}") from None
+    self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    self.precision = "bf16" if ("bf16" in self.precision or "bfloat16" in self.precision) else "f32"
+    self.runtime = f"OpenVINO {openvino.__version__.split('-')[0]}, {self.precision}"
+    self.request, self._lock = self.compiled.create_infer_request(), threading.Lock()
+    names = [o.get_any_name() for o in self.compiled.outputs]
+    self._init_common(manifest, names)
+
+  def run(self, names, feed) -> list[np.ndarray]:
+    with self._lock:  # one infer request, reused (the service calls from its worker threads)
+      result = self.request.infer(feed)
+      return [np.array(result[self.compiled.output(n)]) for n in names]
 
 
 class Scorer:
@@ -350,11 +409,18 @@ def stale_export(path: str, manifest: dict) -> str:
   return ""
 
 
-def load(path: str, image_size: int | None = None, devices=None, threads: int = 0) -> Scorer:
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def load(path: str, image_size: int | None = None, devices=None, threads: int = 0,
+         runtime: str = "onnxruntime", precision: str = "f32") -> Scorer:
   """The exported scorer in `path`: a StableHLO export on `devices` (default: this process's
-  devices of JAX's default backend), an ONNX export on onnxruntime's CPU with `threads` (0: its
-  default). DeployError when it was exported for another platform or, with `image_size`,
-  another image size."""
+  devices of JAX's default backend), an ONNX export on the CPU with `threads` (0: the
+  runtime's default) by `runtime`: onnxruntime, or OpenVINO in `precision` f32 or bf16
+  (`OpenVinoTiles`). DeployError when it was exported for another platform or, with
+  `image_size`, another image size, or when a runtime is asked of a StableHLO export."""
+  if runtime not in RUNTIMES:
+    raise DeployError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}.")
   manifest_path = os.path.join(path, "manifest.json")
   if not os.path.isfile(manifest_path):
     raise DeployError(f"{path} is not an fmjax export (no manifest.json): make one with "
@@ -365,7 +431,12 @@ def load(path: str, image_size: int | None = None, devices=None, threads: int = 
                       f"images, not {image_size}x{image_size}: export the model again at "
                       f"--config.data.image_size={image_size} (a model is trained at one size).")
   if manifest.get("format", "stablehlo") == "onnx":
+    if runtime == "openvino":
+      return Scorer(path, manifest, OpenVinoTiles(path, manifest, threads, precision))
     return Scorer(path, manifest, OnnxTiles(path, manifest, threads))
+  if runtime != "onnxruntime" or precision != "f32":
+    raise DeployError(f"{path} is a StableHLO export, which runs on JAX: runtime and precision "
+                      "choose how an ONNX export (--config.export.format=onnx) runs.")
   import jax
   devices = list(devices) if devices is not None else jax.local_devices()
   platform = devices[0].platform
@@ -390,12 +461,18 @@ def main(argv=None) -> int:
   parser.add_argument("--resize", default=None,
                       help="how files are sized (data.resize: square, scale:<f>, long_side:<n>, "
                            "native; default: as the export's training read them)")
+  parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
+                      help="what runs an ONNX export (default onnxruntime; openvino: pip install openvino)")
+  parser.add_argument("--precision", default="f32", choices=OPENVINO_PRECISIONS,
+                      help="OpenVINO's compute precision (bf16: faster where the CPU has bf16 "
+                           "instructions, heatmaps within about 1%%)")
   args = parser.parse_args(argv)
   from fmjax.data.decode import IMAGE_EXTENSIONS, read_image_and_size  # PIL and numpy
   from fmjax.core.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    scorer = load(args.export_dir)
-    console.say("# " + describe_export(args.export_dir, scorer.manifest))
+    scorer = load(args.export_dir, runtime=args.runtime, precision=args.precision)
+    console.say("# " + describe_export(args.export_dir, scorer.manifest)
+                + (f" (on {scorer.tiles.runtime})" if scorer.format == "onnx" else ""))
     stale = stale_export(args.export_dir, scorer.manifest)
     if stale:
       console.warn(stale)

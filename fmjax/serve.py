@@ -285,6 +285,7 @@ def make_app(scorer, max_batch: int = 16, max_wait_ms: float = 10.0, max_body_mb
   @app.get("/health")
   async def health():
     return {"status": "ok", "export": scorer.path, "format": scorer.format,
+            "runtime": scorer.tiles.runtime,
             "method": manifest["method"],
             "checkpoint_step": manifest["checkpoint_step"],
             "checkpoint": manifest.get("checkpoint"), "categories": scorer.class_names,
@@ -312,6 +313,10 @@ def main(argv=None) -> int:
   parser.add_argument("--max-body-mb", type=float, default=20.0, help="the largest request body")
   parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
                       help="the largest image (width x height; 0: no limit)")
+  parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "openvino"),
+                      help="what runs an ONNX export (default onnxruntime)")
+  parser.add_argument("--precision", default="f32", choices=("f32", "bf16"),
+                      help="OpenVINO's compute precision (bf16 where the CPU has bf16 instructions)")
   args = parser.parse_args(argv)
   problems = [f"--{k.replace('_', '-')} must be > 0" for k in ("max_batch", "max_body_mb")
               if getattr(args, k) <= 0] + (["--max-wait-ms must be >= 0"] if args.max_wait_ms < 0 else [])
@@ -320,11 +325,12 @@ def main(argv=None) -> int:
     return 2
   from fmjax import deploy
   try:
-    scorer = deploy.load(args.export_dir)
+    scorer = deploy.load(args.export_dir, runtime=args.runtime, precision=args.precision)
   except (deploy.DeployError, OSError, ValueError) as e:
     console.error(str(e), prog="fmjax.serve")
     return 1
-  console.say(deploy.describe_export(args.export_dir, scorer.manifest))
+  console.say(deploy.describe_export(args.export_dir, scorer.manifest)
+              + (f" (on {scorer.tiles.runtime})" if scorer.format == "onnx" else ""))
   stale = deploy.stale_export(args.export_dir, scorer.manifest)
   if stale:
     console.warn(stale)

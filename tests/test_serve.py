@@ -70,6 +70,7 @@ def test_one_image_a_batch_and_20_concurrent_requests_equal_direct_scoring(servi
   direct = deploy.load(str(export))(images, "weave")
   health = _Client.get(url + "/health").json()
   assert health["categories"] == ["weave", "brushed", "tiles"] and health["image_size"] == 16
+  assert health["runtime"].startswith("jax ")
   threshold = health["thresholds"]["weave"]["image"]
   # One image as the raw body, with both pictures.
   one = _Client.post(url + "/predict?category=weave&heatmap=png&mask=png", content=_png(images[0]),
