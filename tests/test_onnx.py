@@ -249,11 +249,22 @@ runpy.run_module("fmjax.serve", run_name="__main__")
 """
 
 
-def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
+def _predict(url: str, images, category: str) -> dict:
+  """The service's answer to POST /predict of `images` as PNG files."""
   import io
 
   import httpx
   from PIL import Image
+  pngs = []
+  for i, image in enumerate(images):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    pngs.append(("images", (f"part{i}.png", buffer.getvalue(), "image/png")))
+  return httpx.post(url + "/predict", files=pngs, data={"category": category}, timeout=300).json()
+
+
+def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
+  import httpx
   workdir, exports, config = run
   dataset = load_dataset(config.data)
   images = dataset.test_images[dataset.test_classes == 0]
@@ -263,12 +274,7 @@ def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
     health = httpx.get(url + "/health", timeout=60).json()
     assert health["format"] == "onnx" and health["categories"] == ["weave", "brushed", "tiles"]
     assert health["runtime"].startswith("onnxruntime ")
-    pngs = []
-    for i, image in enumerate(images):
-      buffer = io.BytesIO()
-      Image.fromarray(image).save(buffer, format="PNG")
-      pngs.append(("images", (f"part{i}.png", buffer.getvalue(), "image/png")))
-    answer = httpx.post(url + "/predict", files=pngs, data={"category": "weave"}, timeout=300).json()
+    answer = _predict(url, images, "weave")
     np.testing.assert_allclose([a["score"] for a in answer["images"]], direct.scores, rtol=1e-4)
     assert [a["decision"] for a in answer["images"]] == [
         "anomalous" if d else "normal" for d in direct.decisions]
@@ -319,10 +325,7 @@ def test_the_service_runs_an_onnx_export_on_openvino(run, tmp_path):
   """`python -m fmjax.serve ... --runtime openvino` (jax blocked) says so in /health and
   answers with onnxruntime's scores (f32, its accuracy mode)."""
   pytest.importorskip("openvino", reason="pip install openvino")
-  import io
-
   import httpx
-  from PIL import Image
   _, exports, config = run
   images = load_dataset(config.data).test_images[:2]
   expected = deploy.load(str(exports["onnx"]))(images, "weave")
@@ -330,12 +333,7 @@ def test_the_service_runs_an_onnx_export_on_openvino(run, tmp_path):
                tmp_path / "serve.log") as url:
     runtime = httpx.get(url + "/health", timeout=60).json()["runtime"]
     assert runtime.startswith("OpenVINO ") and runtime.endswith(", f32"), runtime
-    pngs = []
-    for i, image in enumerate(images):
-      buffer = io.BytesIO()
-      Image.fromarray(image).save(buffer, format="PNG")
-      pngs.append(("images", (f"part{i}.png", buffer.getvalue(), "image/png")))
-    answer = httpx.post(url + "/predict", files=pngs, data={"category": "weave"}, timeout=300).json()
+    answer = _predict(url, images, "weave")
   np.testing.assert_allclose([a["score"] for a in answer["images"]], expected.scores, rtol=1e-4)
 
 
