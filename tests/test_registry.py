@@ -169,13 +169,14 @@ def test_deploy_needs_jax_or_onnxruntime_and_numpy_only():
   # fmjax.score.tiling and maps and fmjax.decide.normalize and regions are numpy and scipy,
   # fmjax.core.console the standard library and tqdm, fmjax.core.files and xla_cpu the standard
   # library, fmjax.core.threefry numpy, fmjax.core.records, errors and fingerprint the standard
-  # library and fmjax.core.files; an ONNX export runs on onnxruntime
-  # (tests/test_onnx.py runs it with jax blocked).
+  # library and fmjax.core.files; an ONNX export runs on onnxruntime or OpenVINO (threading:
+  # OpenVINO's one infer request behind a lock; tests/test_onnx.py runs both with jax blocked).
   allowed = {"argparse", "dataclasses", "json", "os", "sys", "zipfile", "jax", "numpy",
              "fmjax.core.ids", "fmjax.core.records", "Fields", "read_json_file",
              "fmjax.core.errors", "UserError", "fingerprint",
              "image_ids", "__future__", "annotations", "fmjax.data.decode", "IMAGE_EXTENSIONS",
              "read_image_and_size", "matplotlib.colors", "Normalize", "PIL", "Image",
              "fmjax.core", "plots", "files", "fmjax.score", "maps", "tiling", "ragged", "console",
-             "fmjax.decide", "normalize", "regions", "xla_cpu", "threefry", "onnxruntime"}
+             "fmjax.decide", "normalize", "regions", "xla_cpu", "threefry", "onnxruntime",
+             "openvino", "threading"}
   assert imported <= allowed, imported - allowed

@@ -248,8 +248,10 @@ def test_filters_and_the_large_view(report):
   assert not large.is_displayed()
 
 
-def _canvas_pixels(driver, card):
-  """RGBA bytes [H,W,4] of a card's canvas, once the page has drawn it."""
+def _canvas_pixels(driver, card, drawn=lambda pixels: pixels[..., 3].any()):
+  """RGBA bytes [H,W,4] of a card's canvas, once `drawn(pixels)` holds (default: anything is
+  drawn), or as they are after 10 s. The page draws a card's picture and its outlines as
+  their images decode, so a test waits for what it looks at."""
   driver.execute_script("arguments[0].scrollIntoView()", card)
   deadline = time.time() + 10
   while True:
@@ -258,18 +260,22 @@ def _canvas_pixels(driver, card):
         "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];",
         card)
     pixels = np.array(data[2], np.uint8).reshape(data[1], data[0], 4)
-    if pixels[..., 3].any() or time.time() > deadline:
+    if drawn(pixels) or time.time() > deadline:
       return pixels
     time.sleep(0.05)
+
+
+def _lime(pixels):
+  """Where a canvas is pure lime (the ground truth's outline)."""
+  return np.all(pixels[..., :3] == (0, 255, 0), axis=-1)
 
 
 def test_cards_draw_the_ground_truth_and_the_overlay(report):
   driver, _, metrics = report
   index = next(i for i, im in enumerate(metrics["images"]) if im["label"] == 1)
   card = driver.find_element("css selector", f".card[data-index='{index}']")
-  drawn = _canvas_pixels(driver, card)
-  lime = np.all(drawn[..., :3] == (0, 255, 0), axis=-1)
-  assert lime.sum() > 10  # the ground truth's outline
+  drawn = _canvas_pixels(driver, card, lambda pixels: _lime(pixels).sum() > 10)
+  assert _lime(drawn).sum() > 10  # the ground truth's outline
   box = card.find_element("xpath", "ancestor::section").find_element(
       "css selector", "input[data-control=overlay]")
   box.click()  # overlay off: the image as it is
