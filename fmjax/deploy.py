@@ -133,6 +133,20 @@ class StableHLOTiles:
     return np.asarray(jax.device_get(self._call(self._params, *(put(a) for a in arrays))))[:n]
 
 
+def _onnx_model(path: str) -> str:
+  """`path`/model.onnx; DeployError when an ONNX export lacks it."""
+  model = os.path.join(path, "model.onnx")
+  if not os.path.isfile(model):
+    raise DeployError(f"{path} is an ONNX export without model.onnx: export it again.")
+  return model
+
+
+def _load_error(model: str, runtime: str, error: Exception) -> DeployError:
+  """A runtime's refusal of `model` (its own exception types: a damaged or foreign file), as
+  one line."""
+  return DeployError(f"Cannot load {model}{runtime}: {str(error).strip().splitlines()[0][:300]}")
+
+
 class OnnxTiles:
   """model.onnx on onnxruntime, fed the seeds evaluation draws (`fmjax.core.threefry`):
   (tiles uint8 [n,h,w,3], category indices [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]
@@ -147,14 +161,12 @@ class OnnxTiles:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads  # 0: onnxruntime's choice (the physical cores)
-    model = os.path.join(path, "model.onnx")
-    if not os.path.isfile(model):
-      raise DeployError(f"{path} is an ONNX export without model.onnx: export it again.")
+    model = _onnx_model(path)
     try:
       self.session = onnxruntime.InferenceSession(model, options,
                                                   providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own exception types: a damaged or foreign file
-      raise DeployError(f"Cannot load {model}: {str(e).strip().splitlines()[0][:300]}") from None
+    except Exception as e:  # pylint: disable=broad-except
+      raise _load_error(model, "", e) from None
     self.runtime = f"onnxruntime {onnxruntime.__version__}"
     self._init_common(manifest, [o.name for o in self.session.get_outputs()])
 
@@ -214,9 +226,7 @@ class OpenVinoTiles(OnnxTiles):
       import openvino
     except ImportError as e:
       raise DeployError(f"runtime openvino needs OpenVINO ({e}): pip install openvino.") from None
-    model = os.path.join(path, "model.onnx")
-    if not os.path.isfile(model):
-      raise DeployError(f"{path} is an ONNX export without model.onnx: export it again.")
+    model = _onnx_model(path)
     settings = {"INFERENCE_PRECISION_HINT": precision}
     if precision == "f32":
       settings["EXECUTION_MODE_HINT"] = "ACCURACY"
@@ -225,11 +235,10 @@ class OpenVinoTiles(OnnxTiles):
     core = openvino.Core()
     try:
       self.compiled = core.compile_model(core.read_model(model), "CPU", settings)
-    except Exception as e:  # OpenVINO's own exception types: a damaged or foreign file
-      raise DeployError(f"Cannot load {model} into OpenVINO: "
-                        f"{str(e).strip().splitlines()[0][:300]}") from None
-    self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-    self.precision = "bf16" if ("bf16" in self.precision or "bfloat16" in self.precision) else "f32"
+    except Exception as e:  # pylint: disable=broad-except
+      raise _load_error(model, " into OpenVINO", e) from None
+    chosen = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # <Type: 'bfloat16'>
+    self.precision = "bf16" if ("bf16" in chosen or "bfloat16" in chosen) else "f32"
     self.runtime = f"OpenVINO {openvino.__version__.split('-')[0]}, {self.precision}"
     self.request, self._lock = self.compiled.create_infer_request(), threading.Lock()
     names = [o.get_any_name() for o in self.compiled.outputs]
@@ -253,6 +262,11 @@ class Scorer:
     self.tile_size, self.stride = manifest["tile_size"], manifest["stride"]
     self.tile_shape = tuple(manifest["tile_shape"])
     self.batch = tiles.batch  # tiles per call
+
+  def describe(self) -> str:
+    """`describe_export`'s line, with the runtime that runs an ONNX export."""
+    line = describe_export(self.path, self.manifest)
+    return line + (f" (on {self.tiles.runtime})" if self.format == "onnx" else "")
 
   def warm_up(self) -> None:
     """Compiles (StableHLO) or runs once (ONNX) every batch shape a call can use, on blank
@@ -471,8 +485,7 @@ def main(argv=None) -> int:
   from fmjax.core.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     scorer = load(args.export_dir, runtime=args.runtime, precision=args.precision)
-    console.say("# " + describe_export(args.export_dir, scorer.manifest)
-                + (f" (on {scorer.tiles.runtime})" if scorer.format == "onnx" else ""))
+    console.say("# " + scorer.describe())
     stale = stale_export(args.export_dir, scorer.manifest)
     if stale:
       console.warn(stale)

@@ -302,6 +302,7 @@ def make_app(scorer, max_batch: int = 16, max_wait_ms: float = 10.0, max_body_mb
 
 def main(argv=None) -> int:
   console.route_warnings()
+  from fmjax import deploy
   parser = argparse.ArgumentParser(prog="python -m fmjax.serve", description=__doc__.split("\n")[0])
   parser.add_argument("export_dir")
   parser.add_argument("--host", default="127.0.0.1",
@@ -313,9 +314,9 @@ def main(argv=None) -> int:
   parser.add_argument("--max-body-mb", type=float, default=20.0, help="the largest request body")
   parser.add_argument("--max-image-pixels", type=int, default=50_000_000,
                       help="the largest image (width x height; 0: no limit)")
-  parser.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "openvino"),
+  parser.add_argument("--runtime", default="onnxruntime", choices=deploy.RUNTIMES,
                       help="what runs an ONNX export (default onnxruntime)")
-  parser.add_argument("--precision", default="f32", choices=("f32", "bf16"),
+  parser.add_argument("--precision", default="f32", choices=deploy.OPENVINO_PRECISIONS,
                       help="OpenVINO's compute precision (bf16 where the CPU has bf16 instructions)")
   args = parser.parse_args(argv)
   problems = [f"--{k.replace('_', '-')} must be > 0" for k in ("max_batch", "max_body_mb")
@@ -323,14 +324,12 @@ def main(argv=None) -> int:
   if problems:
     console.error("; ".join(problems), prog="fmjax.serve")
     return 2
-  from fmjax import deploy
   try:
     scorer = deploy.load(args.export_dir, runtime=args.runtime, precision=args.precision)
   except (deploy.DeployError, OSError, ValueError) as e:
     console.error(str(e), prog="fmjax.serve")
     return 1
-  console.say(deploy.describe_export(args.export_dir, scorer.manifest)
-              + (f" (on {scorer.tiles.runtime})" if scorer.format == "onnx" else ""))
+  console.say(scorer.describe())
   stale = deploy.stale_export(args.export_dir, scorer.manifest)
   if stale:
     console.warn(stale)
