@@ -1,6 +1,7 @@
 """The ONNX export (export.format=onnx): numpy seeds equal JAX's, model.onnx on onnxruntime
 scores as evaluation does, and fmjax.deploy runs it with jax blocked."""
 
+import collections
 import json
 import os
 import shutil
@@ -96,8 +97,15 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
                                                "normalised", "decisions"]
   # No loops in the graph (onnxruntime runs a loop's body without prepacked weights).
   import onnx
-  ops = {node.op_type for node in onnx.load(str(exports["onnx"] / "model.onnx")).graph.node}
-  assert not ops & {"Loop", "Scan", "If"} and "Conv" in ops
+  graph = onnx.load(str(exports["onnx"] / "model.onnx")).graph
+  ops = collections.Counter(node.op_type for node in graph.node)
+  assert not set(ops) & {"Loop", "Scan", "If"} and ops["Conv"] >= 10
+  # The U-Net is channels-first inside: of each velocity call's 26 convolutions only the first
+  # reads a transposed activation (the images); an NHWC U-Net's graph transposes for each.
+  made_by = {out: node.op_type for node in graph.node for out in node.output}
+  after_transpose = [n for n in graph.node
+                     if n.op_type == "Conv" and made_by.get(n.input[0]) == "Transpose"]
+  assert 1 <= len(after_transpose) <= ops["Conv"] // 20, (len(after_transpose), ops["Conv"])
   assert manifest["onnx"]["images_per_call"] == 1
   dataset = load_dataset(config.data)
   session = ScoringSession.load(config, str(workdir), dataset.class_names)

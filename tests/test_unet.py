@@ -129,3 +129,54 @@ def test_attention_and_its_gradients_equal_jax_attention(shape):
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                atol=0.05 * max(1.0, float(jnp.abs(want.astype(jnp.float32)).max())))
+
+
+def test_channels_first_layout_is_the_same_function_with_the_same_parameters():
+  """layout="NCHW" (the ONNX export's) against the NHWC U-Net: the same parameter tree from the
+  same key, and on perturbed parameters (so every convolution, norm and attention matters) the
+  same velocities within 1e-5 of their largest; a float64 numpy oracle for one channels-first
+  convolution and one GroupNorm; an unknown layout refused."""
+  from fmjax.model.unet import ChannelsFirstConv, group_norm_channels_first
+  kw = dict(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), attention_rates=(2,),
+            head_channels=8, norm_groups=4, num_classes=2, dropout=0.0)
+  nhwc, nchw = UNet(**kw), UNet(**kw, layout="NCHW")
+  x = jax.random.normal(jax.random.key(0), (3, 16, 12, 3))
+  t, labels = jnp.array([0.1, 0.5, 0.9]), jnp.array([0, 1, 2])
+  init = lambda m: m.init(jax.random.key(1), x, t, labels)["params"]
+  params = init(nhwc)
+  assert jax.tree.structure(init(nchw)) == jax.tree.structure(params)
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                          init(nchw), params)))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
+  want = nhwc.apply({"params": params}, x, t, labels)
+  got = nchw.apply({"params": params}, x, t, labels)
+  assert got.shape == want.shape == x.shape
+  assert float(jnp.abs(want).max()) > 0.1
+  np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()))
+
+  rng = np.random.default_rng(3)
+  image = rng.normal(size=(2, 4, 5, 6))                                  # [N,C,H,W]
+  conv = ChannelsFirstConv(3, 3)
+  conv_params = conv.init(jax.random.key(4), jnp.asarray(image, jnp.float32))["params"]
+  kernel = np.asarray(conv_params["kernel"], np.float64)                 # [3,3,C,3]
+  bias = rng.normal(size=3)
+  padded = np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1)))
+  oracle = np.zeros((2, 3, 5, 6))
+  for i in range(5):
+    for j in range(6):
+      oracle[:, :, i, j] = np.einsum("ncab,abco->no", padded[:, :, i:i + 3, j:j + 3], kernel) + bias
+  out = conv.apply({"params": {"kernel": conv_params["kernel"], "bias": jnp.asarray(bias, jnp.float32)}},
+                   jnp.asarray(image, jnp.float32))
+  np.testing.assert_allclose(out, oracle, atol=1e-5)
+
+  scale, shift = rng.normal(size=4), rng.normal(size=4)
+  groups = (image.reshape(2, 2, -1) - image.reshape(2, 2, -1).mean(-1, keepdims=True))
+  groups /= np.sqrt((groups ** 2).mean(-1, keepdims=True) + 1e-5)
+  oracle = groups.reshape(image.shape) * scale[:, None, None] + shift[:, None, None]
+  np.testing.assert_allclose(group_norm_channels_first(
+      *(jnp.asarray(a, jnp.float32) for a in (image, scale, shift)), 2, 1e-5), oracle, atol=1e-5)
+  with pytest.raises(ValueError, match="layout"):
+    UNet(**kw, layout="CHWN").init(jax.random.key(1), x, t, labels)

@@ -13,7 +13,8 @@
                                                    category has no calibrated scale)
                         decisions bool [B]         anomalous (False without a threshold)
 
-The graph holds the velocity U-Net with its parameters, the training images' normalisation,
+The graph holds the velocity U-Net (channels-first inside: `fmjax.model.unet`'s layout "NCHW")
+with its parameters, the training images' normalisation,
 and Flow Mismatching: the T interior times t_j = j / (T + 1), the paths x_t = (1 - t) x0 + t y,
 the mismatch ||v - (y - x0)||^2 over channels, the aggregation over the K seeds and the
 t^2-weighted mean over times; then the smoothing, the image score and each category's
@@ -142,7 +143,9 @@ def onnx_model(config, session: ScoringSession, tile_shape: tuple[int, int],
   model_config.attention_impl = "xla"
   from fmjax.model.unet import build_unet
   from fmjax.score.maps import sigma_pixels
-  model = build_unet(model_config, len(session.class_names))
+  # Channels-first inside: the runtimes convolve NCHW, so an NHWC U-Net's graph wraps every
+  # convolution in transposes (OpenVINO ran 331 of them per paper-model run, 25% of its time).
+  model = build_unet(model_config, len(session.class_names), layout="NCHW")
   params = jax.device_get(session.params)
   norm, k, t = session.norm, int(ec.num_seeds), int(ec.num_times)
   times = mismatch.interior_times(t)

@@ -1,6 +1,6 @@
 """The velocity U-Net v(x, t, label) of Flow Mismatching (paper Appendix C.1).
 
-A guided-diffusion style attention U-Net in NHWC layout: residual blocks with
+A guided-diffusion style attention U-Net on NHWC images: residual blocks with
 scale-shift time conditioning, residual up/down-sampling, multi-head self-attention
 with a fixed head width at selected down-sampling rates, zero-initialised output
 convolutions, and a class-label embedding with an extra "null" row for pooled
@@ -8,6 +8,11 @@ convolutions, and a class-label embedding with an extra "null" row for pooled
 
 Parameters are float32; `dtype` sets the compute precision (bfloat16 on
 accelerators). GroupNorm statistics and the attention softmax run in float32.
+
+`layout` is where the channels sit inside the network: "NHWC" (training and evaluation), or
+"NCHW" for the ONNX export, whose runtimes (onnxruntime, OpenVINO) convolve channels-first and
+otherwise wrap every NHWC convolution in transposes. Both take and give NHWC arrays and have
+the same parameters (flax `nn.Conv` / `nn.GroupNorm` names and shapes).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 zeros_init = nn.initializers.zeros
 
@@ -94,16 +100,29 @@ def group_norm(x, scale, bias, groups: int, eps: float):
   return _normalize_groups(x, groups, eps) * scale + bias
 
 
+def group_norm_channels_first(x, scale, bias, groups: int, eps: float):
+  """`group_norm` of x[N,C,H,W]: each group's C/groups channels are contiguous there, so its
+  statistics are two reductions over the last axis of [N,groups,C/groups*H*W] (the mean, then
+  the mean square of x minus it)."""
+  grouped = x.reshape(x.shape[0], groups, -1)
+  centred = grouped - jnp.mean(grouped, axis=-1, keepdims=True)
+  var = jnp.mean(centred * centred, axis=-1, keepdims=True)
+  normed = (centred * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+  return normed * scale[:, None, None] + bias[:, None, None]
+
+
 class _GroupNormParams(nn.Module):
   """The scale and bias of one GroupNorm, under the names flax's `nn.GroupNorm` gives them."""
   num_groups: int
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
+    c = x.shape[_channel_axis(self.layout)]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    return group_norm(x, scale, bias, self.num_groups, 1e-5)
+    norm = group_norm if self.layout == "NHWC" else group_norm_channels_first
+    return norm(x, scale, bias, self.num_groups, 1e-5)
 
 
 class GroupNorm32(nn.Module):
@@ -112,22 +131,73 @@ class GroupNorm32(nn.Module):
   Parameters as flax's `nn.GroupNorm` named "norm" (checkpoints are interchangeable)."""
   num_groups: int = 32
   dtype: jnp.dtype = jnp.float32
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x):
-    y = _GroupNormParams(self.num_groups, name="norm")(x.astype(jnp.float32))
+    y = _GroupNormParams(self.num_groups, self.layout, name="norm")(x.astype(jnp.float32))
     return y.astype(self.dtype)
 
 
-def _downsample(x):
-  """2x2 average pool, stride 2: [N,H,W,C] -> [N,H/2,W/2,C]."""
-  n, h, w, c = x.shape
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+LAYOUTS = ("NHWC", "NCHW")
 
 
-def _upsample(x):
-  """Nearest-neighbour x2: [N,H,W,C] -> [N,2H,2W,C]."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+def _channel_axis(layout: str) -> int:
+  return -1 if layout == "NHWC" else 1
+
+
+class ChannelsFirstConv(nn.Module):
+  """A stride-1 "SAME" convolution of x[N,C,H,W] with `nn.Conv`'s parameters (kernel
+  [k,k,C,features], bias [features], float32): the same function as `nn.Conv` on the NHWC
+  transpose of x (checked in tests/test_unet.py)."""
+  features: int
+  kernel_size: int
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[1], self.features), jnp.float32)
+    bias = self.param("bias", zeros_init, (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), "SAME",
+        dimension_numbers=("NCHW", "HWIO", "NCHW"))
+    return y + bias.astype(self.dtype)[:, None, None]
+
+
+def _conv(layout: str, features: int, k: int, dtype, name: str,
+          init=nn.initializers.lecun_normal()) -> nn.Module:
+  """A k x k "SAME" convolution for `layout`: flax's `nn.Conv` in NHWC."""
+  if layout == "NHWC":
+    return nn.Conv(features, (k, k), padding="SAME", dtype=dtype, kernel_init=init, name=name)
+  return ChannelsFirstConv(features, k, dtype, init, name=name)
+
+
+def _downsample(x, layout: str = "NHWC"):
+  """2x2 average pool, stride 2: [N,H,W,C] -> [N,H/2,W/2,C] (NCHW: [N,C,H,W] -> [N,C,H/2,W/2]).
+
+  Channels-first it is the quarter of four strided slices (`lax.slice`: jnp's indexing of a
+  symbolic batch gathers): OpenVINO runs a mean over the pairs' axes of [N,C,H/2,2,W/2,2] in
+  its reference kernel (9% of a paper-model run)."""
+  if layout == "NHWC":
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+  rows = [jax.lax.slice_in_dim(x, i, None, stride=2, axis=2) for i in (0, 1)]
+  corners = [jax.lax.slice_in_dim(r, j, None, stride=2, axis=3) for r in rows for j in (0, 1)]
+  return 0.25 * (corners[0] + corners[1] + corners[2] + corners[3])
+
+
+def _upsample(x, layout: str = "NHWC"):
+  """Nearest-neighbour x2 of the two spatial axes: [N,H,W,C] -> [N,2H,2W,C] (or NCHW).
+
+  Channels-first the rows are doubled by a product with a 0/1 matrix [W,2W] (exact): repeating
+  the innermost axis becomes a broadcast into pairs, which onnxruntime and OpenVINO copy
+  element by element (the quickstart's exported scorer spent a quarter of its time there)."""
+  if layout == "NHWC":
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  doubling = np.repeat(np.eye(x.shape[3], dtype=np.float32), 2, axis=1).astype(x.dtype)
+  return jnp.repeat(jnp.dot(x, doubling), 2, axis=2)
 
 
 class ResBlock(nn.Module):
@@ -138,27 +208,29 @@ class ResBlock(nn.Module):
   down: bool = False
   norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x, emb, deterministic: bool = True):
-    conv = lambda ch, k, name, init=nn.initializers.lecun_normal(): nn.Conv(
-        ch, (k, k), padding="SAME", dtype=self.dtype, kernel_init=init, name=name)
-    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, name="in_norm")(x))
+    layout, axis = self.layout, _channel_axis(self.layout)
+    conv = functools.partial(_conv, layout, dtype=self.dtype)
+    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, layout, name="in_norm")(x))
     if self.up:
-      h, x = _upsample(h), _upsample(x)
+      h, x = _upsample(h, layout), _upsample(x, layout)
     elif self.down:
-      h, x = _downsample(h), _downsample(x)
-    h = conv(self.out_channels, 3, "in_conv")(h)
+      h, x = _downsample(h, layout), _downsample(x, layout)
+    h = conv(self.out_channels, 3, name="in_conv")(h)
 
     scale_shift = nn.Dense(2 * self.out_channels, dtype=self.dtype, name="emb_proj")(nn.silu(emb))
-    scale, shift = jnp.split(scale_shift[:, None, None, :].astype(jnp.float32), 2, axis=-1)
-    h = GroupNorm32(self.norm_groups, jnp.float32, name="out_norm")(h)
+    scale_shift = scale_shift[:, None, None, :] if layout == "NHWC" else scale_shift[:, :, None, None]
+    scale, shift = jnp.split(scale_shift.astype(jnp.float32), 2, axis=axis)
+    h = GroupNorm32(self.norm_groups, jnp.float32, layout, name="out_norm")(h)
     h = (h * (1 + scale) + shift).astype(self.dtype)
     h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
-    h = conv(self.out_channels, 3, "out_conv", zeros_init)(h)
+    h = conv(self.out_channels, 3, name="out_conv", init=zeros_init)(h)
 
-    if x.shape[-1] != self.out_channels:
-      x = conv(self.out_channels, 1, "skip")(x)
+    if x.shape[axis] != self.out_channels:
+      x = conv(self.out_channels, 1, name="skip")(x)
     return x.astype(self.dtype) + h
 
 
@@ -214,13 +286,16 @@ class AttentionBlock(nn.Module):
   norm_groups: int = 32
   attention_impl: str | None = None  # None (XLA) or "cudnn"
   dtype: jnp.dtype = jnp.float32
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x):
-    n, hgt, wid, c = x.shape
+    nhwc = self.layout == "NHWC"
+    n, hgt, wid, c = x.shape if nhwc else (x.shape[0],) + x.shape[2:] + x.shape[1:2]
     heads = c // self.head_channels
-    h = GroupNorm32(self.norm_groups, self.dtype, name="norm")(x)
-    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h.reshape(n, hgt * wid, c))
+    h = GroupNorm32(self.norm_groups, self.dtype, self.layout, name="norm")(x)
+    tokens = h.reshape(n, hgt * wid, c) if nhwc else h.reshape(n, c, hgt * wid).transpose(0, 2, 1)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(tokens)
     q, k, v = (a.reshape(n, hgt * wid, heads, self.head_channels)
                for a in jnp.split(qkv, 3, axis=-1))
     if self.attention_impl is None:
@@ -229,7 +304,8 @@ class AttentionBlock(nn.Module):
       a = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     a = a.reshape(n, hgt * wid, c)
     out = nn.Dense(c, dtype=self.dtype, kernel_init=zeros_init, name="proj")(a)
-    return x + out.reshape(n, hgt, wid, c).astype(x.dtype)
+    out = out.reshape(n, hgt, wid, c) if nhwc else out.transpose(0, 2, 1).reshape(n, c, hgt, wid)
+    return x + out.astype(x.dtype)
 
 
 class UNet(nn.Module):
@@ -237,7 +313,8 @@ class UNet(nn.Module):
 
   `num_classes` = 0 builds a model without label embedding; otherwise the
   embedding has `num_classes + 1` rows and label `num_classes` is the null label.
-  `attention_rates` are down-sampling rates (1 = input resolution).
+  `attention_rates` are down-sampling rates (1 = input resolution). `layout` (module
+  docstring) changes where the channels sit inside, not the function or its parameters.
   """
   out_channels: int = 3
   model_channels: int = 64
@@ -250,10 +327,13 @@ class UNet(nn.Module):
   norm_groups: int = 32
   attention_impl: str | None = None
   dtype: jnp.dtype = jnp.float32
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x, t, label=None, train: bool = False):
-    det = not train
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"UNet layout must be one of {LAYOUTS}; got {self.layout!r}")
+    det, layout, axis = not train, self.layout, _channel_axis(self.layout)
     emb_dim = 4 * self.model_channels
     emb = timestep_embedding(t, self.model_channels)
     emb = nn.Dense(emb_dim, dtype=self.dtype, name="time_embed_0")(emb)
@@ -264,12 +344,13 @@ class UNet(nn.Module):
       emb = emb + nn.Embed(self.num_classes + 1, emb_dim, name="label_embed")(label).astype(self.dtype)
 
     res = lambda ch, name, **kw: ResBlock(ch, self.dropout, norm_groups=self.norm_groups,
-                                          dtype=self.dtype, name=name, **kw)
+                                          dtype=self.dtype, layout=layout, name=name, **kw)
     attn = lambda name: AttentionBlock(self.head_channels, self.norm_groups,
-                                       self.attention_impl, self.dtype, name=name)
+                                       self.attention_impl, self.dtype, layout, name=name)
 
-    h = nn.Conv(self.model_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                name="input_conv")(x.astype(self.dtype))
+    if layout == "NCHW":
+      x = x.transpose(0, 3, 1, 2)
+    h = _conv(layout, self.model_channels, 3, self.dtype, "input_conv")(x.astype(self.dtype))
     skips = [h]
     rate = 1
     for level, mult in enumerate(self.channel_mult):
@@ -279,27 +360,28 @@ class UNet(nn.Module):
           h = attn(f"down_{level}_attn_{i}")(h)
         skips.append(h)
       if level != len(self.channel_mult) - 1:
-        h = res(h.shape[-1], f"down_{level}_downsample", down=True)(h, emb, det)
+        h = res(h.shape[axis], f"down_{level}_downsample", down=True)(h, emb, det)
         skips.append(h)
         rate *= 2
 
-    h = res(h.shape[-1], "mid_res_0")(h, emb, det)
+    h = res(h.shape[axis], "mid_res_0")(h, emb, det)
     h = attn("mid_attn")(h)
-    h = res(h.shape[-1], "mid_res_1")(h, emb, det)
+    h = res(h.shape[axis], "mid_res_1")(h, emb, det)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = jnp.concatenate([h, skips.pop()], axis=axis)
         h = res(mult * self.model_channels, f"up_{level}_res_{i}")(h, emb, det)
         if rate in self.attention_rates:
           h = attn(f"up_{level}_attn_{i}")(h)
       if level:
-        h = res(h.shape[-1], f"up_{level}_upsample", up=True)(h, emb, det)
+        h = res(h.shape[axis], f"up_{level}_upsample", up=True)(h, emb, det)
         rate //= 2
 
-    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, name="out_norm")(h))
-    h = nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype,
-                kernel_init=zeros_init, name="out_conv")(h)
+    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, layout, name="out_norm")(h))
+    h = _conv(layout, self.out_channels, 3, self.dtype, "out_conv", zeros_init)(h)
+    if layout == "NCHW":
+      h = h.transpose(0, 2, 3, 1)
     return h.astype(jnp.float32)
 
 
@@ -309,7 +391,7 @@ def init_params(model: UNet, key: jax.Array, image_shape) -> dict:
   return model.init(key, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
 
 
-def build_unet(model_config, num_classes: int) -> UNet:
+def build_unet(model_config, num_classes: int, layout: str = "NHWC") -> UNet:
   """The U-Net for `config.model` (a ConfigDict) and a dataset with `num_classes`.
 
   The label embedding always has a null row; pooled models feed it for every image.
@@ -332,6 +414,7 @@ def build_unet(model_config, num_classes: int) -> UNet:
       norm_groups=model_config.norm_groups,
       attention_impl=impl,
       dtype=dtype,
+      layout=layout,
   )
 
 
