@@ -2,6 +2,7 @@
 scores as evaluation does, and fmjax.deploy runs it with jax blocked."""
 
 import collections
+import importlib.util
 import json
 import os
 import shutil
@@ -100,8 +101,9 @@ def test_onnx_export_scores_as_evaluation_and_the_stablehlo_export(run):
   graph = onnx.load(str(exports["onnx"] / "model.onnx")).graph
   ops = collections.Counter(node.op_type for node in graph.node)
   assert not set(ops) & {"Loop", "Scan", "If"} and ops["Conv"] >= 10
-  # The U-Net is channels-first inside: of each velocity call's 26 convolutions only the first
-  # reads a transposed activation (the images); an NHWC U-Net's graph transposes for each.
+  # The U-Net is channels-first inside: of each velocity call's convolutions (20 or more in
+  # this test's U-Net) only the first reads a transposed activation (the images); an NHWC
+  # U-Net's graph transposes the input of each.
   made_by = {out: node.op_type for node in graph.node for out in node.output}
   after_transpose = [n for n in graph.node
                      if n.op_type == "Conv" and made_by.get(n.input[0]) == "Transpose"]
@@ -238,6 +240,9 @@ def test_onnx_export_refusals(run, tmp_path):
   (broken / "model.onnx").write_bytes(b"not a model")
   with pytest.raises(deploy.DeployError, match="Cannot load .*model.onnx"):
     deploy.load(str(broken))
+  if importlib.util.find_spec("openvino") is not None:
+    with pytest.raises(deploy.DeployError, match="Cannot load .*model.onnx into OpenVINO: "):
+      deploy.load(str(broken), runtime="openvino")
   (broken / "model.onnx").unlink()
   with pytest.raises(deploy.DeployError, match="ONNX export without model.onnx"):
     deploy.load(str(broken))
@@ -288,6 +293,31 @@ def test_the_service_serves_an_onnx_export_with_jax_blocked(run, tmp_path):
         "anomalous" if d else "normal" for d in direct.decisions]
 
 
+def _bf16_after_the_unet(tiles, output: str) -> list[str]:
+  """The nodes of OpenVINO's compiled graph (full batch) between `output` and the U-Net's
+  last convolutions that compute in bfloat16 or round float32 to it (moving bf16 data from
+  one layout to another aside)."""
+  compiled, _ = tiles._requests[tiles.batch]  # pylint: disable=protected-access
+  graph = compiled.get_runtime_model()
+  info = lambda node, key: node.get_rt_info()[key].astype(str)
+  todo = [next(r for r in graph.get_results() if r.get_friendly_name().startswith(output + "/"))]
+  seen, found = set(), []
+  while todo:
+    for port in todo.pop().inputs():
+      node = port.get_source_output().get_node()
+      kind = info(node, "layerType")
+      if node.get_friendly_name() in seen or kind == "Convolution":
+        continue
+      seen.add(node.get_friendly_name())
+      takes = [info(p.get_source_output().get_node(), "outputPrecisions") for p in node.inputs()]
+      rounds = "bf16" in info(node, "outputPrecisions") and any("f32" in t for t in takes)
+      computes = info(node, "runtimePrecision") == "bf16" and kind not in ("Reorder", "Reshape")
+      if rounds or computes:
+        found.append(f"{kind} {info(node, 'originalLayersNames')}")
+      todo.append(node)
+  return found
+
+
 def test_openvino_runs_the_export_as_onnxruntime_does(run, tmp_path):
   """fmjax.deploy on OpenVINO (`runtime="openvino"`): in f32 (its accuracy mode) the heatmaps,
   scores and decisions of onnxruntime, whole images and tiles; in bf16, where the CPU has bf16
@@ -308,12 +338,35 @@ def test_openvino_runs_the_export_as_onnxruntime_does(run, tmp_path):
   np.testing.assert_allclose(scorer.tiles(images, category, ids, origins),
                              deploy.load(str(exports["onnx"])).tiles(images, category, ids, origins),
                              rtol=1e-4, atol=1e-6 * np.abs(expected.heatmaps).max())
+  # OpenVINO compiles one graph per batch, every shape fixed, and pads a run to the next power
+  # of two (at most the export's images per call): the same scores as onnxruntime's, unpadded.
+  four = tmp_path / "four"
+  shutil.copytree(exports["onnx"], four)
+  manifest = json.loads((four / "manifest.json").read_text())
+  manifest["onnx"]["images_per_call"] = 4
+  (four / "manifest.json").write_text(json.dumps(manifest))
+  five = load_dataset(config.data).test_images[:5]
+  batched = deploy.load(str(four), runtime="openvino")
+  assert batched.tiles.compiled_batches == [4]
+  assert [batched.tiles.bucket(n) for n in range(1, 7)] == [1, 2, 4, 4, 5, 6]
+  for n in (3, 5):  # one run of 3 padded to 4; runs of 4 and 1
+    got, want = batched(five[:n], "weave"), deploy.load(str(exports["onnx"]))(five[:n], "weave")
+    assert got.heatmaps.shape == want.heatmaps.shape
+    np.testing.assert_allclose(got.heatmaps, want.heatmaps, rtol=1e-4,
+                               atol=1e-6 * np.abs(want.heatmaps).max())
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
+  assert batched.tiles.compiled_batches == [1, 4]
+  for compiled, _ in batched.tiles._requests.values():  # pylint: disable=protected-access
+    assert all(port.get_partial_shape().is_static for port in compiled.inputs)
   bf16 = deploy.load(str(exports["onnx"]), runtime="openvino", precision="bf16")
   assert bf16.tiles.runtime.endswith(", " + bf16.tiles.precision)
   got = bf16(images, "weave").heatmaps
   error = float(np.abs(got - expected.heatmaps).max() / np.abs(expected.heatmaps).max())
   if bf16.tiles.precision == "bf16":
     assert 0 < error < 0.05, error
+    # The mismatch after the U-Net (v - (y - x0), squares, sums, minimum over seeds, the sum
+    # over times) is computed in float32.
+    assert _bf16_after_the_unet(bf16.tiles, "tile_heatmaps") == []
   else:  # no bf16 instructions here: OpenVINO runs f32 (not in its accuracy mode)
     assert error < 1e-3, error
   (tmp_path / "line").mkdir()

@@ -153,6 +153,9 @@ def flow_mismatch(velocity_fn: VelocityFn, y: jax.Array, x0: jax.Array, times: j
       v = v.astype(jnp.float32).reshape(xt.shape)
       z = jnp.sum(jnp.square(v - target[None]), axis=-1)  # [tc,bc,K,H,W]
       delta = aggregate_seeds(z, aggregator, quantile, axis=2)  # [tc,bc,H,W]
+      if unrolled:  # a product and a sum, not a matrix product: OpenVINO computes what lies
+        # between the outputs and the last matrix product in float32, also in bf16 mode
+        return acc + jnp.sum(ws[:, None, None, None] * delta, axis=0), None
       return acc + jnp.einsum("t,tbhw->bhw", ws, delta), None
 
     acc0 = jnp.zeros_like(yc[..., 0])  # inherits the per-device (shard_map) type
