@@ -84,6 +84,23 @@ def _params(path: str, manifest: dict, exported) -> list[np.ndarray]:
   return params
 
 
+def _bucket(n: int, unit: int, limit: int) -> int:
+  """The batch a call of n rows is padded to: `unit` times a power of two, at most `limit`
+  (never below n rounded up to a multiple of `unit`), so that a few batch shapes serve every
+  call and padding costs at most 2x."""
+  size = unit
+  while size < n and size < limit:
+    size *= 2
+  return -(-max(min(size, limit), n) // unit) * unit
+
+
+def _pad_rows(arrays, size: int) -> list[np.ndarray]:
+  """Each array [n,...] with its last row repeated up to `size` rows (results of the repeats
+  are dropped after)."""
+  return [np.concatenate([a, np.repeat(a[-1:], size - len(a), 0)]) if size > len(a) else a
+          for a in arrays]
+
+
 class StableHLOTiles:
   """scorer.jax and params.npz on JAX devices (data-parallel under shard_map on several):
   (tiles uint8 [n,h,w,3], category indices [n], ids [n], origins [n,2]) -> heatmaps [n,h,w]."""
@@ -114,21 +131,14 @@ class StableHLOTiles:
 
   def bucket(self, n: int) -> int:
     """The batch a call of n tiles is padded to: the devices times a power of two (at most
-    `batch`), so calls compile for a few shapes only (each new shape compiles anew) and pad at
-    most 2x."""
-    size = len(self.devices)
-    while size < n and size < self.batch:
-      size *= 2
-    return max(size, -(-n // len(self.devices)) * len(self.devices))
+    `batch`); each new shape compiles anew."""
+    return _bucket(n, len(self.devices), self.batch)
 
   def __call__(self, tiles, category, ids, origins) -> np.ndarray:
     jax = self._jax
     n = len(tiles)
     labels = np.asarray(category, np.int32) if self._conditional else np.full(n, self._null, np.int32)
-    pad = self.bucket(n) - n
-    arrays = [tiles, labels, ids, origins]
-    if pad:  # repeat the last row, drop its results after
-      arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in arrays]
+    arrays = _pad_rows([tiles, labels, ids, origins], self.bucket(n))
     put = lambda x: jax.device_put(x, self._data)
     return np.asarray(jax.device_get(self._call(self._params, *(put(a) for a in arrays))))[:n]
 
@@ -238,23 +248,19 @@ class OpenVinoTiles(OnnxTiles):
     except Exception as e:  # pylint: disable=broad-except
       raise _load_error(model, " into OpenVINO", e) from None
     self._lock, self._requests = threading.Lock(), {}
-    self.batch = int(manifest.get("onnx", {}).get("images_per_call", 8))
+    self._init_common(manifest, [o.get_any_name() for o in self._model.outputs])
     with self._lock:  # the full batch now, so a file OpenVINO refuses fails here, in one line
       compiled, _ = self._compiled_for(self.batch)
     chosen = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # <Type: 'bfloat16'>
     self.precision = "bf16" if ("bf16" in chosen or "bfloat16" in chosen) else "f32"
     self.runtime = f"OpenVINO {openvino.__version__.split('-')[0]}, {self.precision}"
-    self._init_common(manifest, [o.get_any_name() for o in compiled.outputs])
 
   def bucket(self, n: int) -> int:
     """The batch a run of n images is padded to: a power of two, or the export's
     `images_per_call`. OpenVINO compiles the graph for each batch it runs, with every shape
     fixed (its fused elementwise kernels need them: 1.1-1.4x the speed of one compiled for
     any batch, benchmarks/README.md), so a few batches keep the compilations few."""
-    size = 1
-    while size < n and size < self.batch:
-      size *= 2
-    return max(min(size, self.batch), n)
+    return _bucket(n, 1, self.batch)
 
   @property
   def compiled_batches(self) -> list[int]:
@@ -277,12 +283,10 @@ class OpenVinoTiles(OnnxTiles):
     return self._requests[batch]
 
   def run(self, names, feed) -> list[np.ndarray]:
-    n = len(feed["tiles"])
-    pad = self.bucket(n) - n
-    if pad:  # repeat the last image, drop its results after
-      feed = {k: np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for k, a in feed.items()}
+    n, size = len(feed["tiles"]), self.bucket(len(feed["tiles"]))
+    feed = dict(zip(feed, _pad_rows(feed.values(), size)))
     with self._lock:  # one infer request per batch, reused (the service calls from its threads)
-      compiled, request = self._compiled_for(n + pad)
+      compiled, request = self._compiled_for(size)
       result = request.infer(feed)
       return [np.array(result[compiled.output(name)])[:n] for name in names]
 
