@@ -48,11 +48,24 @@ def _channel_sums(x: jax.Array) -> jax.Array:
 
 
 def _group_means(per_channel: jax.Array, groups: int, count: int) -> jax.Array:
-  """[N,C] channel sums -> [N,1,1,C]: each channel gets the mean of its group (C/groups
-  channels, `count` elements in all)."""
+  """[N,C] channel sums -> [N,G]: each group's mean (C/groups channels, `count` elements)."""
   n, c = per_channel.shape
-  means = per_channel.reshape(n, groups, c // groups).sum(-1) / count
-  return jnp.repeat(means, c // groups, axis=1)[:, None, None, :]
+  return per_channel.reshape(n, groups, c // groups).sum(-1) / count
+
+
+def _to_channels(channels: int, *per_group: jax.Array) -> list[jax.Array]:
+  """[N,G] arrays -> [N,1,1,C] each: every channel gets its group's value, by one product
+  with the 0/1 group-membership matrix [G,C] (exact: one nonzero term per channel).
+
+  A product rather than a broadcast: XLA:CPU does not fuse a dot into the elementwise loop
+  that reads its result, so these per-channel coefficients are computed once per (image,
+  channel) instead of again, with their group's index, for every element of [N,H,W,C]
+  (benchmarks/README.md, "GroupNorm's coefficients")."""
+  n, groups = per_group[0].shape
+  membership = np.repeat(np.eye(groups, dtype=np.float32), channels // groups, axis=1)
+  stacked = jnp.dot(jnp.concatenate(per_group), membership,
+                    precision=jax.lax.Precision.HIGHEST)  # [k*N, C]
+  return [stacked[i * n:(i + 1) * n, None, None, :] for i in range(len(per_group))]
 
 
 def _group_size(shape, groups: int) -> int:
@@ -64,25 +77,27 @@ def _normalize_groups_fwd(x, groups, eps):
   count = _group_size(x.shape, groups)
   mean = _group_means(_channel_sums(x), groups, count)
   mean_sq = _group_means(_channel_sums(x * x), groups, count)
-  inv = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)
-  normed = (x - mean) * inv
-  return normed, (normed, inv)
+  inv = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)  # [N,G]
+  scale, shift = _to_channels(x.shape[3], inv, -mean * inv)
+  normed = x * scale + shift
+  return normed, (normed, inv, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _normalize_groups(x, groups: int, eps: float):
   """x[N,H,W,C] float32, each group of C/groups channels normalised over its positions and
-  channels: (x - mean) / sqrt(biased variance + eps)."""
+  channels: (x - mean) / sqrt(biased variance + eps), computed as x * inv + (-mean * inv)."""
   return _normalize_groups_fwd(x, groups, eps)[0]
 
 
 def _normalize_groups_bwd(groups, eps, residuals, d_normed):
   del eps
-  normed, inv = residuals
+  normed, inv, scale = residuals
   count = _group_size(normed.shape, groups)
   mean_d = _group_means(_channel_sums(d_normed), groups, count)
   mean_d_normed = _group_means(_channel_sums(d_normed * normed), groups, count)
-  return (inv * (d_normed - mean_d - normed * mean_d_normed),)
+  offset, slope = _to_channels(normed.shape[3], inv * mean_d, inv * mean_d_normed)
+  return (scale * d_normed - offset - normed * slope,)
 
 
 _normalize_groups.defvjp(_normalize_groups_fwd, _normalize_groups_bwd)
