@@ -25,9 +25,9 @@ TINY = ["--config=configs/quickstart.py", "--config.data.image_size=16", "--conf
         "--config.mesh.num_devices=1", "--seconds=0.05", "--repeats=1"]
 
 
-def _run(script, *args):
+def _run(script, *args, base=tuple(TINY)):
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  out = subprocess.run([sys.executable, f"benchmarks/{script}", *TINY, *args], cwd=REPO, env=env,
+  out = subprocess.run([sys.executable, f"benchmarks/{script}", *base, *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -70,6 +70,26 @@ def test_train_benchmark_prints_one_line_per_batch():
     assert r["flops_per_step"] > 0 and r["compile_s"] > 0
     assert r["achieved_tflops"] == pytest.approx(r["flops_per_step"] * r["steps_per_s"] / 1e12,
                                                  rel=0.01, abs=1e-3)
+
+
+def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
+  """benchmarks/train_profile.py: one line whose listed op kinds are positive and within the
+  total op time, GFLOP/s = GFLOP per step / time per step; started like python -m fmjax.main
+  (restarted with fmjax's malloc settings where they apply)."""
+  from fmjax.core import xla_cpu
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  [row] = _run("train_profile.py", "--batch=2", "--steps=2", "--top=4",
+               base=[a for a in TINY if not a.startswith(("--seconds", "--repeats"))])
+  ops = row["top_ops_ms_per_step"]
+  assert 1 <= len(ops) <= 4 and all(v > 0 for v in ops.values())
+  assert list(ops.values()) == sorted(ops.values(), reverse=True)
+  assert sum(ops.values()) <= row["op_ms_per_step"] + 0.05
+  assert row["gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["ms_per_step"] * 1e3,
+                                             rel=0.02, abs=0.2)
+  assert row["page_faults_per_step"] >= 0 and row["cores_user"] > 0
+  want = ":".join(xla_cpu.MALLOC_TUNABLES) if xla_cpu.malloc_tunables_help() else ""
+  assert row["malloc_tunables"] == want
 
 
 SMOOTHING_CONFIG = """

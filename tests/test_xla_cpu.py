@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fmjax.core import xla_cpu
 
@@ -57,6 +58,59 @@ def test_the_switch_leaves_xlas_own_defaults(monkeypatch):
   xla_cpu.apply_defaults(split_devices=True)
   assert os.environ["XLA_FLAGS"] == ("--xla_dump_to=/nowhere --xla_force_host_platform_device_count="
                                      f"{xla_cpu.default_device_count()}")
+
+
+_RESTART_PROBE = """
+import os, sys
+from fmjax.core import xla_cpu
+print("start", os.environ.get("GLIBC_TUNABLES"), flush=True)
+xla_cpu.restart_with_malloc_tunables()
+import jax, jax.numpy as jnp, resource
+from jax import lax
+def loss(weights, images):  # three 3x3 convolutions on [32,64,64,32]: 128 MiB of temporaries
+  for _ in range(3):
+    images = jnp.tanh(lax.conv_general_dilated(images, weights, (1, 1), "SAME",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  return jnp.sum(images * images)
+grad = jax.jit(jax.grad(loss))
+weights, images = jnp.full((3, 3, 32, 32), 0.01), jnp.ones((32, 64, 64, 32))
+grad(weights, images).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+  grad(weights, images).block_until_ready()
+print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+print("argv", sys.argv[1:])
+"""
+
+
+def _probe(**env):
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FMJAX_XLA_CPU_DEFAULTS")}
+  out = subprocess.run([sys.executable, "-c", _RESTART_PROBE, "a", "--b=c"],
+                       env={**base, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env},
+                       capture_output=True, text=True, timeout=300, check=True).stdout
+  lines = [l.split(" ", 1) for l in out.splitlines()]
+  return [l[1] for l in lines if l[0] == "start"], int(dict(lines)["faults"]), dict(lines)["argv"]
+
+
+def test_the_malloc_restart_keeps_the_command_and_stops_the_page_faults(monkeypatch):
+  """restart_with_malloc_tunables: one restart, same arguments, GLIBC_TUNABLES set; a 128 MiB
+  temporary (a small convolution net's gradient) then faults in a few huge pages per call
+  instead of about 32,768 small ones. A user's GLIBC_TUNABLES, or FMJAX_XLA_CPU_DEFAULTS=0,
+  means no restart (and the faults stay)."""
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.delenv("FMJAX_XLA_CPU_DEFAULTS", raising=False)
+  if not xla_cpu.malloc_tunables_help():
+    pytest.skip("needs Linux with glibc >= 2.35 and transparent huge pages not 'never'")
+  starts, faults, argv = _probe()
+  assert starts == ["None", ":".join(xla_cpu.MALLOC_TUNABLES)]
+  assert argv == "['a', '--b=c']"
+  mine, mine_faults, _ = _probe(GLIBC_TUNABLES="glibc.malloc.check=0")
+  off, off_faults, _ = _probe(FMJAX_XLA_CPU_DEFAULTS="0")
+  assert mine == ["glibc.malloc.check=0"] and off == ["None"]
+  # 128 MiB in 4 KiB pages is 32,768 faults per call when the block is mapped afresh.
+  assert off_faults > 20_000 and mine_faults > 20_000, (off_faults, mine_faults)
+  assert faults < 2_000, faults
 
 
 def _conv_oracle(x, w):

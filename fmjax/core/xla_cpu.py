@@ -19,6 +19,9 @@ own flags always win. Measured on a 2-core AMD EPYC (Zen 3, AVX2), quickstart mo
 - one CPU device per core (a power of two, at most 8), so data parallelism keeps every core
   busy (`split_devices`).
 
+Separately, `restart_with_malloc_tunables` (for the `__main__` of entry points) restarts the
+process once with glibc malloc settings that stop each step's temporaries being mapped afresh.
+
 The optimisation level also applies to GPU code generation, so it is set only when no GPU or
 TPU plugin is installed or JAX_PLATFORMS is `cpu`. FMJAX_XLA_CPU_DEFAULTS=0 in the
 environment leaves XLA_FLAGS as it is except for the device count (to compare with XLA's own
@@ -81,3 +84,55 @@ def apply_defaults(split_devices: bool = True) -> None:
   cpu_settings = os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() != "0"
   os.environ["XLA_FLAGS"] = flags_with_defaults(os.environ.get("XLA_FLAGS", ""), split_devices,
                                                 cpu_settings=cpu_settings)
+
+
+# glibc's malloc settings for CPU runs (`restart_with_malloc_tunables`): transparent huge pages
+# for what malloc maps (glibc >= 2.35), and freed memory kept for the next step rather than
+# unmapped (no mmap for large blocks, no trimming of the heap below 128 GiB).
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_max=0",
+                   f"glibc.malloc.trim_threshold={1 << 37}")
+
+
+def _glibc_version() -> tuple[int, ...]:
+  """(2, 36) for glibc 2.36; () when the C library is not glibc."""
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+  except (AttributeError, ValueError, OSError):
+    return ()
+  return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else ()
+
+
+def malloc_tunables_help() -> bool:
+  """True where `restart_with_malloc_tunables` restarts: a CPU-only Linux run on glibc >=
+  2.35 with transparent huge pages not `never`, GLIBC_TUNABLES unset (the user's own win),
+  and FMJAX_XLA_CPU_DEFAULTS not 0."""
+  if os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() == "0" or "GLIBC_TUNABLES" in os.environ:
+    return False
+  if _glibc_version() < (2, 35) or not cpu_only():
+    return False
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      return "[never]" not in f.read()
+  except OSError:
+    return False
+
+
+def restart_with_malloc_tunables() -> None:
+  """Re-executes this process once, with the same command line, with GLIBC_TUNABLES set to
+  MALLOC_TUNABLES (where `malloc_tunables_help`); for the `__main__` of fmjax's entry points
+  and benchmarks, before JAX is imported.
+
+  XLA:CPU allocates each call's temporary buffer afresh and glibc maps blocks that large
+  (over 64 MiB in a thread's arena) with mmap and unmaps them when freed, so every training
+  step faults its pages in again and the kernel clears them: the quickstart's step (221 MB
+  of temporaries) took 54,000 page faults and spent about a quarter of its CPU time in the
+  kernel (benchmarks/README.md, "Page faults"). glibc reads GLIBC_TUNABLES only when a
+  process starts, hence the restart."""
+  import sys  # pylint: disable=g-import-not-at-top
+  argv = list(getattr(sys, "orig_argv", []))
+  if "jax" in sys.modules or len(argv) < 2 or argv[1] == "-" or not malloc_tunables_help():
+    return
+  os.environ["GLIBC_TUNABLES"] = ":".join(MALLOC_TUNABLES)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, [sys.executable] + argv[1:])

@@ -1,0 +1,114 @@
+"""Where a CPU train step's time goes: a `jax.profiler` trace of fmjax's train step, summed
+by kind of op, with the process's CPU time (user and kernel) and page faults per step.
+
+  python benchmarks/train_profile.py --config=configs/quickstart.py [--batch=32] [--steps=5]
+
+Prints one JSON line: ms per step (wall), op time per step by kind (XLA's fusion names
+without their numbers, e.g. `transpose_copy_fusion`, `ynn_fusion`; XLA's own convolutions
+run in Eigen's pool and show only their dispatch), cores busy in user and kernel mode, minor
+page faults per step, and GFLOP/s by XLA's count. The step is the one `train_throughput.py`
+times (`fmjax.train.loop.make_train_step`), on random images already on the device; like
+`python -m fmjax.main`, it runs with fmjax's XLA:CPU flags and malloc settings.
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import resource
+import tempfile
+import time
+
+from fmjax.core import xla_cpu
+
+xla_cpu.apply_defaults(split_devices=False)
+if __name__ == "__main__":  # glibc's malloc settings, as python -m fmjax.main has them
+  xla_cpu.restart_with_malloc_tunables()
+
+import jax  # noqa: E402
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+import bench_util
+from fmjax import methods
+from fmjax.core import sharding
+from fmjax.data import NormStats
+from fmjax.model.optim import build_optimizer
+from fmjax.studies import describe
+from fmjax.train import loop as train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model/train config.",
+                                lock_config=False)
+flags.DEFINE_integer("batch", 32, "Global batch size.")
+flags.DEFINE_integer("steps", 5, "Steps traced (and timed before, untraced, as many again x4).")
+flags.DEFINE_integer("top", 12, "Kinds of op listed.")
+flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
+
+_NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
+
+
+def op_time_by_kind(trace_dir: str, steps: int) -> dict[str, float]:
+  """ms per step of each kind of op in the newest trace under `trace_dir`, largest first."""
+  path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  kinds = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS):
+      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
+  return dict(kinds.most_common())
+
+
+def main(argv):
+  del argv
+  config, batch = FLAGS.config, FLAGS.batch
+  size = config.data.image_size
+  model, num_classes, mesh = bench_util.model_and_mesh(config)
+  optimizer = build_optimizer(config.train)
+  objective = (config.train.objective, methods.objective_options(config.train))
+  step = train.make_train_step(model, optimizer, NormStats((0.5,) * 3, (0.25,) * 3), config.seed,
+                               0.0, mesh, *objective, learning_rate=config.train.learning_rate)
+  state = jax.jit(lambda k: train.create_train_state(model, optimizer, (size, size, 3),
+                                                     num_classes, k, False),
+                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
+  rng, data = np.random.default_rng(0), sharding.data_sharding(mesh)
+  images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data)
+  labels = jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data)
+  compiled = step.lower(state, images, labels).compile()
+
+  def run(n):
+    nonlocal state
+    for _ in range(n):
+      state, metrics = compiled(state, images, labels)
+      jax.block_until_ready(metrics)
+
+  run(3)  # warm: the allocator's first steps
+  untimed = 4 * FLAGS.steps
+  usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+  run(untimed)
+  usage1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      run(FLAGS.steps)
+    kinds = op_time_by_kind(trace_dir, FLAGS.steps)
+  flops = describe.train_step_flops(model, optimizer, batch, size, 0.0, *objective)
+  row = {"benchmark": "train_profile", "image_size": size, "batch": batch,
+         "ms_per_step": round(wall / untimed * 1e3, 1),
+         "gflop_per_step": round(flops / 1e9, 3),
+         "gflop_per_s": round(flops / (wall / untimed) / 1e9, 1),
+         "cores_user": round((usage1.ru_utime - usage0.ru_utime) / wall, 2),
+         "cores_kernel": round((usage1.ru_stime - usage0.ru_stime) / wall, 2),
+         "page_faults_per_step": round((usage1.ru_minflt - usage0.ru_minflt) / untimed),
+         "op_ms_per_step": round(sum(kinds.values()), 1),
+         "top_ops_ms_per_step": {k: round(v, 2) for k, v in list(kinds.items())[:FLAGS.top]},
+         "malloc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+         **bench_util.environment()}
+  bench_util.emit(row, FLAGS.output)
+
+
+if __name__ == "__main__":
+  app.run(main)
