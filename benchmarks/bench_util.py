@@ -119,6 +119,45 @@ def model_and_mesh(config):
           sharding.make_mesh(config.mesh.num_devices))
 
 
+class TrainBench:
+  """What the train benchmarks time, built as `fmjax.main` builds it: the U-Net, mesh and
+  optimiser of `config`, fmjax's jitted train step (EMA per `config.train.ema_decay`) on fixed
+  normalisation statistics, and random uint8 batches on the data sharding."""
+
+  def __init__(self, config):
+    from fmjax import methods  # pylint: disable=g-import-not-at-top
+    from fmjax.core import sharding
+    from fmjax.data import NormStats
+    from fmjax.model.optim import build_optimizer
+    from fmjax.studies import describe
+    from fmjax.train import loop as train
+    self.config, self.size = config, config.data.image_size
+    self.model, self.num_classes, self.mesh = model_and_mesh(config)
+    self.optimizer = build_optimizer(config.train)
+    self.ema = config.train.ema_decay
+    self.objective = (config.train.objective, methods.objective_options(config.train))
+    self.step = train.make_train_step(
+        self.model, self.optimizer, NormStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), config.seed,
+        self.ema, self.mesh, *self.objective, learning_rate=config.train.learning_rate)
+    self.init = jax.jit(lambda k: train.create_train_state(
+        self.model, self.optimizer, (self.size, self.size, 3), self.num_classes, k, self.ema > 0),
+        out_shardings=sharding.replicated(self.mesh))
+    self._data = sharding.data_sharding(self.mesh)
+    self._describe = describe
+
+  def flops_per_step(self, batch: int) -> float:
+    """XLA's FLOP count of one step at `batch` (`describe.train_step_flops`)."""
+    return self._describe.train_step_flops(self.model, self.optimizer, batch, self.size, self.ema,
+                                           *self.objective)
+
+  def batch(self, size: int, rng) -> tuple:
+    """(images uint8 [size,s,s,3], labels int32 [size]) drawn from `rng`, on the devices."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    images = rng.integers(0, 256, (size, self.size, self.size, 3), dtype=np.uint8)
+    labels = rng.integers(0, self.num_classes, (size,)).astype(np.int32)
+    return jax.device_put(images, self._data), jax.device_put(labels, self._data)
+
+
 def metrics_table(rows: list[dict], lead, columns) -> str:
   """A Markdown table of result rows: the `lead` columns [(header, row -> text)], then each
   metric of `columns` [(key, header)] that the first row has, in percent to one decimal."""

@@ -33,12 +33,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import methods
-from fmjax.core import sharding
-from fmjax.data import NormStats
-from fmjax.model.optim import build_optimizer
-from fmjax.studies import describe
-from fmjax.train import loop as train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model/train config.",
@@ -65,20 +59,10 @@ def op_time_by_kind(trace_dir: str, steps: int) -> dict[str, float]:
 
 def main(argv):
   del argv
-  config, batch = FLAGS.config, FLAGS.batch
-  size = config.data.image_size
-  model, num_classes, mesh = bench_util.model_and_mesh(config)
-  optimizer = build_optimizer(config.train)
-  objective = (config.train.objective, methods.objective_options(config.train))
-  step = train.make_train_step(model, optimizer, NormStats((0.5,) * 3, (0.25,) * 3), config.seed,
-                               0.0, mesh, *objective, learning_rate=config.train.learning_rate)
-  state = jax.jit(lambda k: train.create_train_state(model, optimizer, (size, size, 3),
-                                                     num_classes, k, False),
-                  out_shardings=sharding.replicated(mesh))(jax.random.key(0))
-  rng, data = np.random.default_rng(0), sharding.data_sharding(mesh)
-  images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data)
-  labels = jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data)
-  compiled = step.lower(state, images, labels).compile()
+  bench, batch = bench_util.TrainBench(FLAGS.config), FLAGS.batch
+  state = bench.init(jax.random.key(0))
+  images, labels = bench.batch(batch, np.random.default_rng(0))
+  compiled = bench.step.lower(state, images, labels).compile()
 
   def run(n):
     nonlocal state
@@ -95,8 +79,8 @@ def main(argv):
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       run(FLAGS.steps)
     kinds = op_time_by_kind(trace_dir, FLAGS.steps)
-  flops = describe.train_step_flops(model, optimizer, batch, size, 0.0, *objective)
-  row = {"benchmark": "train_profile", "image_size": size, "batch": batch,
+  flops = bench.flops_per_step(batch)
+  row = {"benchmark": "train_profile", "image_size": bench.size, "batch": batch,
          "ms_per_step": round(wall / untimed * 1e3, 1),
          "gflop_per_step": round(flops / 1e9, 3),
          "gflop_per_s": round(flops / (wall / untimed) / 1e9, 1),

@@ -29,12 +29,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
-from fmjax import methods
-from fmjax.studies import describe
-from fmjax.core import sharding
-from fmjax.train import loop as train
-from fmjax.data import NormStats
-from fmjax.model.optim import build_optimizer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/mvtec.py", "Model/train config.",
@@ -47,35 +41,22 @@ flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  size = config.data.image_size
-  model, num_classes, mesh = bench_util.model_and_mesh(config)
-  optimizer = build_optimizer(config.train)
-  data = sharding.data_sharding(mesh)
-  ema = config.train.ema_decay
-  common = {"benchmark": "train_throughput", "image_size": size, "num_classes": num_classes,
-            "dtype": config.model.dtype, "attention": model.attention_impl or "xla",
-            "ema": ema > 0, **bench_util.environment()}
-  norm = NormStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-  objective = (config.train.objective, methods.objective_options(config.train))
-  step = train.make_train_step(model, optimizer, norm, config.seed, ema, mesh, *objective,
-                               learning_rate=config.train.learning_rate)
-  init = jax.jit(lambda k: train.create_train_state(model, optimizer, (size, size, 3), num_classes,
-                                                    k, ema > 0),
-                 out_shardings=sharding.replicated(mesh))
+  bench = bench_util.TrainBench(FLAGS.config)
+  model, mesh = bench.model, bench.mesh
+  common = {"benchmark": "train_throughput", "image_size": bench.size,
+            "num_classes": bench.num_classes, "dtype": FLAGS.config.model.dtype,
+            "attention": model.attention_impl or "xla", "ema": bench.ema > 0,
+            **bench_util.environment()}
   peak = bench_util.peak_tflops()
   rng = np.random.default_rng(0)
   for batch in [int(b) for b in FLAGS.batches.split(",")]:
-    row = {**common, "batch": batch,
-           "flops_per_step": describe.train_step_flops(model, optimizer, batch, size, ema,
-                                                       *objective)}
+    row = {**common, "batch": batch, "flops_per_step": bench.flops_per_step(batch)}
     if batch % mesh.devices.size:
       bench_util.emit({**row, "error": f"batch not divisible by {mesh.devices.size} devices"},
                       FLAGS.output)
       continue
-    images = jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), data)
-    labels = jax.device_put(rng.integers(0, num_classes, (batch,)).astype(np.int32), data)
-    box = {"state": init(jax.random.key(0))}
+    images, labels = bench.batch(batch, rng)
+    box = {"state": bench.init(jax.random.key(0))}
 
     def run_once():
       box["state"], metrics = compiled(box["state"], images, labels)
@@ -83,7 +64,7 @@ def main(argv):
 
     try:
       t0 = time.perf_counter()
-      compiled = step.lower(box["state"], images, labels).compile()
+      compiled = bench.step.lower(box["state"], images, labels).compile()
       row["compile_s"] = round(time.perf_counter() - t0, 2)
       row.update(bench_util.compiled_memory(compiled))
       timing = bench_util.time_calls(run_once, FLAGS.seconds, FLAGS.repeats)

@@ -81,9 +81,13 @@ def flags_with_defaults(xla_flags: str, split_devices: bool = True,
 def apply_defaults(split_devices: bool = True) -> None:
   """Adds fmjax's CPU settings to XLA_FLAGS (see the module docstring). Call it before jax is
   imported; afterwards XLA has read its flags and this changes nothing."""
-  cpu_settings = os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() != "0"
   os.environ["XLA_FLAGS"] = flags_with_defaults(os.environ.get("XLA_FLAGS", ""), split_devices,
-                                                cpu_settings=cpu_settings)
+                                                cpu_settings=_settings_on())
+
+
+def _settings_on() -> bool:
+  """False when FMJAX_XLA_CPU_DEFAULTS=0 asks for XLA's and glibc's own defaults."""
+  return os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() != "0"
 
 
 # glibc's malloc settings for CPU runs (`restart_with_malloc_tunables`): transparent huge pages
@@ -106,7 +110,7 @@ def malloc_tunables_help() -> bool:
   """True where `restart_with_malloc_tunables` restarts: a CPU-only Linux run on glibc >=
   2.35 with transparent huge pages not `never`, GLIBC_TUNABLES unset (the user's own win),
   and FMJAX_XLA_CPU_DEFAULTS not 0."""
-  if os.environ.get("FMJAX_XLA_CPU_DEFAULTS", "1").strip() == "0" or "GLIBC_TUNABLES" in os.environ:
+  if not _settings_on() or "GLIBC_TUNABLES" in os.environ:
     return False
   if _glibc_version() < (2, 35) or not cpu_only():
     return False
