@@ -118,6 +118,9 @@ def _train_section() -> ml_collections.ConfigDict:
   s.batch_size = 32
   s.num_epochs = 2000.0
   s.num_steps = -1  # > 0 overrides num_epochs
+  # > 0: this run stops after about this many seconds of training (checked at log steps, the
+  # step it stops at saved as a checkpoint); a later run resumes towards the full length.
+  s.max_seconds = 0.0
   s.learning_rate = 1e-4
   s.weight_decay = 1e-4
   s.b1 = 0.9

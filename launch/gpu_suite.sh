@@ -7,7 +7,11 @@
 #                                       # (git-ignored; carry both to the GPU machine)
 #   bash launch/gpu_suite.sh speed      # describe + scoring and training throughput
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
-#   bash launch/gpu_suite.sh bottle     # paper recipe on MVTec bottle (resumable), evaluate
+#   bash launch/gpu_suite.sh bottle     # paper recipe on MVTec bottle (resumable), evaluate;
+#                                       # BOTTLE_SECONDS > 0 stops training after that long
+#   bash launch/gpu_suite.sh dtypes     # bottle's checkpoint scored in bf16 and float32:
+#                                       # eval_bfloat16/, eval_float32/, bottle.jsonl
+#   bash launch/gpu_suite.sh paper      # bottle, dtypes, then speed, one after the other
 #   bash launch/gpu_suite.sh studies    # compute/aggregators/checkpoints/seeds/methods, bottle
 #   bash launch/gpu_suite.sh mtd        # the same recipe on magnetic tile (44,625 steps:
 #                                       # rerun the same command to resume where it stopped)
@@ -29,10 +33,22 @@
 #   call 1: bash launch/gpu_suite.sh start bottle; bash launch/gpu_suite.sh follow 560
 #   call 2: bash launch/gpu_suite.sh follow 560   (until "== bottle (ended)")
 #   call 3: bash launch/gpu_suite.sh speed; bash launch/gpu_suite.sh collect
+# or, in about 12 minutes of device time (issue 30: training limited by BOTTLE_SECONDS, the
+# speed settings by SCORE_KT, SCORE_BATCHES, TRAIN_BATCHES; BOTTLE_FLAGS adds config flags to
+# the bottle and dtypes runs and SPEED_CONFIG replaces the benchmarks' configs/mvtec.py, for a
+# rehearsal of the whole suite on a CPU with a tiny model):
+#   call 1: BOTTLE_SECONDS=240 SCORE_KT=10x10 SCORE_BATCHES=1,32 TRAIN_BATCHES=32,128 \
+#           bash launch/gpu_suite.sh start paper; bash launch/gpu_suite.sh follow 540
+#   call 2: bash launch/gpu_suite.sh follow 540
+# Seen on 2026-12-04 (H200, BOTTLE_SECONDS=240): bottle 379 s (the train step compiled for about
+# 150 s of its budget), dtypes 71 s, speed's scoring part 153 s; the 15 minutes (machine start
+# included) ran out during train_throughput. Put the part that matters most first.
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
-PARTS="speed|loader|bottle|studies|mtd|transistor|scaling"
+PARTS="speed|loader|bottle|dtypes|paper|studies|mtd|transistor|scaling"
 export PYTHONUNBUFFERED=1
+# Compiled programs kept on the machine's disk: a part rerun on a warm machine skips compiling.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/fmjax-jax-cache}"
 
 device_env() {  # the carried wheels, installed once per machine; fmjax from this tree
   if [[ -d .whl ]] && ! [[ -f /tmp/site/.fmjax-installed ]]; then
@@ -67,14 +83,19 @@ case "$part" in
     # Not in the GPU machine's image (pure Python; its needs, protobuf and numpy, are there).
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp -d .whl "tensorboardX==2.6.4"
-    for d in mvtec mtd mvtec_images_only; do rm -rf ".data/$d"; cp -r "$SHARED/data/$d" .data/; done
+    for d in ${DATA_SETS:-mvtec mtd mvtec_images_only}; do
+      rm -rf ".data/$d"; cp -r "$SHARED/data/$d" .data/
+    done
     du -sh .whl .data ;;
   speed)
     device_env
-    run python3 -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$RUNS/describe.txt"
-    run python3 benchmarks/score_throughput.py --kt=10x10,5x5,2x2,20x20 --batches=1,8,32,128 \
+    config="${SPEED_CONFIG:-configs/mvtec.py}"
+    run python3 benchmarks/score_throughput.py --config="$config" \
+        --kt="${SCORE_KT:-10x10,5x5,2x2,20x20}" --batches="${SCORE_BATCHES:-1,8,32,128}" \
         --seconds=2 --output="$RUNS/score.jsonl"
-    run python3 benchmarks/train_throughput.py --batches=32,128,256 --output="$RUNS/train.jsonl" ;;
+    run python3 benchmarks/train_throughput.py --config="$config" \
+        --batches="${TRAIN_BATCHES:-32,128,256}" --seconds=3 --output="$RUNS/train.jsonl"
+    run python3 -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$RUNS/describe.txt" ;;
   loader)
     device_env
     run python3 benchmarks/loader_throughput.py --root "$DATA/mvtec" --category bottle \
@@ -83,7 +104,23 @@ case "$part" in
     device_env
     run python3 -m fmjax.main --config configs/mvtec.py --workdir "$RUNS/bottle" \
         --config.data.root="$DATA/mvtec" --config.data.categories=bottle \
-        --config.train.keep_checkpoints=20 ;;
+        --config.train.keep_checkpoints=20 --config.train.max_seconds="${BOTTLE_SECONDS:-0}" \
+        ${BOTTLE_FLAGS:-} ;;
+  dtypes)  # the bottle run's report renamed eval_bfloat16; the same checkpoint in float32
+    device_env
+    w="$RUNS/bottle"
+    [[ -d "$w/eval" ]] && { rm -rf "$w/eval_bfloat16"; mv "$w/eval" "$w/eval_bfloat16"; }
+    run python3 -m fmjax.main --config configs/mvtec.py --workdir "$w" --mode=evaluate \
+        --config.data.root="$DATA/mvtec" --config.data.categories=bottle \
+        --config.model.dtype=float32 ${BOTTLE_FLAGS:-}
+    rm -rf "$w/eval_float32"; mv "$w/eval" "$w/eval_float32"
+    run python3 benchmarks/eval_summary.py --workdir "$w" --reports=eval_bfloat16,eval_float32 \
+        --output="$RUNS/bottle.jsonl" ;;
+  paper)  # issue 30 in one go; a part that fails does not stop the next
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+    for p in bottle dtypes speed; do
+      bash "$0" "$p" || echo "== part $p failed (exit $?)"
+    done ;;
   studies)
     device_env
     for s in compute aggregators checkpoints seeds methods; do

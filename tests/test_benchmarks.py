@@ -191,3 +191,28 @@ def test_crop_position_arms_differ_only_in_the_position_channels():
     assert r["num_test_images"] == 3 * 3 * 2 and 0 <= r["image_auroc"] <= 100
     assert 0 <= r["pixel_auroc"] <= 100
   assert out.stdout.splitlines()[-1].startswith("| position | 8x8 |")
+
+
+def test_eval_summary_puts_two_evaluations_beside_the_paper_and_differences_them(tmp_path):
+  keys = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
+          "pixel_aupro")
+  values = {"eval_bfloat16": (0.9786, 0.9936, 0.96, 0.8219, 0.3922, 0.4007, 0.6035),
+            "eval_float32": (0.9786, 0.9936, 0.96, 0.8222, 0.3926, 0.4012, 0.6039)}
+  for name, vals in values.items():
+    os.makedirs(tmp_path / name)
+    with open(tmp_path / name / "metrics.json", "w") as f:
+      json.dump({**dict(zip(keys, vals)), "pixel_aupimo": 0.07,
+                 "settings": {"dataset": "mvtec", "categories": ["bottle"], "checkpoint_step": 950,
+                              "images_per_s": 41.9}}, f)
+  out = tmp_path / "rows.jsonl"
+  rows = _run("eval_summary.py", f"--workdir={tmp_path}", "--reports=eval_bfloat16,eval_float32",
+              f"--output={out}", base=())
+  assert [json.loads(l) for l in open(out)] == rows
+  bf16, f32, diff = rows
+  assert bf16["report"] == "eval_bfloat16" and f32["report"] == "eval_float32"
+  assert bf16["epochs"] == round(950 * 32 / 209, 1) == 145.5
+  assert [bf16[k] for k in keys] == [round(100 * v, 2) for v in values["eval_bfloat16"]]
+  assert bf16["paper"]["pixel_aupro"] == 93.0 and bf16["device"] == "cpu"
+  assert diff["benchmark"] == "reproduction_dtype_difference"
+  assert diff["pixel_auroc_difference"] == pytest.approx(0.0003, abs=1e-9)
+  assert diff["image_auroc_difference"] == 0.0

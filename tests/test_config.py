@@ -183,6 +183,12 @@ def test_bad_study_settings_are_config_errors(override, message):
   assert lines[1].strip().startswith(message), lines[1]
 
 
+def test_a_negative_time_budget_is_a_config_error():
+  with pytest.raises(ConfigError, match=r"train.max_seconds must be >= 0 \(0: no limit\), got -5"):
+    configlib.validate(tiny_config(**{"train.max_seconds": -5.0}))
+  configlib.validate(tiny_config(**{"train.max_seconds": 30.0}))
+
+
 def test_every_problem_is_listed_at_once():
   config = tiny_config(**{"study.name": "nope", "study.compute": "0x2", "evaluate.num_seeds": 0,
                           "scaling.lr_rule": "cube", "model.dtype": "float31", "mode": "trian",

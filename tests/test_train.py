@@ -1,5 +1,7 @@
 """The sharded trainer: 8 devices equal 1 device, resume equals uninterrupted, bad runs stop."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -108,6 +110,26 @@ def test_resume_equals_uninterrupted(tmp_path):
   manager = checkpoint.make_manager(str(tmp_path / "split"), read_only=True)
   assert manager.all_steps() == [2, 4]
   assert checkpoint.read_meta(manager, 2)["data_iterator"] == {"next_index": 2}  # grain state
+
+
+def test_a_time_budget_stops_at_a_log_step_with_a_checkpoint_and_resumes_exactly(tmp_path):
+  config = tiny_config(**{"train.num_steps": 6, "train.log_every_steps": 2})
+  dataset = load_dataset(config.data)
+  full = train.train(config, str(tmp_path / "full"), dataset)
+
+  budget = tiny_config(**{"train.num_steps": 6, "train.log_every_steps": 2,
+                          "train.max_seconds": 1e-6})  # spent by the first log step
+  stopped = train.train(budget, str(tmp_path / "split"), dataset)
+  assert int(stopped.step) == 2
+  manager = checkpoint.make_manager(str(tmp_path / "split"), read_only=True)
+  assert manager.all_steps() == [2]
+  rows = [json.loads(l) for l in open(tmp_path / "split" / "train_metrics.jsonl")]
+  assert [r["step"] for r in rows] == [2]
+
+  resumed = train.train(config, str(tmp_path / "split"), dataset)  # no budget: on to step 6
+  assert int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_nan_loss_stops_without_overwriting_checkpoints(tmp_path):

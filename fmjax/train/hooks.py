@@ -219,6 +219,27 @@ class Checkpointer(TrainHook):
     self.manager.close()
 
 
+class TimeBudget:
+  """train.max_seconds: whether the run has trained that long, asked after log steps (every
+  `every` updates, where the log waits for the device anyway). On several processes all take
+  process 0's answer, so that they stop after the same update."""
+
+  def __init__(self, seconds: float, every: int):
+    self.seconds, self.every, self.t0 = float(seconds), int(every), time.monotonic()
+
+  def start(self) -> None:
+    self.t0 = time.monotonic()
+
+  def spent(self, step: int) -> bool:
+    if self.seconds <= 0 or step % self.every:
+      return False
+    over = time.monotonic() - self.t0 >= self.seconds
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      over = bool(multihost_utils.broadcast_one_to_all(np.int32(over)))
+    return over
+
+
 class Hooks:
   """Runs `hooks` around each update: `before_step` in reverse order and `after_step` in order
   (the first hook wraps the step most tightly), each when due. Records the step's metrics
@@ -236,10 +257,12 @@ class Hooks:
       if hook.due_before(step):
         hook.before_step(step, state, images, labels)
 
-  def after_step(self, step: int, state, metrics: dict) -> None:
+  def after_step(self, step: int, state, metrics: dict, last: bool = False) -> None:
+    """After update `step`; `last` (or step == total) makes it the run's final update, so the
+    hooks with `at_end` (log, checkpoint) run after it."""
     self.metrics.add(metrics)
     for hook in self.hooks:
-      if hook.due(step, step == self.total):
+      if hook.due(step, last or step == self.total):
         hook.after_step(step, state)
 
   def close(self) -> None:

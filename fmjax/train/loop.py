@@ -29,7 +29,7 @@ from fmjax.model.optim import build_optimizer, warmup_factor
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
 from fmjax.train.hooks import (Checkpointer, Hooks, MetricLog, NonFiniteGuard, Profiler,
-                               StepMetrics, TrainHook)
+                               StepMetrics, TimeBudget, TrainHook)
 from fmjax.train.restore import (check_data, class_labels, data_meta, model_meta, restore_newest,
                                  state_meta)
 
@@ -253,7 +253,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
   """Trains (or resumes) the velocity model in `workdir`; returns the final state.
 
   `hooks` run inside the loop, after the profiler and before the NaN guard, the metric log and
-  the checkpointer (see `fmjax.train.hooks`); none run when training is already done.
+  the checkpointer (see `fmjax.train.hooks`); none run when training is already done. With
+  train.max_seconds > 0 the run stops at the first log step after that much time, checkpointed
+  there (a later run resumes towards the full length).
   """
   prepare_workdir(workdir)
   dataset = dataset if dataset is not None else load_dataset(config.data)
@@ -279,13 +281,22 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
 
   batches = _batches(config, dataset, mesh, iterator_state, start, total)
   run = _all_hooks(config, hooks, metrics, log, profiler, manager, meta, norm, batches, total)
+  budget = TimeBudget(config.train.max_seconds, config.train.log_every_steps)
   try:
     run.start(start, state)
+    budget.start()
     for step in range(start + 1, total + 1):
       images, labels = batches.next()
       run.before_step(step, state, images, labels)
       state, step_metrics = train_step(state, images, labels)
-      run.after_step(step, state, step_metrics)
+      stop = step < total and budget.spent(step)
+      run.after_step(step, state, step_metrics, last=stop)
+      if stop:
+        epochs = step * config.train.batch_size / len(dataset.train_images)
+        console.say(f"Stopped after update {step} of {total} ({epochs:.1f} epochs): "
+                    f"train.max_seconds={config.train.max_seconds:g} has passed; run again to "
+                    "continue from this checkpoint.")
+        break
   finally:
     batches.close()
     run.close()

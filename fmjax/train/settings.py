@@ -31,4 +31,5 @@ def config_errors(config) -> list[str]:
       ("train.keep_checkpoints", tc.keep_checkpoints, tc.keep_checkpoints >= 1, ">= 1"),
       ("train.warmup_steps", tc.warmup_steps, tc.warmup_steps >= 0, ">= 0 (0: off)"),
       ("train.log_every_seconds", tc.log_every_seconds, tc.log_every_seconds >= 0, ">= 0"),
+      ("train.max_seconds", tc.max_seconds, tc.max_seconds >= 0, ">= 0 (0: no limit)"),
       ("train.ema_decay", tc.ema_decay, 0.0 <= tc.ema_decay < 1.0, "in [0, 1)")])
