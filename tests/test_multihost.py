@@ -8,6 +8,7 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID). Every process is bounded in time and killed 
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -212,3 +213,20 @@ def test_a_dying_process_stops_the_others(config_path, tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+@pytest.mark.multiprocess
+def test_a_time_budget_stops_every_process_after_the_same_update(config_path, tmp_path):
+  # Past compilation, so the budget runs out mid-training: a process that stopped alone would
+  # leave the other waiting in the next update's collective, and neither would exit 0.
+  results = _run(config_path, tmp_path / "run", 2, 1, "--mode=train",
+                 "--config.train.num_steps=100000", "--config.train.log_every_steps=2",
+                 "--config.train.checkpoint_every_steps=100000", "--config.train.max_seconds=30")
+  text = results[0][1]  # process 0 prints; its clock decides for both
+  stopped = re.findall(r"Stopped after update (\d+) of 100000", text)
+  assert len(stopped) == 1, text[-3000:]
+  step = int(stopped[0])
+  assert step % 2 == 0 and step > 2
+  assert _lines(tmp_path / "run" / "train_metrics.jsonl")[-1]["step"] == step
+  assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [step]
