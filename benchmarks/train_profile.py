@@ -1,5 +1,6 @@
-"""Where a CPU train step's time goes: a `jax.profiler` trace of fmjax's train step, summed
-by kind of op, with the process's CPU time (user and kernel) and page faults per step.
+"""Where a train step's time goes: a `jax.profiler` trace of fmjax's train step, summed
+by kind of op (on a GPU its kernels), with the process's CPU time (user and kernel) and page
+faults per step.
 
   python benchmarks/train_profile.py --config=configs/quickstart.py [--batch=32] [--steps=5]
 
@@ -45,16 +46,23 @@ flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
 _NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
 
 
-def op_time_by_kind(trace_dir: str, steps: int) -> dict[str, float]:
-  """ms per step of each kind of op in the newest trace under `trace_dir`, largest first."""
+def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
+  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
+  `trace_dir`. Where the trace has accelerator processes ("/device:GPU:0", ...) only their
+  events count (the kernels; the host's launches and waits would count twice), else the host's
+  (XLA:CPU runs its ops on host threads), less the runtime's own events."""
   path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
   with gzip.open(path) as f:
     events = json.load(f)["traceEvents"]
+  names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  devices = {pid for pid, name in names.items() if name.startswith("/device:")}
   kinds = collections.Counter()
   for e in events:
-    if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS):
+    if (e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS)
+        and (not devices or e.get("pid") in devices)):
       kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
-  return dict(kinds.most_common())
+  return dict(kinds.most_common()), ("device" if devices else "host")
 
 
 def main(argv):
@@ -78,7 +86,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       run(FLAGS.steps)
-    kinds = op_time_by_kind(trace_dir, FLAGS.steps)
+    kinds, ops_on = op_time_by_kind(trace_dir, FLAGS.steps)
   flops = bench.flops_per_step(batch)
   row = {"benchmark": "train_profile", "image_size": bench.size, "batch": batch,
          "ms_per_step": round(wall / untimed * 1e3, 1),
@@ -87,7 +95,7 @@ def main(argv):
          "cores_user": round((usage1.ru_utime - usage0.ru_utime) / wall, 2),
          "cores_kernel": round((usage1.ru_stime - usage0.ru_stime) / wall, 2),
          "page_faults_per_step": round((usage1.ru_minflt - usage0.ru_minflt) / untimed),
-         "op_ms_per_step": round(sum(kinds.values()), 1),
+         "ops_on": ops_on, "op_ms_per_step": round(sum(kinds.values()), 1),
          "top_ops_ms_per_step": {k: round(v, 2) for k, v in list(kinds.items())[:FLAGS.top]},
          "malloc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
          **bench_util.environment()}

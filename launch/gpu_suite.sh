@@ -7,6 +7,8 @@
 #                                       # (git-ignored; carry both to the GPU machine)
 #   bash launch/gpu_suite.sh speed      # describe + scoring and training throughput
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
+#   bash launch/gpu_suite.sh profile    # the paper model's train step: kernel time by kind
+#                                       # (PROFILE_BATCH, default 32)
 #   bash launch/gpu_suite.sh bottle     # paper recipe on MVTec bottle (resumable), evaluate;
 #                                       # BOTTLE_SECONDS > 0 stops training after that long
 #   bash launch/gpu_suite.sh dtypes     # bottle's checkpoint scored in bf16 and float32:
@@ -45,7 +47,7 @@
 # included) ran out during train_throughput. Put the part that matters most first.
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
-PARTS="speed|loader|bottle|dtypes|paper|studies|mtd|transistor|scaling"
+PARTS="speed|loader|profile|bottle|dtypes|paper|studies|mtd|transistor|scaling"
 export PYTHONUNBUFFERED=1
 # Compiled programs kept on the machine's disk: a part rerun on a warm machine skips compiling.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/fmjax-jax-cache}"
@@ -100,6 +102,10 @@ case "$part" in
     device_env
     run python3 benchmarks/loader_throughput.py --root "$DATA/mvtec" --category bottle \
         --batch_size 128 --workers 0,4,8,15 --seconds 20 | tee "$RUNS/loader.jsonl" ;;
+  profile)
+    device_env
+    run python3 benchmarks/train_profile.py --config="${SPEED_CONFIG:-configs/mvtec.py}" \
+        --batch="${PROFILE_BATCH:-32}" --steps=5 --top=25 --output="$RUNS/profile.jsonl" ;;
   bottle)
     device_env
     run python3 -m fmjax.main --config configs/mvtec.py --workdir "$RUNS/bottle" \

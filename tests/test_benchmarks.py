@@ -4,6 +4,7 @@ No timing is asserted here: speed targets are checked on the GPU by running the
 benchmarks themselves (benchmarks/README.md).
 """
 
+import gzip
 import json
 import os
 import subprocess
@@ -87,9 +88,34 @@ def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
   assert sum(ops.values()) <= row["op_ms_per_step"] + 0.05
   assert row["gflop_per_s"] == pytest.approx(row["gflop_per_step"] / row["ms_per_step"] * 1e3,
                                              rel=0.02, abs=0.2)
-  assert row["page_faults_per_step"] >= 0 and row["cores_user"] > 0
+  assert row["page_faults_per_step"] >= 0 and row["cores_user"] > 0 and row["ops_on"] == "host"
   want = ":".join(xla_cpu.MALLOC_TUNABLES) if xla_cpu.malloc_tunables_help() else ""
   assert row["malloc_tunables"] == want
+
+
+def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path, monkeypatch):
+  """A trace with a host and a device process (as a GPU's): only the device's events are op
+  time, summed by name without XLA's numbering, per step."""
+  # Importing the script adds fmjax's flags to XLA_FLAGS: put back afterwards for other tests.
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    import train_profile  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+            {"ph": "X", "pid": 1, "name": "cuLaunchKernel", "dur": 5000},
+            {"ph": "X", "pid": 2, "name": "loop_add_fusion.3", "dur": 1000},
+            {"ph": "X", "pid": 2, "name": "loop_add_fusion.7", "dur": 3000},
+            {"ph": "X", "pid": 2, "name": "cutlass_gemm", "dur": 6000},
+            {"ph": "i", "pid": 2, "name": "marker"}]
+  (tmp_path / "run").mkdir()
+  with gzip.open(tmp_path / "run" / "h.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  kinds, ops_on = train_profile.op_time_by_kind(str(tmp_path), steps=2)
+  assert ops_on == "device"
+  assert kinds == {"cutlass_gemm": 3.0, "loop_add_fusion": 2.0}  # ms per step
 
 
 SMOOTHING_CONFIG = """
