@@ -38,7 +38,8 @@
 # or, in about 12 minutes of device time (issue 30: training limited by BOTTLE_SECONDS, the
 # speed settings by SCORE_KT, SCORE_BATCHES, TRAIN_BATCHES; BOTTLE_FLAGS adds config flags to
 # the bottle and dtypes runs and SPEED_CONFIG replaces the benchmarks' configs/mvtec.py, for a
-# rehearsal of the whole suite on a CPU with a tiny model):
+# rehearsal of the whole suite on a CPU with a tiny model; SPEED_FLAGS adds config flags to the
+# speed and profile benchmarks, e.g. --config.model.group_norm=direct):
 #   call 1: BOTTLE_SECONDS=240 SCORE_KT=10x10 SCORE_BATCHES=1,32 TRAIN_BATCHES=32,128 \
 #           bash launch/gpu_suite.sh start paper; bash launch/gpu_suite.sh follow 540
 #   call 2: bash launch/gpu_suite.sh follow 540
@@ -94,9 +95,10 @@ case "$part" in
     config="${SPEED_CONFIG:-configs/mvtec.py}"
     run python3 benchmarks/score_throughput.py --config="$config" \
         --kt="${SCORE_KT:-10x10,5x5,2x2,20x20}" --batches="${SCORE_BATCHES:-1,8,32,128}" \
-        --seconds=2 --output="$RUNS/score.jsonl"
+        --seconds=2 --output="$RUNS/score.jsonl" ${SPEED_FLAGS:-}
     run python3 benchmarks/train_throughput.py --config="$config" \
-        --batches="${TRAIN_BATCHES:-32,128,256}" --seconds=3 --output="$RUNS/train.jsonl"
+        --batches="${TRAIN_BATCHES:-32,128,256}" --seconds=3 --output="$RUNS/train.jsonl" \
+        ${SPEED_FLAGS:-}
     run python3 -m fmjax.main --config configs/mvtec.py --mode=describe | tee "$RUNS/describe.txt" ;;
   loader)
     device_env
@@ -105,7 +107,8 @@ case "$part" in
   profile)
     device_env
     run python3 benchmarks/train_profile.py --config="${SPEED_CONFIG:-configs/mvtec.py}" \
-        --batch="${PROFILE_BATCH:-32}" --steps=5 --top=25 --output="$RUNS/profile.jsonl" ;;
+        --batch="${PROFILE_BATCH:-32}" --steps=5 --top=25 --output="$RUNS/profile.jsonl" \
+        ${SPEED_FLAGS:-} ;;
   bottle)
     device_env
     run python3 -m fmjax.main --config configs/mvtec.py --workdir "$RUNS/bottle" \

@@ -189,6 +189,11 @@ def test_a_negative_time_budget_is_a_config_error():
   configlib.validate(tiny_config(**{"train.max_seconds": 30.0}))
 
 
+def test_an_unknown_group_norm_is_a_config_error():
+  with pytest.raises(ConfigError, match="model.group_norm must be sums or direct, got 'fast'"):
+    configlib.validate(tiny_config(**{"model.group_norm": "fast"}))
+
+
 def test_every_problem_is_listed_at_once():
   config = tiny_config(**{"study.name": "nope", "study.compute": "0x2", "evaluate.num_seeds": 0,
                           "scaling.lr_rule": "cube", "model.dtype": "float31", "mode": "trian",

@@ -9,6 +9,8 @@ from fmjax import configlib
 from fmjax.data import categories_of
 from fmjax.model.unet import UNet, build_unet, count_params, timestep_embedding
 
+from conftest import tiny_config
+
 
 def _param_count(model, size=128):
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
@@ -78,12 +80,15 @@ def test_timestep_embedding_is_cos_then_sin_unscaled():
   np.testing.assert_allclose(e[0], np.r_[np.ones(4), np.zeros(4)])
 
 
+@pytest.mark.parametrize("impl", ["sums", "direct"])
 @pytest.mark.parametrize("shape,groups", [((3, 8, 8, 32), 8), ((2, 4, 6, 16), 4), ((2, 3, 3, 8), 8)])
-def test_group_norm_and_its_gradients_equal_flax_group_norm(shape, groups):
-  """fmjax's GroupNorm (per-channel sums, a hand-written backward) against flax's nn.GroupNorm
-  differentiated by JAX: outputs and the gradients of x, scale and bias within 2e-5 in float32."""
+def test_group_norm_and_its_gradients_equal_flax_group_norm(shape, groups, impl):
+  """fmjax's GroupNorms (model.group_norm: per-channel sums with a hand-written backward, or the
+  direct reductions) against flax's nn.GroupNorm differentiated by JAX: outputs and the
+  gradients of x, scale and bias within 2e-5 in float32."""
   import flax.linen as nn
-  from fmjax.model.unet import GroupNorm32, group_norm
+  from fmjax.model.unet import GROUP_NORMS, GroupNorm32
+  group_norm = GROUP_NORMS[impl]
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape) * 2 + 1, jnp.float32)
   scale, bias = (jnp.asarray(rng.normal(size=shape[-1]), jnp.float32) for _ in range(2))
@@ -97,18 +102,21 @@ def test_group_norm_and_its_gradients_equal_flax_group_norm(shape, groups):
   for got, want in zip(grads(ours), grads(flax_gn)):
     np.testing.assert_allclose(got, want, atol=2e-5 * max(1.0, float(jnp.abs(want).max())))
   # The parameters keep flax's names and shapes, so checkpoints are interchangeable.
-  params = GroupNorm32(groups).init(jax.random.key(0), x)["params"]
+  params = GroupNorm32(groups, impl=impl).init(jax.random.key(0), x)["params"]
   assert jax.tree.map(jnp.shape, params) == {"norm": {"scale": (shape[-1],), "bias": (shape[-1],)}}
   np.testing.assert_array_equal(params["norm"]["scale"], np.ones(shape[-1]))
 
 
+@pytest.mark.parametrize("impl", ["sums", "direct"])
 @pytest.mark.parametrize("offset", [0.0, 16.0])
-def test_group_norm_and_its_input_gradient_match_a_float64_oracle(offset):
-  """GroupNorm as fmjax computes it (x * inv + (-mean * inv), per-channel coefficients from
-  group values by a 0/1 product) against numpy in float64, on activations whose mean is 0
-  or 16 standard deviations: output and input gradient within 5e-5 of the largest value
-  (float32 rounding of the mean's cancellation is about 16 * 2 ** -24 * a few)."""
-  from fmjax.model.unet import group_norm
+def test_group_norm_and_its_input_gradient_match_a_float64_oracle(offset, impl):
+  """GroupNorm as fmjax computes it (sums: x * inv + (-mean * inv), per-channel coefficients
+  from group values by a 0/1 product; direct: the centred reductions) against numpy in
+  float64, on activations whose mean is 0 or 16 standard deviations: output and input gradient
+  within 5e-5 of the largest value (float32 rounding of the mean's cancellation is about
+  16 * 2 ** -24 * a few)."""
+  from fmjax.model.unet import GROUP_NORMS
+  group_norm = GROUP_NORMS[impl]
   rng = np.random.default_rng(3)
   n, h, w, c, groups, eps = 2, 5, 7, 24, 6, 1e-5
   x = rng.normal(size=(n, h, w, c)) + offset
@@ -128,6 +136,30 @@ def test_group_norm_and_its_input_gradient_match_a_float64_oracle(offset):
   np.testing.assert_allclose(got, want, atol=5e-5 * np.abs(want).max())
   got_dx = vjp(f32(cotangent))[0]
   np.testing.assert_allclose(got_dx, want_dx.reshape(x.shape), atol=5e-5 * np.abs(want_dx).max())
+
+
+def test_both_group_norms_give_one_model_the_same_velocity_and_gradient():
+  """model.group_norm changes how the U-Net computes, not its parameters or its function:
+  the same parameters give the same velocity and parameter gradient within 1e-5 relative."""
+  from fmjax.model.unet import init_params
+  config = tiny_config(**{"model.group_norm": "sums"})
+  sums = build_unet(config.model, 3)
+  config.model.group_norm = "direct"
+  direct = build_unet(config.model, 3)
+  assert direct.group_norm == "direct" and sums.group_norm == "sums"
+  params = init_params(sums, jax.random.key(0), (16, 16, 3))
+  assert jax.tree.map(jnp.shape, init_params(direct, jax.random.key(0), (16, 16, 3))) == \
+      jax.tree.map(jnp.shape, params)
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+  t, label = jnp.asarray([0.3, 0.8]), jnp.asarray([0, 2])
+  apply = lambda model, p: model.apply({"params": p}, x, t, label)
+  want, got = apply(sums, params), apply(direct, params)
+  np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()))
+  loss = lambda model: jax.grad(lambda p: jnp.sum(apply(model, p) ** 2))(params)
+  for a, b in zip(jax.tree.leaves(loss(direct)), jax.tree.leaves(loss(sums))):
+    np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(jnp.abs(b).max())))
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 2, 16), (3, 16, 4, 8), (1, 9, 1, 32)])

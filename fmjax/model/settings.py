@@ -5,6 +5,7 @@ from __future__ import annotations
 from fmjax.core.settings import rule_errors
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+GROUP_NORM_IMPLS = ("sums", "direct")  # fmjax.model.unet.GROUP_NORMS
 
 
 def config_errors(config) -> list[str]:
@@ -45,6 +46,8 @@ def config_errors(config) -> list[str]:
     errors.append(f"model.dtype {mc.dtype!r} is not a dtype (use bfloat16 or float32)")
   if mc.attention_impl not in ATTENTION_IMPLS:
     errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
+  if mc.get("group_norm", "sums") not in GROUP_NORM_IMPLS:
+    errors.append(f"model.group_norm must be sums or direct, got {mc.group_norm!r}")
   return errors
 
 

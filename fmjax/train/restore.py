@@ -25,7 +25,7 @@ from fmjax.train import checkpoint
 CORRUPT_DIR = "corrupt_checkpoints"
 
 # config.model fields that set how the model computes, not what its parameters are.
-COMPUTE_ONLY_MODEL_KEYS = ("dtype", "attention_impl", "dropout")
+COMPUTE_ONLY_MODEL_KEYS = ("dtype", "attention_impl", "dropout", "group_norm")
 
 
 def restore_newest(workdir: str, restore, *, keep: int = 3, read_only: bool = False,
