@@ -35,7 +35,7 @@
 #   call 1: bash launch/gpu_suite.sh start bottle; bash launch/gpu_suite.sh follow 560
 #   call 2: bash launch/gpu_suite.sh follow 560   (until "== bottle (ended)")
 #   call 3: bash launch/gpu_suite.sh speed; bash launch/gpu_suite.sh collect
-# or, in about 12 minutes of device time (issue 30: training limited by BOTTLE_SECONDS, the
+# or all of issue 30 as one detached part (training limited by BOTTLE_SECONDS, the
 # speed settings by SCORE_KT, SCORE_BATCHES, TRAIN_BATCHES; BOTTLE_FLAGS adds config flags to
 # the bottle and dtypes runs and SPEED_CONFIG replaces the benchmarks' configs/mvtec.py, for a
 # rehearsal of the whole suite on a CPU with a tiny model; SPEED_FLAGS adds config flags to the
@@ -45,7 +45,8 @@
 #   call 2: bash launch/gpu_suite.sh follow 540
 # Seen on 2026-12-04 (H200, BOTTLE_SECONDS=240): bottle 379 s (the train step compiled for about
 # 150 s of its budget), dtypes 71 s, speed's scoring part 153 s; the 15 minutes (machine start
-# included) ran out during train_throughput. Put the part that matters most first.
+# included) ran out during train_throughput. Put the part that matters most first; a first
+# call on a fresh machine spends about 30 s starting before the command runs.
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
 PARTS="speed|loader|profile|bottle|dtypes|paper|studies|mtd|transistor|scaling"
