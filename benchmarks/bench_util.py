@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
+import glob
+import gzip
 import json
 import math
+import re
 import time
 
 import jax
@@ -168,3 +172,25 @@ def metrics_table(rows: list[dict], lead, columns) -> str:
     lines.append("| " + " | ".join([fn(row) for _, fn in lead]
                                    + [f"{row[k]:.1f}" for k, _ in present]) + " |")
   return "\n".join(lines)
+
+
+_NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
+
+
+def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
+  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
+  `trace_dir`. Where the trace has accelerator processes ("/device:GPU:0", ...) only their
+  events count (the kernels; the host's launches and waits would count twice), else the host's
+  (XLA:CPU runs its ops on host threads), less the runtime's own events."""
+  path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  devices = {pid for pid, name in names.items() if name.startswith("/device:")}
+  kinds = collections.Counter()
+  for e in events:
+    if (e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS)
+        and (not devices or e.get("pid") in devices)):
+      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
+  return dict(kinds.most_common()), ("device" if devices else "host")

@@ -12,12 +12,7 @@ times (`fmjax.train.loop.make_train_step`), on random images already on the devi
 `python -m fmjax.main`, it runs with fmjax's XLA:CPU flags and malloc settings.
 """
 
-import collections
-import glob
-import gzip
-import json
 import os
-import re
 import resource
 import tempfile
 import time
@@ -43,28 +38,6 @@ flags.DEFINE_integer("steps", 5, "Steps traced (and timed before, untraced, as m
 flags.DEFINE_integer("top", 12, "Kinds of op listed.")
 flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
 
-_NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
-
-
-def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
-  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
-  `trace_dir`. Where the trace has accelerator processes ("/device:GPU:0", ...) only their
-  events count (the kernels; the host's launches and waits would count twice), else the host's
-  (XLA:CPU runs its ops on host threads), less the runtime's own events."""
-  path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
-  with gzip.open(path) as f:
-    events = json.load(f)["traceEvents"]
-  names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
-           if e.get("ph") == "M" and e.get("name") == "process_name"}
-  devices = {pid for pid, name in names.items() if name.startswith("/device:")}
-  kinds = collections.Counter()
-  for e in events:
-    if (e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS)
-        and (not devices or e.get("pid") in devices)):
-      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
-  return dict(kinds.most_common()), ("device" if devices else "host")
-
-
 def main(argv):
   del argv
   bench, batch = bench_util.TrainBench(FLAGS.config), FLAGS.batch
@@ -86,7 +59,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       run(FLAGS.steps)
-    kinds, ops_on = op_time_by_kind(trace_dir, FLAGS.steps)
+    kinds, ops_on = bench_util.op_time_by_kind(trace_dir, FLAGS.steps)
   flops = bench.flops_per_step(batch)
   row = {"benchmark": "train_profile", "image_size": bench.size, "batch": batch,
          "ms_per_step": round(wall / untimed * 1e3, 1),

@@ -93,14 +93,12 @@ def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
   assert row["malloc_tunables"] == want
 
 
-def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path, monkeypatch):
+def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
   """A trace with a host and a device process (as a GPU's): only the device's events are op
-  time, summed by name without XLA's numbering, per step."""
-  # Importing the script adds fmjax's flags to XLA_FLAGS: put back afterwards for other tests.
-  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  time (train_profile.py's count), summed by name without XLA's numbering, per step."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
-    import train_profile  # pylint: disable=g-import-not-at-top
+    import bench_util  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
   events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
@@ -113,7 +111,7 @@ def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path, monkeypatch):
   (tmp_path / "run").mkdir()
   with gzip.open(tmp_path / "run" / "h.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
-  kinds, ops_on = train_profile.op_time_by_kind(str(tmp_path), steps=2)
+  kinds, ops_on = bench_util.op_time_by_kind(str(tmp_path), steps=2)
   assert ops_on == "device"
   assert kinds == {"cutlass_gemm": 3.0, "loop_add_fusion": 2.0}  # ms per step
 
