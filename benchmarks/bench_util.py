@@ -133,7 +133,6 @@ class TrainBench:
     from fmjax.core import sharding
     from fmjax.data import NormStats
     from fmjax.model.optim import build_optimizer
-    from fmjax.studies import describe
     from fmjax.train import loop as train
     self.config, self.size = config, config.data.image_size
     self.model, self.num_classes, self.mesh = model_and_mesh(config)
@@ -147,12 +146,12 @@ class TrainBench:
         self.model, self.optimizer, (self.size, self.size, 3), self.num_classes, k, self.ema > 0),
         out_shardings=sharding.replicated(self.mesh))
     self._data = sharding.data_sharding(self.mesh)
-    self._describe = describe
 
   def flops_per_step(self, batch: int) -> float:
     """XLA's FLOP count of one step at `batch` (`describe.train_step_flops`)."""
-    return self._describe.train_step_flops(self.model, self.optimizer, batch, self.size, self.ema,
-                                           *self.objective)
+    from fmjax.studies import describe  # pylint: disable=g-import-not-at-top
+    return describe.train_step_flops(self.model, self.optimizer, batch, self.size, self.ema,
+                                     *self.objective)
 
   def batch(self, size: int, rng) -> tuple:
     """(images uint8 [size,s,s,3], labels int32 [size]) drawn from `rng`, on the devices."""
@@ -177,20 +176,64 @@ def metrics_table(rows: list[dict], lead, columns) -> str:
 _NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
 
 
-def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
-  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
-  `trace_dir`. Where the trace has accelerator processes ("/device:GPU:0", ...) only their
-  events count (the kernels; the host's launches and waits would count twice), else the host's
-  (XLA:CPU runs its ops on host threads), less the runtime's own events."""
+def _newest_trace(trace_dir: str) -> list[dict]:
   path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
   with gzip.open(path) as f:
-    events = json.load(f)["traceEvents"]
+    return json.load(f)["traceEvents"]
+
+
+def _op_events(events: list[dict]) -> tuple[list[dict], str]:
+  """(the events that are ops, "device" or "host"). Where the trace has accelerator processes
+  ("/device:GPU:0", ...) only their events count (the host's launches and waits would count
+  twice), and of those only the kernels on "Stream ..." lines where such lines exist (a GPU
+  trace's other lines, e.g. "XLA Ops", span the same kernels again); else the host's (XLA:CPU
+  runs its ops on host threads), less the runtime's own events."""
   names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
            if e.get("ph") == "M" and e.get("name") == "process_name"}
   devices = {pid for pid, name in names.items() if name.startswith("/device:")}
+  threads = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in devices}
+  streams = {k for k, name in threads.items() if name.startswith("Stream")}
+  ops = [e for e in events
+         if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS)
+         and (not devices or e.get("pid") in devices)
+         and (not streams or (e.get("pid"), e.get("tid")) in streams)]
+  return ops, ("device" if devices else "host")
+
+
+def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
+  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
+  `trace_dir`: its ops (`_op_events`) summed by name without XLA's numbering (".3" on the
+  CPU, "_3" in GPU kernel names)."""
+  ops, ops_on = _op_events(_newest_trace(trace_dir))
   kinds = collections.Counter()
-  for e in events:
-    if (e.get("ph") == "X" and "dur" in e and not e["name"].startswith(_NOT_OPS)
-        and (not devices or e.get("pid") in devices)):
-      kinds[re.sub(r"\.\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
-  return dict(kinds.most_common()), ("device" if devices else "host")
+  for e in ops:
+    kinds[re.sub(r"[._]\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
+  return dict(kinds.most_common()), ops_on
+
+
+# Broad classes of GPU kernels by name (cuDNN, cuBLAS, Triton and XLA's own), first match wins.
+OP_CLASSES = (
+    ("attention", r"sdpa|fmha|flash|attention"),
+    ("convolution", r"fprop|dgrad|wgrad|conv|implicit_gemm"),
+    ("matmul", r"gemm|nvjet|cutlass|matmul|dot"),
+    ("reduction", r"reduce|reduction"),
+    ("copy", r"copy|transpose|memcpy|memset|concatenate|slice|dynamic_update"),
+    ("elementwise", r"loop_|fusion|elementwise"),
+)
+
+
+def op_time_by_class(kinds: dict[str, float]) -> dict[str, float]:
+  """{class: ms per step} of `op_time_by_kind`'s kinds, classed by `OP_CLASSES` on the name
+  before any template or argument list ("other" for the rest), largest first."""
+  classes = collections.Counter()
+  for kind, ms in kinds.items():
+    bare = re.split(r"[<(]", kind.removeprefix("void "))[0]
+    name = next((c for c, pattern in OP_CLASSES if re.search(pattern, bare, re.I)), "other")
+    classes[name] += ms
+  return {k: round(v, 2) for k, v in classes.most_common()}
+
+
+def ops_per_step(trace_dir: str, steps: int) -> float:
+  """How many ops (on a GPU: kernels) the newest trace under `trace_dir` ran per step."""
+  return len(_op_events(_newest_trace(trace_dir))[0]) / steps

@@ -4,16 +4,21 @@ faults per step.
 
   python benchmarks/train_profile.py --config=configs/quickstart.py [--batch=32] [--steps=5]
 
-Prints one JSON line: ms per step (wall), op time per step by kind (XLA's fusion names
-without their numbers, e.g. `transpose_copy_fusion`, `ynn_fusion`; XLA's own convolutions
-run in Eigen's pool and show only their dispatch), cores busy in user and kernel mode, minor
-page faults per step, and GFLOP/s by XLA's count. The step is the one `train_throughput.py`
+Prints one JSON line: compile seconds, ms per step (wall), op time per step by kind (XLA's
+fusion names without their numbers, e.g. `transpose_copy_fusion`, `ynn_fusion`; on a GPU the
+kernels, also summed by class: convolution, reduction, ...; XLA:CPU's own convolutions run in
+Eigen's pool and show only their dispatch), ops (kernels) per step and the fraction of the step
+they fill, cores busy in user and kernel mode, minor page faults per step, and GFLOP/s by
+XLA's count (`--count_flops=false` skips it). `launch/gpu_suite.sh variants` runs it once per
+variant of the config or XLA's flags. The step is the one `train_throughput.py`
 times (`fmjax.train.loop.make_train_step`), on random images already on the device; like
 `python -m fmjax.main`, it runs with fmjax's XLA:CPU flags and malloc settings.
 """
 
+import glob
 import os
 import resource
+import shutil
 import tempfile
 import time
 
@@ -37,13 +42,19 @@ flags.DEFINE_integer("batch", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 5, "Steps traced (and timed before, untraced, as many again x4).")
 flags.DEFINE_integer("top", 12, "Kinds of op listed.")
 flags.DEFINE_string("output", "", "Also append the JSON line to this file.")
+flags.DEFINE_bool("count_flops", True, "Count the step's FLOPs (XLA's cost analysis of the CPU "
+                  "lowering: seconds to a minute for the paper model).")
+flags.DEFINE_string("label", "", "A name for this run, put in its line (e.g. the variant).")
+flags.DEFINE_string("trace_copy", "", "Also copy the trace (.trace.json.gz) to this path.")
 
 def main(argv):
   del argv
   bench, batch = bench_util.TrainBench(FLAGS.config), FLAGS.batch
   state = bench.init(jax.random.key(0))
   images, labels = bench.batch(batch, np.random.default_rng(0))
+  t0 = time.perf_counter()
   compiled = bench.step.lower(state, images, labels).compile()
+  compile_s = time.perf_counter() - t0
 
   def run(n):
     nonlocal state
@@ -60,15 +71,24 @@ def main(argv):
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       run(FLAGS.steps)
     kinds, ops_on = bench_util.op_time_by_kind(trace_dir, FLAGS.steps)
-  flops = bench.flops_per_step(batch)
-  row = {"benchmark": "train_profile", "image_size": bench.size, "batch": batch,
-         "ms_per_step": round(wall / untimed * 1e3, 1),
-         "gflop_per_step": round(flops / 1e9, 3),
-         "gflop_per_s": round(flops / (wall / untimed) / 1e9, 1),
+    ops = bench_util.ops_per_step(trace_dir, FLAGS.steps)
+    if FLAGS.trace_copy:
+      shutil.copy(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[-1],
+                  FLAGS.trace_copy)
+  flops = bench.flops_per_step(batch) if FLAGS.count_flops else None
+  ms_per_step = wall / untimed * 1e3
+  row = {"benchmark": "train_profile", "label": FLAGS.label, "image_size": bench.size,
+         "batch": batch, "compile_s": round(compile_s, 1), "ms_per_step": round(ms_per_step, 1),
+         "images_per_s": round(batch / ms_per_step * 1e3, 1),
+         "gflop_per_step": flops and round(flops / 1e9, 3),
+         "gflop_per_s": flops and round(flops / (wall / untimed) / 1e9, 1),
          "cores_user": round((usage1.ru_utime - usage0.ru_utime) / wall, 2),
          "cores_kernel": round((usage1.ru_stime - usage0.ru_stime) / wall, 2),
          "page_faults_per_step": round((usage1.ru_minflt - usage0.ru_minflt) / untimed),
          "ops_on": ops_on, "op_ms_per_step": round(sum(kinds.values()), 1),
+         "ops_per_step": round(ops, 1),
+         "op_ms_by_class": bench_util.op_time_by_class(kinds),
+         "op_time_fraction": round(sum(kinds.values()) / ms_per_step, 3),
          "top_ops_ms_per_step": {k: round(v, 2) for k, v in list(kinds.items())[:FLAGS.top]},
          "malloc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
          **bench_util.environment()}

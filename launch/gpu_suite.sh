@@ -9,6 +9,10 @@
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
 #   bash launch/gpu_suite.sh profile    # the paper model's train step: kernel time by kind
 #                                       # (PROFILE_BATCH, default 32)
+#   bash launch/gpu_suite.sh variants   # profile for each of VARIANTS="name|flags|xla flags;..."
+#                                       # (e.g. "base||;direct|--config.model.group_norm=direct|;
+#                                       # b128|--batch=128|"), one JSON line each and the
+#                                       # traces under $OUT as they finish
 #   bash launch/gpu_suite.sh bottle     # paper recipe on MVTec bottle (resumable), evaluate;
 #                                       # BOTTLE_SECONDS > 0 stops training after that long
 #   bash launch/gpu_suite.sh dtypes     # bottle's checkpoint scored in bf16 and float32:
@@ -47,9 +51,12 @@
 # 150 s of its budget), dtypes 71 s, speed's scoring part 153 s; the 15 minutes (machine start
 # included) ran out during train_throughput. Put the part that matters most first; a first
 # call on a fresh machine spends about 30 s starting before the command runs.
+# Seen in a second session (2026-12-04): `variants` with base, direct and nodrop at batch 32
+# took 254, 109 and 98 s (the first compile 158 s; the later ones 88 and 77 s), then batch 128
+# alone 148 s on the warm machine: 763 s of device time in all.
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
-PARTS="speed|loader|profile|bottle|dtypes|paper|studies|mtd|transistor|scaling"
+PARTS="speed|loader|profile|variants|bottle|dtypes|paper|studies|mtd|transistor|scaling"
 export PYTHONUNBUFFERED=1
 # Compiled programs kept on the machine's disk: a part rerun on a warm machine skips compiling.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/fmjax-jax-cache}"
@@ -110,6 +117,23 @@ case "$part" in
     run python3 benchmarks/train_profile.py --config="${SPEED_CONFIG:-configs/mvtec.py}" \
         --batch="${PROFILE_BATCH:-32}" --steps=5 --top=25 --output="$RUNS/profile.jsonl" \
         ${SPEED_FLAGS:-} ;;
+  variants)  # the train step's profile under each variant; results to $OUT as they come
+    device_env
+    mkdir -p "$RUNS/traces"
+    IFS=';' read -ra specs <<< "${VARIANTS:?VARIANTS=\"name|benchmark flags|XLA flags;...\"}"
+    for spec in "${specs[@]}"; do
+      IFS='|' read -r name flags xla <<< "$spec"
+      name="$(echo $name)"; [[ -n "$name" ]] || continue
+      run env XLA_FLAGS="${XLA_FLAGS:-} $xla" python3 benchmarks/train_profile.py \
+          --config="${SPEED_CONFIG:-configs/mvtec.py}" --batch="${PROFILE_BATCH:-32}" --steps=5 \
+          --top=25 --output="$RUNS/profile.jsonl" --count_flops=false --label="$name" \
+          --trace_copy="$RUNS/traces/$name.trace.json.gz" ${SPEED_FLAGS:-} $flags \
+        || echo "== variant $name failed"
+      if [[ -n "${OUT:-}" ]]; then  # what came so far, in case the call's time runs out
+        cp "$RUNS/profile.jsonl" "$OUT/" 2>/dev/null || true
+        tar czf "$OUT/traces.tar.gz" -C "$RUNS" traces
+      fi
+    done ;;
   bottle)
     device_env
     run python3 -m fmjax.main --config configs/mvtec.py --workdir "$RUNS/bottle" \

@@ -94,26 +94,36 @@ def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
 
 
 def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
-  """A trace with a host and a device process (as a GPU's): only the device's events are op
-  time (train_profile.py's count), summed by name without XLA's numbering, per step."""
+  """A trace with a host and a device process (as a GPU's): only the device's kernels, on its
+  "Stream" lines, are op time (train_profile.py's count; the "XLA Ops" line spans the same
+  kernels again), summed by name without XLA's numbering, per step; classed by kind."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
     import bench_util  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
+  conv = "sm90_xmma_fprop_implicit_gemm_bf16_nhwc_kernel"
   events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
             {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
-            {"ph": "X", "pid": 1, "name": "cuLaunchKernel", "dur": 5000},
-            {"ph": "X", "pid": 2, "name": "loop_add_fusion.3", "dur": 1000},
-            {"ph": "X", "pid": 2, "name": "loop_add_fusion.7", "dur": 3000},
-            {"ph": "X", "pid": 2, "name": "cutlass_gemm", "dur": 6000},
-            {"ph": "i", "pid": 2, "name": "marker"}]
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 7,
+             "args": {"name": "Stream #14(Memset,Compute,MemcpyD2D)"}},
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 8, "args": {"name": "XLA Ops"}},
+            {"ph": "X", "pid": 1, "tid": 1, "name": "cuLaunchKernel", "dur": 5000},
+            {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion.3", "dur": 1000},
+            {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion.7", "dur": 3000},
+            {"ph": "X", "pid": 2, "tid": 7, "name": "input_reduce_fusion_12", "dur": 2000},
+            {"ph": "X", "pid": 2, "tid": 7, "name": conv, "dur": 6000},
+            {"ph": "X", "pid": 2, "tid": 8, "name": "fusion.3", "dur": 12000},
+            {"ph": "i", "pid": 2, "tid": 7, "name": "marker"}]
   (tmp_path / "run").mkdir()
   with gzip.open(tmp_path / "run" / "h.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
   kinds, ops_on = bench_util.op_time_by_kind(str(tmp_path), steps=2)
   assert ops_on == "device"
-  assert kinds == {"cutlass_gemm": 3.0, "loop_add_fusion": 2.0}  # ms per step
+  assert kinds == {conv: 3.0, "loop_add_fusion": 2.0, "input_reduce_fusion": 1.0}  # ms/step
+  assert bench_util.ops_per_step(str(tmp_path), steps=2) == 2.0
+  assert bench_util.op_time_by_class(kinds) == {"convolution": 3.0, "elementwise": 2.0,
+                                                "reduction": 1.0}
 
 
 SMOOTHING_CONFIG = """

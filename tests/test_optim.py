@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax.model.optim import stable_adamw
+from fmjax.model.optim import global_norm, per_tensor_means, stable_adamw
 
 
 def _numpy_stable_adamw(params, grads_seq, lr, b1, b2, eps, wd, amsgrad, clip):
@@ -32,10 +32,13 @@ def _numpy_stable_adamw(params, grads_seq, lr, b1, b2, eps, wd, amsgrad, clip):
 @pytest.mark.parametrize("amsgrad", [True, False])
 def test_matches_reference(amsgrad):
   rng = np.random.default_rng(0)
-  params = {"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(5,)).astype(np.float32)}
-  # Spiky gradients so the update-RMS clipping is active on some steps.
-  grads_seq = [{k: (rng.normal(size=v.shape) * (10.0 if s == 3 else 1.0)).astype(np.float32)
-                for k, v in params.items()} for s in range(6)]
+  # Tensors of one shape (a, c; b, d) share the per-shape reductions: their clipping must
+  # still be per tensor.
+  shapes = {"a": (4, 3), "b": (5,), "c": (4, 3), "d": (5,)}
+  params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  # Spiky gradients so the update-RMS clipping is active on some steps (a and b only).
+  grads_seq = [{k: (rng.normal(size=v.shape) * (10.0 if s == 3 and k in "ab" else 1.0)
+                    ).astype(np.float32) for k, v in params.items()} for s in range(6)]
   opt = stable_adamw(1e-2, 0.9, 0.99, 1e-6, 1e-2, amsgrad=amsgrad, update_rms_clip=1.0)
   state = opt.init(params)
   p = jax.tree.map(jnp.asarray, params)
@@ -63,3 +66,18 @@ def test_clipping_changes_the_update_when_gradients_spike():
   rms = float(jnp.sqrt(jnp.mean(spike["w"] ** 2 / v_hat)))
   assert rms > 1.5  # the spike makes the clipping bite
   np.testing.assert_allclose(u1["w"], u2["w"] / rms, rtol=1e-5)
+
+
+def test_norms_and_per_tensor_means_equal_a_loop_over_the_tensors():
+  """global_norm (one reduction over all tensors) and per_tensor_means (one per shape) against
+  float64 numpy, tensor by tensor."""
+  rng = np.random.default_rng(1)
+  shapes = [(3, 3, 4, 4), (4,), (3, 3, 4, 4), (7,), (4,), (2, 5)]
+  a = {f"t{i}": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
+  b = {k: rng.uniform(0.5, 2.0, size=v.shape).astype(np.float32) for k, v in a.items()}
+  want = np.sqrt(sum(np.sum(np.float64(v) ** 2) for v in a.values()))
+  assert float(global_norm(a)) == pytest.approx(want, rel=1e-6)
+  means = per_tensor_means(lambda x, y: x * x / y, a, b)
+  for (k, x), got in zip(sorted(a.items()), means):
+    assert float(got) == pytest.approx(np.mean(np.float64(x) ** 2 / b[k]), rel=1e-6), k
+  assert float(global_norm({})) == 0.0

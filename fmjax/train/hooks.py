@@ -222,13 +222,11 @@ class Checkpointer(TrainHook):
 class TimeBudget:
   """train.max_seconds: whether the run has trained that long, asked after log steps (every
   `every` updates, where the log waits for the device anyway). On several processes all take
-  process 0's answer, so that they stop after the same update."""
+  process 0's answer, so that they stop after the same update. The clock starts when it is
+  made."""
 
   def __init__(self, seconds: float, every: int):
     self.seconds, self.every, self.t0 = float(seconds), int(every), time.monotonic()
-
-  def start(self) -> None:
-    self.t0 = time.monotonic()
 
   def spent(self, step: int) -> bool:
     if self.seconds <= 0 or step % self.every:

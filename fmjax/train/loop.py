@@ -25,7 +25,7 @@ from fmjax.data import AnomalyDataset, NormStats, load_dataset, pipeline
 from fmjax.data.dataset import workdir_stats_path
 from fmjax.core.errors import ConfigError, NonFiniteError
 from fmjax.model.unet import build_unet, count_params, init_params
-from fmjax.model.optim import build_optimizer, warmup_factor
+from fmjax.model.optim import build_optimizer, global_norm, warmup_factor
 from fmjax.core.runlog import MetricWriter, StepTrace
 from fmjax.core.workdir import prepare_workdir
 from fmjax.train.hooks import (Checkpointer, Hooks, MetricLog, NonFiniteGuard, Profiler,
@@ -105,9 +105,8 @@ def train_step_fn(model, optimizer, norm: NormStats, seed: int, ema_decay: float
     if ema:
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
     size = sum(u.size for u in jax.tree.leaves(updates))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params),
-               "update_rms": optax.global_norm(updates) / jnp.sqrt(jnp.float32(size))}
+    metrics = {"loss": loss, "grad_norm": global_norm(grads), "param_norm": global_norm(params),
+               "update_rms": global_norm(updates) / jnp.sqrt(jnp.float32(size))}
     if learning_rate is not None:
       metrics["learning_rate"] = jnp.asarray(learning_rate, jnp.float32) * warmup
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
@@ -281,10 +280,9 @@ def train(config, workdir: str, dataset: AnomalyDataset | None = None,
 
   batches = _batches(config, dataset, mesh, iterator_state, start, total)
   run = _all_hooks(config, hooks, metrics, log, profiler, manager, meta, norm, batches, total)
-  budget = TimeBudget(config.train.max_seconds, config.train.log_every_steps)
   try:
     run.start(start, state)
-    budget.start()
+    budget = TimeBudget(config.train.max_seconds, config.train.log_every_steps)  # clock from here
     for step in range(start + 1, total + 1):
       images, labels = batches.next()
       run.before_step(step, state, images, labels)
