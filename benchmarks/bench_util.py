@@ -234,6 +234,24 @@ def op_time_by_class(kinds: dict[str, float]) -> dict[str, float]:
   return {k: round(v, 2) for k, v in classes.most_common()}
 
 
+def profile_calls(run_once, calls: int, s_per_call: float, top: int = 12) -> dict:
+  """Fields for a result row from a `jax.profiler` trace of `calls` calls of `run_once` (which
+  blocks until done): op ms per call by kind (the `top` largest) and by class, ops per call,
+  and the fraction of `s_per_call` (the timed seconds per call) the ops fill."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(calls):
+        run_once()
+    kinds, ops_on = op_time_by_kind(trace_dir, calls)
+    ops = ops_per_step(trace_dir, calls)
+  total = sum(kinds.values())
+  return {"ops_on": ops_on, "op_ms_per_call": round(total, 2), "ops_per_call": round(ops, 1),
+          "op_time_fraction": round(total / (s_per_call * 1e3), 3),
+          "op_ms_by_class": op_time_by_class(kinds),
+          "top_ops_ms_per_call": {k: round(v, 3) for k, v in list(kinds.items())[:top]}}
+
+
 def ops_per_step(trace_dir: str, steps: int) -> float:
   """How many ops (on a GPU: kernels) the newest trace under `trace_dir` ran per step."""
   return len(_op_events(_newest_trace(trace_dir))[0]) / steps

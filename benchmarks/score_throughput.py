@@ -45,6 +45,8 @@ flags.DEFINE_string("batches", "1,8,32,128", "Comma-separated global batch sizes
 flags.DEFINE_float("seconds", 3.0, "Approximate length of one timed round.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per setting (median reported).")
 flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
+flags.DEFINE_integer("profile_calls", 0, "> 0: after timing, trace this many calls and add the "
+                     "op time by kind and class, and ops per call (on a GPU: its kernels).")
 
 
 def parse_kt(spec: str) -> list[tuple[int, int]]:
@@ -101,6 +103,9 @@ def main(argv):
                         FLAGS.output)
         continue
       row.update(bench_util.throughput_fields(batch, timing, fwd_flops * k * t, peak, "images"))
+      if FLAGS.profile_calls > 0:
+        row.update(bench_util.profile_calls(lambda: jax.block_until_ready(compiled(*args)),
+                                            FLAGS.profile_calls, timing["s_per_call_median"]))
       row["flops_per_image"] = fwd_flops * k * t
       row["peak_bytes_in_use"] = bench_util.peak_bytes_in_use()
       bench_util.emit(row, FLAGS.output)

@@ -6,6 +6,8 @@
 #   bash launch/gpu_suite.sh prepare    # HERE, beside ../shared: wheels -> .whl/, data -> .data/
 #                                       # (git-ignored; carry both to the GPU machine)
 #   bash launch/gpu_suite.sh speed      # describe + scoring and training throughput
+#   bash launch/gpu_suite.sh score      # the scoring rows of speed alone; SCORE_PROFILE=N adds
+#                                       # the kernels of N traced calls to each row
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
 #   bash launch/gpu_suite.sh profile    # the paper model's train step: kernel time by kind
 #                                       # (PROFILE_BATCH, default 32)
@@ -56,7 +58,7 @@
 # alone 148 s on the warm machine: 763 s of device time in all.
 set -euo pipefail
 RUNS="${RUNS:-runs/gpu}"; DATA="${DATA:-.data}"; SHARED="${SHARED:-../shared}"
-PARTS="speed|loader|profile|variants|bottle|dtypes|paper|studies|mtd|transistor|scaling"
+PARTS="speed|score|loader|profile|variants|bottle|dtypes|paper|studies|mtd|transistor|scaling"
 export PYTHONUNBUFFERED=1
 # Compiled programs kept on the machine's disk: a part rerun on a warm machine skips compiling.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/fmjax-jax-cache}"
@@ -98,12 +100,15 @@ case "$part" in
       rm -rf ".data/$d"; cp -r "$SHARED/data/$d" .data/
     done
     du -sh .whl .data ;;
-  speed)
+  speed|score)
     device_env
     config="${SPEED_CONFIG:-configs/mvtec.py}"
     run python3 benchmarks/score_throughput.py --config="$config" \
         --kt="${SCORE_KT:-10x10,5x5,2x2,20x20}" --batches="${SCORE_BATCHES:-1,8,32,128}" \
-        --seconds=2 --output="$RUNS/score.jsonl" ${SPEED_FLAGS:-}
+        --seconds=2 --profile_calls="${SCORE_PROFILE:-0}" --output="$RUNS/score.jsonl" \
+        ${SPEED_FLAGS:-}
+    if [[ -n "${OUT:-}" ]]; then cp "$RUNS/score.jsonl" "$OUT/"; fi
+    [[ "$part" == speed ]] || exit 0
     run python3 benchmarks/train_throughput.py --config="$config" \
         --batches="${TRAIN_BATCHES:-32,128,256}" --seconds=3 --output="$RUNS/train.jsonl" \
         ${SPEED_FLAGS:-}

@@ -51,9 +51,13 @@ def test_flop_counts_are_linear_in_the_batch():
 
 
 def test_score_benchmark_prints_one_line_per_setting():
-  rows = _run("score_throughput.py", "--kt=2x2,1x3", "--batches=2")
+  rows = _run("score_throughput.py", "--kt=2x2,1x3", "--batches=2", "--profile_calls=2")
   assert [(r["num_seeds"], r["num_times"], r["batch"]) for r in rows] == [(2, 2, 2), (1, 3, 2)]
   for r in rows:
+    # The traced calls' ops (here the host's: XLA:CPU), by kind and by class.
+    assert r["ops_on"] == "host" and r["ops_per_call"] > 0 and r["op_ms_per_call"] > 0
+    assert sum(r["top_ops_ms_per_call"].values()) <= r["op_ms_per_call"] + 0.05
+    assert sum(r["op_ms_by_class"].values()) == pytest.approx(r["op_ms_per_call"], abs=0.1)
     assert r["images_per_s"] > 0 and r["ms_per_call"] > 0 and r["compile_s"] > 0
     assert r["flops_per_image"] == r["flops_per_forward"] * r["num_seeds"] * r["num_times"]
     assert r["achieved_tflops"] == pytest.approx(r["flops_per_image"] * r["images_per_s"] / 1e12,
