@@ -215,11 +215,11 @@ def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
 # Broad classes of GPU kernels by name (cuDNN, cuBLAS, Triton and XLA's own), first match wins.
 OP_CLASSES = (
     ("attention", r"sdpa|fmha|flash|attention"),
-    ("convolution", r"fprop|dgrad|wgrad|conv|implicit_gemm"),
+    ("convolution", r"fprop|dgrad|wgrad|conv(?!ert)|implicit_gemm|AddPadding"),
     ("matmul", r"gemm|nvjet|cutlass|matmul|dot"),
     ("reduction", r"reduce|reduction"),
     ("copy", r"copy|transpose|memcpy|memset|concatenate|slice|dynamic_update"),
-    ("elementwise", r"loop_|fusion|elementwise"),
+    ("elementwise", r"loop_|fusion|elementwise|convert"),
 )
 
 

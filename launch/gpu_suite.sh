@@ -72,7 +72,9 @@ device_env() {  # the carried wheels, installed once per machine; fmjax from thi
 }
 run() {  # runs a command, logging it and its wall time to $RUNS/commands.txt
   echo "+ $*" >> "$RUNS/commands.txt"; local t0=$SECONDS
-  "$@"; echo "wall $((SECONDS - t0)) s: $*" | tee -a "$RUNS/commands.txt"
+  "$@" || { local rc=$?; echo "exit $rc after $((SECONDS - t0)) s: $*" | tee -a "$RUNS/commands.txt"
+             return $rc; }
+  echo "wall $((SECONDS - t0)) s: $*" | tee -a "$RUNS/commands.txt"
 }
 alive() {  # the started parts still running
   local f; for f in "$RUNS"/*.pid; do

@@ -116,6 +116,7 @@ def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
             {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion.3", "dur": 1000},
             {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion.7", "dur": 3000},
             {"ph": "X", "pid": 2, "tid": 7, "name": "input_reduce_fusion_12", "dur": 2000},
+            {"ph": "X", "pid": 2, "tid": 7, "name": "input_convert_reduce_fusion_4", "dur": 400},
             {"ph": "X", "pid": 2, "tid": 7, "name": conv, "dur": 6000},
             {"ph": "X", "pid": 2, "tid": 8, "name": "fusion.3", "dur": 12000},
             {"ph": "i", "pid": 2, "tid": 7, "name": "marker"}]
@@ -124,10 +125,11 @@ def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
     json.dump({"traceEvents": events}, f)
   kinds, ops_on = bench_util.op_time_by_kind(str(tmp_path), steps=2)
   assert ops_on == "device"
-  assert kinds == {conv: 3.0, "loop_add_fusion": 2.0, "input_reduce_fusion": 1.0}  # ms/step
-  assert bench_util.ops_per_step(str(tmp_path), steps=2) == 2.0
+  assert kinds == {conv: 3.0, "loop_add_fusion": 2.0, "input_reduce_fusion": 1.0,
+                   "input_convert_reduce_fusion": 0.2}  # ms/step
+  assert bench_util.ops_per_step(str(tmp_path), steps=2) == 2.5
   assert bench_util.op_time_by_class(kinds) == {"convolution": 3.0, "elementwise": 2.0,
-                                                "reduction": 1.0}
+                                                "reduction": 1.2}
 
 
 SMOOTHING_CONFIG = """

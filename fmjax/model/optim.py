@@ -25,8 +25,8 @@ import optax
 
 def global_norm(tree) -> jax.Array:
   """The L2 norm of all of `tree`'s leaves together (float32 scalar): one sum of squares over
-  their concatenation, which XLA fuses into a single reduction (optax.global_norm sums one
-  reduction per leaf)."""
+  their concatenation, which XLA can fuse into that one reduction (optax.global_norm reduces
+  each leaf separately)."""
   leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
   if not leaves:
     return jnp.float32(0.0)
@@ -37,6 +37,9 @@ def per_tensor_means(fn: Callable[..., jax.Array], *trees) -> list[jax.Array]:
   """[mean of fn(a, b, ...) over each leaf's elements] for the leaves (a, b, ...) of `trees`
   (same structure), in leaf order: float32 scalars. The leaves of one shape are stacked and
   reduced together, so there is one reduction per distinct shape, not per leaf."""
+  structure = jax.tree.structure(trees[0])
+  if any(jax.tree.structure(t) != structure for t in trees[1:]):
+    raise ValueError("per_tensor_means needs trees of one structure.")
   columns = [jax.tree.leaves(t) for t in trees]
   by_shape = collections.defaultdict(list)
   for i, leaf in enumerate(columns[0]):
@@ -78,7 +81,7 @@ def clip_by_update_rms(inner: optax.GradientTransformation, b2: float, eps: floa
         lambda g, v: jnp.square(g.astype(jnp.float32)) / jnp.maximum(v, eps * eps), grads, v_hat)
     leaves, treedef = jax.tree.flatten(updates)
     scaled = [u / jnp.maximum(1.0, jnp.sqrt(ms) / threshold)
-              for u, ms in zip(leaves, mean_squares)]
+              for u, ms in zip(leaves, mean_squares, strict=True)]
     return jax.tree.unflatten(treedef, scaled), ClipByUpdateRmsState(inner_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
