@@ -176,10 +176,9 @@ def metrics_table(rows: list[dict], lead, columns) -> str:
 _NOT_OPS = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
 
 
-def _newest_trace(trace_dir: str) -> list[dict]:
-  path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
-  with gzip.open(path) as f:
-    return json.load(f)["traceEvents"]
+def newest_trace_path(trace_dir: str) -> str:
+  """The newest `jax.profiler` trace (.trace.json.gz) under `trace_dir`."""
+  return sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
 
 
 def _op_events(events: list[dict]) -> tuple[list[dict], str]:
@@ -201,15 +200,16 @@ def _op_events(events: list[dict]) -> tuple[list[dict], str]:
   return ops, ("device" if devices else "host")
 
 
-def op_time_by_kind(trace_dir: str, steps: int) -> tuple[dict[str, float], str]:
-  """({kind: ms per step}, largest first; "device" or "host") of the newest trace under
-  `trace_dir`: its ops (`_op_events`) summed by name without XLA's numbering (".3" on the
-  CPU, "_3" in GPU kernel names)."""
-  ops, ops_on = _op_events(_newest_trace(trace_dir))
+def op_time_by_kind(trace_dir: str, calls: int) -> tuple[dict[str, float], str, float]:
+  """({kind: ms per call}, largest first; "device" or "host"; ops per call) of the newest
+  trace under `trace_dir` holding `calls` calls (steps): its ops (`_op_events`) summed by name
+  without XLA's numbering (".3" on the CPU, "_3" in GPU kernel names)."""
+  with gzip.open(newest_trace_path(trace_dir)) as f:
+    ops, ops_on = _op_events(json.load(f)["traceEvents"])
   kinds = collections.Counter()
   for e in ops:
-    kinds[re.sub(r"[._]\d+$", "", e["name"])] += e["dur"] / 1e3 / steps
-  return dict(kinds.most_common()), ops_on
+    kinds[re.sub(r"[._]\d+$", "", e["name"])] += e["dur"] / 1e3 / calls
+  return dict(kinds.most_common()), ops_on, len(ops) / calls
 
 
 # Broad classes of GPU kernels by name (cuDNN, cuBLAS, Triton and XLA's own), first match wins.
@@ -224,7 +224,7 @@ OP_CLASSES = (
 
 
 def op_time_by_class(kinds: dict[str, float]) -> dict[str, float]:
-  """{class: ms per step} of `op_time_by_kind`'s kinds, classed by `OP_CLASSES` on the name
+  """{class: ms per call} of `op_time_by_kind`'s kinds, classed by `OP_CLASSES` on the name
   before any template or argument list ("other" for the rest), largest first."""
   classes = collections.Counter()
   for kind, ms in kinds.items():
@@ -234,24 +234,25 @@ def op_time_by_class(kinds: dict[str, float]) -> dict[str, float]:
   return {k: round(v, 2) for k, v in classes.most_common()}
 
 
+def trace_summary(trace_dir: str, calls: int, s_per_call: float, unit: str,
+                  top: int = 12) -> dict:
+  """Fields for a result row from the newest trace under `trace_dir` of `calls` calls (unit
+  "step" or "call"): where the ops ran, op ms per unit, ops per unit, the fraction of
+  `s_per_call` (the timed seconds per call) the ops fill, op ms by class and the `top` kinds."""
+  kinds, ops_on, ops = op_time_by_kind(trace_dir, calls)
+  total = sum(kinds.values())
+  return {"ops_on": ops_on, f"op_ms_per_{unit}": round(total, 2),
+          f"ops_per_{unit}": round(ops, 1), "op_ms_by_class": op_time_by_class(kinds),
+          "op_time_fraction": round(total / (s_per_call * 1e3), 3),
+          f"top_ops_ms_per_{unit}": {k: round(v, 3) for k, v in list(kinds.items())[:top]}}
+
+
 def profile_calls(run_once, calls: int, s_per_call: float, top: int = 12) -> dict:
-  """Fields for a result row from a `jax.profiler` trace of `calls` calls of `run_once` (which
-  blocks until done): op ms per call by kind (the `top` largest) and by class, ops per call,
-  and the fraction of `s_per_call` (the timed seconds per call) the ops fill."""
+  """`trace_summary` (unit "call") of a `jax.profiler` trace of `calls` calls of `run_once`
+  (which blocks until done)."""
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
       for _ in range(calls):
         run_once()
-    kinds, ops_on = op_time_by_kind(trace_dir, calls)
-    ops = ops_per_step(trace_dir, calls)
-  total = sum(kinds.values())
-  return {"ops_on": ops_on, "op_ms_per_call": round(total, 2), "ops_per_call": round(ops, 1),
-          "op_time_fraction": round(total / (s_per_call * 1e3), 3),
-          "op_ms_by_class": op_time_by_class(kinds),
-          "top_ops_ms_per_call": {k: round(v, 3) for k, v in list(kinds.items())[:top]}}
-
-
-def ops_per_step(trace_dir: str, steps: int) -> float:
-  """How many ops (on a GPU: kernels) the newest trace under `trace_dir` ran per step."""
-  return len(_op_events(_newest_trace(trace_dir))[0]) / steps
+    return trace_summary(trace_dir, calls, s_per_call, "call", top)

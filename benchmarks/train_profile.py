@@ -15,7 +15,6 @@ times (`fmjax.train.loop.make_train_step`), on random images already on the devi
 `python -m fmjax.main`, it runs with fmjax's XLA:CPU flags and malloc settings.
 """
 
-import glob
 import os
 import resource
 import shutil
@@ -70,11 +69,9 @@ def main(argv):
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       run(FLAGS.steps)
-    kinds, ops_on = bench_util.op_time_by_kind(trace_dir, FLAGS.steps)
-    ops = bench_util.ops_per_step(trace_dir, FLAGS.steps)
+    ops = bench_util.trace_summary(trace_dir, FLAGS.steps, wall / untimed, "step", FLAGS.top)
     if FLAGS.trace_copy:
-      shutil.copy(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[-1],
-                  FLAGS.trace_copy)
+      shutil.copy(bench_util.newest_trace_path(trace_dir), FLAGS.trace_copy)
   flops = bench.flops_per_step(batch) if FLAGS.count_flops else None
   ms_per_step = wall / untimed * 1e3
   row = {"benchmark": "train_profile", "label": FLAGS.label, "image_size": bench.size,
@@ -85,11 +82,7 @@ def main(argv):
          "cores_user": round((usage1.ru_utime - usage0.ru_utime) / wall, 2),
          "cores_kernel": round((usage1.ru_stime - usage0.ru_stime) / wall, 2),
          "page_faults_per_step": round((usage1.ru_minflt - usage0.ru_minflt) / untimed),
-         "ops_on": ops_on, "op_ms_per_step": round(sum(kinds.values()), 1),
-         "ops_per_step": round(ops, 1),
-         "op_ms_by_class": bench_util.op_time_by_class(kinds),
-         "op_time_fraction": round(sum(kinds.values()) / ms_per_step, 3),
-         "top_ops_ms_per_step": {k: round(v, 2) for k, v in list(kinds.items())[:FLAGS.top]},
+         **ops,
          "malloc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
          **bench_util.environment()}
   bench_util.emit(row, FLAGS.output)

@@ -10,7 +10,7 @@
 #                                       # the kernels of N traced calls to each row
 #   bash launch/gpu_suite.sh loader     # grain loader images/s beside the training rate
 #   bash launch/gpu_suite.sh profile    # the paper model's train step: kernel time by kind
-#                                       # (PROFILE_BATCH, default 32)
+#                                       # (PROFILE_BATCH, default 32): variants with "base||"
 #   bash launch/gpu_suite.sh variants   # profile for each of VARIANTS="name|flags|xla flags;..."
 #                                       # (e.g. "base||;direct|--config.model.group_norm=direct|;
 #                                       # b128|--batch=128|"), one JSON line each and the
@@ -119,14 +119,10 @@ case "$part" in
     device_env
     run python3 benchmarks/loader_throughput.py --root "$DATA/mvtec" --category bottle \
         --batch_size 128 --workers 0,4,8,15 --seconds 20 | tee "$RUNS/loader.jsonl" ;;
-  profile)
-    device_env
-    run python3 benchmarks/train_profile.py --config="${SPEED_CONFIG:-configs/mvtec.py}" \
-        --batch="${PROFILE_BATCH:-32}" --steps=5 --top=25 --output="$RUNS/profile.jsonl" \
-        ${SPEED_FLAGS:-} ;;
-  variants)  # the train step's profile under each variant; results to $OUT as they come
+  profile|variants)  # the train step's profile under each variant; results to $OUT as they come
     device_env
     mkdir -p "$RUNS/traces"
+    [[ "$part" == variants ]] || VARIANTS="base||"
     IFS=';' read -ra specs <<< "${VARIANTS:?VARIANTS=\"name|benchmark flags|XLA flags;...\"}"
     for spec in "${specs[@]}"; do
       IFS='|' read -r name flags xla <<< "$spec"

@@ -123,13 +123,16 @@ def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
   (tmp_path / "run").mkdir()
   with gzip.open(tmp_path / "run" / "h.trace.json.gz", "wt") as f:
     json.dump({"traceEvents": events}, f)
-  kinds, ops_on = bench_util.op_time_by_kind(str(tmp_path), steps=2)
-  assert ops_on == "device"
+  kinds, ops_on, ops = bench_util.op_time_by_kind(str(tmp_path), calls=2)
+  assert ops_on == "device" and ops == 2.5
   assert kinds == {conv: 3.0, "loop_add_fusion": 2.0, "input_reduce_fusion": 1.0,
                    "input_convert_reduce_fusion": 0.2}  # ms/step
-  assert bench_util.ops_per_step(str(tmp_path), steps=2) == 2.5
   assert bench_util.op_time_by_class(kinds) == {"convolution": 3.0, "elementwise": 2.0,
                                                 "reduction": 1.2}
+  row = bench_util.trace_summary(str(tmp_path), calls=2, s_per_call=0.0124, unit="step", top=2)
+  assert row == {"ops_on": "device", "op_ms_per_step": 6.2, "ops_per_step": 2.5,
+                 "op_ms_by_class": {"convolution": 3.0, "elementwise": 2.0, "reduction": 1.2},
+                 "op_time_fraction": 0.5, "top_ops_ms_per_step": {conv: 3.0, "loop_add_fusion": 2.0}}
 
 
 SMOOTHING_CONFIG = """
