@@ -97,6 +97,28 @@ def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
   assert row["malloc_tunables"] == want
 
 
+def test_train_ab_alternates_variants_and_compares_their_numbers():
+  """benchmarks/train_ab.py: one line per variant in the given order; the same step again
+  leaves the state after one step identical to the first variant's, a config override that
+  changes the update (the learning rate; with an XLA option that only schedules) does not; an
+  unknown key is refused by name."""
+  base = [a for a in TINY if not a.startswith(("--seconds", "--repeats"))]
+  rows = _run("train_ab.py", "--batch=2", "--rounds=3", "--variant=base||", "--variant=again||",
+              '--variant=lr|train.learning_rate=0.5|'
+              '{"xla_cpu_enable_concurrency_optimized_scheduler": true}', base=base)
+  assert [r["label"] for r in rows] == ["base", "again", "lr"]
+  assert [r["state_max_abs_diff"] for r in rows[:2]] == [0.0, 0.0]
+  assert rows[2]["state_max_abs_diff"] > 1e-3
+  for r in rows:
+    assert r["rounds"] == 3 and r["ms_per_step_min"] <= r["ms_per_step_p25"] <= r["ms_per_step_median"]
+    assert r["images_per_s"] == pytest.approx(2 / r["ms_per_step_median"] * 1e3, rel=0.01)
+  assert rows[0]["median_vs_first"] == 1.0
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  bad = subprocess.run([sys.executable, "benchmarks/train_ab.py", *base, "--variant=x|model.nope=1|"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "the config has no key 'model.nope'" in bad.stderr
+
+
 def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
   """A trace with a host and a device process (as a GPU's): only the device's kernels, on its
   "Stream" lines, are op time (train_profile.py's count; the "XLA Ops" line spans the same

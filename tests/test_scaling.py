@@ -177,7 +177,7 @@ def test_noise_measurement_is_the_same_on_8_devices_and_1():
   out = []
   for n in (1, 8):
     mesh = sharding.make_mesh(n)
-    fn = noise_scale.make_measure_fn(model, norm, "cfm", {}, 0, 4, mesh)
+    fn = noise_scale.make_measure_fn(model, norm, "cfm", {}, 0, 2, mesh)  # 2 groups of 8
     data = sharding.data_sharding(mesh)
     out.append(np.asarray(jax.device_get(fn(params, jax.device_put(images, data),
                                             jax.device_put(labels, data), np.int32(3)))))
