@@ -226,7 +226,9 @@ def test_a_time_budget_stops_every_process_after_the_same_update(config_path, tm
   stopped = re.findall(r"Stopped after update (\d+) of 100000", text)
   assert len(stopped) == 1, text[-3000:]
   step = int(stopped[0])
-  assert step % 2 == 0 and step > 2
+  # At a log step; usually mid-training, but where compiling took the whole budget (a loaded
+  # machine: seen once in CI) the first log step, which must stop both processes just the same.
+  assert step % 2 == 0 and step >= 2
   assert _lines(tmp_path / "run" / "train_metrics.jsonl")[-1]["step"] == step
   assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
                 if p.name.isdigit()) == [step]
