@@ -34,6 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import bench_util
+from fmjax import configlib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model/train config.",
@@ -45,37 +46,47 @@ flags.DEFINE_string("output", "", "Also append the JSON lines to this file.")
 
 
 def parse_variant(spec: str, config):
-  """(name, config with the overrides, compiler options) of one --variant."""
+  """(name, config with the overrides, compiler options) of one --variant; SystemExit with one
+  line naming the variant on a bad one."""
   name, overrides, options = (spec.split("|", 2) + ["", ""])[:3]
-  if not name.strip():
-    raise ValueError(f"--variant {spec!r} has no name (\"name|overrides|options\")")
+  name = name.strip()
+  if not name:
+    raise SystemExit(f"train_ab: --variant {spec!r} has no name (\"name|overrides|options\")")
   config = config.copy_and_resolve_references()
   for pair in filter(None, (p.strip() for p in overrides.split(","))):
-    key, sep, text = pair.partition("=")
+    key, sep, text = (part.strip() for part in pair.partition("="))
     if not sep:
-      raise ValueError(f"--variant {name}: override {pair!r} is not key=value")
-    *parents, leaf = key.strip().split(".")
+      raise SystemExit(f"train_ab: --variant {name}: override {pair!r} is not key=value")
+    if not configlib.has_key(config, key):
+      raise SystemExit(f"train_ab: --variant {name}: the config has no key {key!r}")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, leaf = key.split(".")
     node = config
     for part in parents:
       node = node[part]
-    if leaf not in node:
-      raise ValueError(f"--variant {name}: the config has no key {key.strip()!r}")
-    try:
-      value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-      value = text.strip()
     node[leaf] = value
-  return name.strip(), config, json.loads(options) if options.strip() else {}
+  try:
+    options = json.loads(options) if options.strip() else {}
+  except json.JSONDecodeError as e:
+    raise SystemExit(f"train_ab: --variant {name}: the XLA options are not JSON ({e})") from None
+  if not isinstance(options, dict):
+    raise SystemExit(f"train_ab: --variant {name}: the XLA options must be a JSON object")
+  return name, config, options
 
 
 def max_difference(a, b) -> float | None:
   """Largest absolute difference between two trees' leaves (as float32); None when the trees
   differ in structure or shapes (a variant that changes the model)."""
-  if jax.tree.structure(a) != jax.tree.structure(b) or any(
-      jnp.shape(x) != jnp.shape(y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))):
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return None
+  pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+  if any(jnp.shape(x) != jnp.shape(y) for x, y in pairs):
     return None
   return max((float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
-              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)), default=0.0)
+              for x, y in pairs), default=0.0)
 
 
 def main(argv):
@@ -93,7 +104,7 @@ def main(argv):
     compile_s = time.perf_counter() - t0
     state = compiled(state, images, labels)[0]  # one step from the same state and batch
     runs.append({"name": name, "step": compiled, "state": state, "compile_s": compile_s,
-                 "times": [], "size": bench.size, "options": options})
+                 "times": [], "size": bench.size})
   first_state = jax.device_get(runs[0]["state"])
   diffs = [max_difference(jax.device_get(r["state"]), first_state) for r in runs]
   for _ in range(FLAGS.rounds):

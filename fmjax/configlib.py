@@ -285,7 +285,8 @@ def renamed_key_errors(keys) -> list[str]:
   return [f"{k} is now {RENAMED_KEYS[k]}" for k in keys if k in RENAMED_KEYS]
 
 
-def _has_key(config, dotted: str) -> bool:
+def has_key(config, dotted: str) -> bool:
+  """Whether `config` has the dotted key `dotted` (every parent a ConfigDict that has the next part)."""
   node = config
   for part in dotted.split("."):
     if not hasattr(node, "keys") or part not in node:
@@ -296,7 +297,7 @@ def _has_key(config, dotted: str) -> bool:
 
 def config_errors(config) -> list[str]:
   """Every problem with `config`: old keys that moved, then each section's (SECTION_CHECKS)."""
-  errors = renamed_key_errors(k for k in RENAMED_KEYS if _has_key(config, k))
+  errors = renamed_key_errors(k for k in RENAMED_KEYS if has_key(config, k))
   for module in SECTION_CHECKS:
     errors += importlib.import_module(module).config_errors(config)
   return errors

@@ -114,9 +114,14 @@ def test_train_ab_alternates_variants_and_compares_their_numbers():
     assert r["images_per_s"] == pytest.approx(2 / r["ms_per_step_median"] * 1e3, rel=0.01)
   assert rows[0]["median_vs_first"] == 1.0
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  bad = subprocess.run([sys.executable, "benchmarks/train_ab.py", *base, "--variant=x|model.nope=1|"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert bad.returncode != 0 and "the config has no key 'model.nope'" in bad.stderr
+  for variant, message in [("x|model.nope=1|", "the config has no key 'model.nope'"),
+                           ("x|nope.depth=1|", "the config has no key 'nope.depth'"),
+                           ("x||{not json", "the XLA options are not JSON")]:
+    bad = subprocess.run([sys.executable, "benchmarks/train_ab.py", *base, f"--variant={variant}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1, bad.stderr
+    assert lines[0].startswith(f"train_ab: --variant x: {message}"), bad.stderr
 
 
 def test_a_gpu_trace_counts_only_the_device_kernels(tmp_path):
