@@ -27,7 +27,7 @@ import time
 
 from fmjax.core import xla_cpu
 
-xla_cpu.apply_defaults(split_devices=False)  # fmjax's XLA:CPU settings, before jax is imported
+xla_cpu.apply_defaults()  # fmjax's XLA:CPU settings, before jax is imported
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

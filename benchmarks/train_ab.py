@@ -5,7 +5,9 @@
       --variant='direct|model.group_norm=direct|' \
       --variant='conc||{"xla_cpu_enable_concurrency_optimized_scheduler": true}'
 
-A variant is "name|config overrides|XLA compiler options": overrides are comma-separated
+A variant is "name|config overrides|XLA compiler options" (`mesh.num_devices=1` against `=2`
+under XLA_FLAGS=--xla_force_host_platform_device_count=2 compares one device with two, each
+variant's batch placed on its own mesh): overrides are comma-separated
 `key=value` pairs on --config (values read as Python literals where they parse, else as text),
 options a JSON object passed to `.compile(compiler_options=...)` (XLA's DebugOptions by name,
 so XLA flags without a restart). Every variant's step is compiled first, then each round runs
@@ -23,7 +25,7 @@ import time
 
 from fmjax.core import xla_cpu
 
-xla_cpu.apply_defaults(split_devices=False)
+xla_cpu.apply_defaults()
 if __name__ == "__main__":  # glibc's malloc settings, as python -m fmjax.main has them
   xla_cpu.restart_with_malloc_tunables()
 
@@ -92,25 +94,25 @@ def max_difference(a, b) -> float | None:
 def main(argv):
   del argv
   variants = [parse_variant(spec, FLAGS.config) for spec in FLAGS.variant]
-  images = labels = None
   runs = []
   for name, config, options in variants:
     bench = bench_util.TrainBench(config)
-    if images is None:
-      images, labels = bench.batch(FLAGS.batch, np.random.default_rng(0))
+    # The same batch for every variant, placed on its own mesh (mesh.num_devices may differ).
+    images, labels = bench.batch(FLAGS.batch, np.random.default_rng(0))
     state = bench.init(jax.random.key(0))
     t0 = time.perf_counter()
     compiled = bench.step.lower(state, images, labels).compile(compiler_options=options or None)
     compile_s = time.perf_counter() - t0
     state = compiled(state, images, labels)[0]  # one step from the same state and batch
     runs.append({"name": name, "step": compiled, "state": state, "compile_s": compile_s,
-                 "times": [], "size": bench.size})
+                 "times": [], "size": bench.size, "batch": (images, labels),
+                 "devices": bench.mesh.devices.size})
   first_state = jax.device_get(runs[0]["state"])
   diffs = [max_difference(jax.device_get(r["state"]), first_state) for r in runs]
   for _ in range(FLAGS.rounds):
     for r in runs:
       t0 = time.perf_counter()
-      r["state"], metrics = r["step"](r["state"], images, labels)
+      r["state"], metrics = r["step"](r["state"], *r["batch"])
       jax.block_until_ready(metrics)
       r["times"].append(time.perf_counter() - t0)
   base_median = float(np.median(runs[0]["times"]))
@@ -118,7 +120,7 @@ def main(argv):
     median = float(np.median(r["times"]))
     bench_util.emit({
         "benchmark": "train_ab", "label": r["name"], "variant": spec, "image_size": r["size"],
-        "batch": FLAGS.batch, "rounds": FLAGS.rounds, "compile_s": round(r["compile_s"], 1),
+        "batch": FLAGS.batch, "devices": r["devices"], "rounds": FLAGS.rounds, "compile_s": round(r["compile_s"], 1),
         "ms_per_step_median": round(median * 1e3, 1),
         "ms_per_step_p25": round(float(np.percentile(r["times"], 25)) * 1e3, 1),
         "ms_per_step_min": round(min(r["times"]) * 1e3, 1),

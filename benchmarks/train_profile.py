@@ -23,7 +23,7 @@ import time
 
 from fmjax.core import xla_cpu
 
-xla_cpu.apply_defaults(split_devices=False)
+xla_cpu.apply_defaults()
 if __name__ == "__main__":  # glibc's malloc settings, as python -m fmjax.main has them
   xla_cpu.restart_with_malloc_tunables()
 

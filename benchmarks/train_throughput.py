@@ -19,7 +19,7 @@ from fmjax.core import xla_cpu
 
 # fmjax's XLA:CPU settings, as fmjax.main uses them (a user's XLA_FLAGS win; one device
 # unless XLA_FLAGS sets --xla_force_host_platform_device_count).
-xla_cpu.apply_defaults(split_devices=False)
+xla_cpu.apply_defaults()
 if __name__ == "__main__":  # glibc's malloc settings, as python -m fmjax.main has them
   xla_cpu.restart_with_malloc_tunables()
 

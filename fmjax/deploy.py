@@ -36,7 +36,7 @@ import zipfile
 
 from fmjax.core import xla_cpu
 
-xla_cpu.apply_defaults(split_devices=False)  # before jax (StableHLO exports): its XLA:CPU settings
+xla_cpu.apply_defaults()  # before jax (StableHLO exports): its XLA:CPU settings
 
 import numpy as np  # noqa: E402
 

@@ -27,8 +27,8 @@ import sys
 
 from fmjax.core import xla_cpu  # noqa: E402  (imports no jax)
 
-# One XLA CPU device per core and fmjax's faster XLA:CPU settings, unless XLA_FLAGS names
-# them already (fmjax/core/xla_cpu.py). Must run before jax is imported.
+# fmjax's faster XLA:CPU settings, unless XLA_FLAGS names them already (fmjax/core/xla_cpu.py;
+# the CPU stays one XLA device using every core). Must run before jax is imported.
 xla_cpu.apply_defaults()
 if __name__ == "__main__":  # glibc's malloc settings for CPU runs: a restart, so not on import
   xla_cpu.restart_with_malloc_tunables()

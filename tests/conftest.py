@@ -8,7 +8,7 @@ from fmjax.core import xla_cpu  # noqa: E402  (imports no jax)
 
 # fmjax's own XLA:CPU settings, as its entry points use them (faster compiles and steps).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before the settings, which read it
-xla_cpu.apply_defaults(split_devices=False)
+xla_cpu.apply_defaults()
 # One XLA compilation cache for the whole session (both pytest workers and subprocesses): the
 # many small runs of the same tiny model compile each program once. Every program is cached,
 # the small ones too: eager operations (a model's init outside jit, say) are hundreds of

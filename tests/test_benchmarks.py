@@ -100,15 +100,18 @@ def test_train_profile_sums_the_traced_ops_by_kind(monkeypatch):
 def test_train_ab_alternates_variants_and_compares_their_numbers():
   """benchmarks/train_ab.py: one line per variant in the given order; the same step again
   leaves the state after one step identical to the first variant's, a config override that
-  changes the update (the learning rate; with an XLA option that only schedules) does not; an
-  unknown key is refused by name."""
+  changes the update (the learning rate; with an XLA option that only schedules) does not, the
+  batch split over 2 devices only by rounding; a bad variant is refused in one line naming it."""
   base = [a for a in TINY if not a.startswith(("--seconds", "--repeats"))]
   rows = _run("train_ab.py", "--batch=2", "--rounds=3", "--variant=base||", "--variant=again||",
               '--variant=lr|train.learning_rate=0.5|'
-              '{"xla_cpu_enable_concurrency_optimized_scheduler": true}', base=base)
-  assert [r["label"] for r in rows] == ["base", "again", "lr"]
+              '{"xla_cpu_enable_concurrency_optimized_scheduler": true}',
+              "--variant=two|mesh.num_devices=2|", base=base)
+  assert [r["label"] for r in rows] == ["base", "again", "lr", "two"]
+  assert [r["devices"] for r in rows] == [1, 1, 1, 2]
   assert [r["state_max_abs_diff"] for r in rows[:2]] == [0.0, 0.0]
   assert rows[2]["state_max_abs_diff"] > 1e-3
+  assert rows[3]["state_max_abs_diff"] < 1e-6  # the batch split over 2 devices: rounding only
   for r in rows:
     assert r["rounds"] == 3 and r["ms_per_step_min"] <= r["ms_per_step_p25"] <= r["ms_per_step_median"]
     assert r["images_per_s"] == pytest.approx(2 / r["ms_per_step_median"] * 1e3, rel=0.01)

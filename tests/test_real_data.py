@@ -26,7 +26,7 @@ def _config(name):
 def test_small_unet_detects_bottle_defects(shared_data, tmp_path):
   config = _config("cpu_bottle")
   config.data.root = str(shared_data / "mvtec")
-  config.mesh.num_devices = 2  # the 2 cores, not the 8 simulated devices of the test session
+  config.mesh.num_devices = 1  # as fmjax.main on a CPU (one device on both cores), not the 8 simulated ones
   config.train.num_steps = 500  # a third of the recipe, to keep the suite short
   result = fm_main.run(config, str(tmp_path), "train_and_evaluate")
   settings = result.settings

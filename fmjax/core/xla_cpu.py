@@ -16,16 +16,17 @@ own flags always win. Measured on a 2-core AMD EPYC (Zen 3, AVX2), quickstart mo
   YNNPACK, which sums over leading axes about 8x faster than XLA's loops.
 - `--xla_backend_optimization_level=1`: LLVM's -O1 instead of -O2 compiles the small model's
   programs in about half the time and ran them no slower here.
-- one CPU device per core (a power of two, at most 8), so data parallelism keeps every core
-  busy (`split_devices`).
+- no device count: the CPU stays one XLA device whose intra-op threads use every core. fmjax
+  split it into one device per core until 2026-12-04; on 2-core machines one device now trains
+  the quickstart 1.24x faster than two (benchmarks/README.md, "One CPU device or one per
+  core"). `XLA_FLAGS=--xla_force_host_platform_device_count=N` still splits it.
 
 Separately, `restart_with_malloc_tunables` (for the `__main__` of entry points) restarts the
 process once with glibc malloc settings that stop each step's temporaries being mapped afresh.
 
 The optimisation level also applies to GPU code generation, so it is set only when no GPU or
 TPU plugin is installed or JAX_PLATFORMS is `cpu`. FMJAX_XLA_CPU_DEFAULTS=0 in the
-environment leaves XLA_FLAGS as it is except for the device count (to compare with XLA's own
-defaults).
+environment leaves XLA_FLAGS as it is (to compare with XLA's own defaults).
 """
 
 from __future__ import annotations
@@ -56,32 +57,22 @@ def cpu_only() -> bool:
   return not any(_installed(m) for m in ACCELERATOR_PLUGINS)
 
 
-def default_device_count() -> int:
-  """One XLA CPU device per core: the largest power of two <= min(cores, 8)."""
-  n = 1
-  while n * 2 <= min(os.cpu_count() or 1, 8):
-    n *= 2
-  return n
-
-
-def flags_with_defaults(xla_flags: str, split_devices: bool = True,
-                        cpu_only_here: bool | None = None, cpu_settings: bool = True) -> str:
-  """`xla_flags` with fmjax's settings added for every flag it does not name: the CPU flags
-  (unless `cpu_settings` is False) and the device count (if `split_devices`)."""
-  settings = []
-  if cpu_settings:
-    cpu_only_here = cpu_only() if cpu_only_here is None else cpu_only_here
-    settings += list(CPU_FLAGS) + (list(CPU_ONLY_FLAGS) if cpu_only_here else [])
-  if split_devices:
-    settings.append(("xla_force_host_platform_device_count", str(default_device_count())))
+def flags_with_defaults(xla_flags: str, cpu_only_here: bool | None = None,
+                        cpu_settings: bool = True) -> str:
+  """`xla_flags` with fmjax's CPU flags added for every flag it does not name (none when
+  `cpu_settings` is False; the CPU-only ones where `cpu_only_here`, by default `cpu_only()`)."""
+  if not cpu_settings:
+    return xla_flags.strip()
+  cpu_only_here = cpu_only() if cpu_only_here is None else cpu_only_here
+  settings = list(CPU_FLAGS) + (list(CPU_ONLY_FLAGS) if cpu_only_here else [])
   added = [f"--{name}={value}" for name, value in settings if name not in xla_flags]
   return " ".join([xla_flags.strip()] + added).strip()
 
 
-def apply_defaults(split_devices: bool = True) -> None:
+def apply_defaults() -> None:
   """Adds fmjax's CPU settings to XLA_FLAGS (see the module docstring). Call it before jax is
   imported; afterwards XLA has read its flags and this changes nothing."""
-  os.environ["XLA_FLAGS"] = flags_with_defaults(os.environ.get("XLA_FLAGS", ""), split_devices,
+  os.environ["XLA_FLAGS"] = flags_with_defaults(os.environ.get("XLA_FLAGS", ""),
                                                 cpu_settings=_settings_on())
 
 
