@@ -190,7 +190,7 @@ def test_a_negative_time_budget_is_a_config_error():
 
 
 def test_an_unknown_group_norm_is_a_config_error():
-  with pytest.raises(ConfigError, match="model.group_norm must be sums or direct, got 'fast'"):
+  with pytest.raises(ConfigError, match="model.group_norm must be sums, direct or fused, got 'fast'"):
     configlib.validate(tiny_config(**{"model.group_norm": "fast"}))
 
 

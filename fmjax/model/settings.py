@@ -5,7 +5,7 @@ from __future__ import annotations
 from fmjax.core.settings import rule_errors
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
-GROUP_NORM_IMPLS = ("sums", "direct")  # fmjax.model.unet.GROUP_NORMS
+GROUP_NORM_IMPLS = ("sums", "direct", "fused")  # fmjax.model.unet.GROUP_NORMS
 
 
 def config_errors(config) -> list[str]:
@@ -47,7 +47,7 @@ def config_errors(config) -> list[str]:
   if mc.attention_impl not in ATTENTION_IMPLS:
     errors.append(f"model.attention_impl must be auto, xla or cudnn, got {mc.attention_impl!r}")
   if mc.get("group_norm", "sums") not in GROUP_NORM_IMPLS:
-    errors.append(f"model.group_norm must be sums or direct, got {mc.group_norm!r}")
+    errors.append(f"model.group_norm must be sums, direct or fused, got {mc.group_norm!r}")
   return errors
 
 

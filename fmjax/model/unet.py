@@ -128,7 +128,78 @@ def group_norm_direct(x, scale, bias, groups: int, eps: float):
   return (centred * jax.lax.rsqrt(var + eps)).reshape(x.shape) * scale + bias
 
 
-GROUP_NORMS = {"sums": group_norm, "direct": group_norm_direct}
+def _norm_act_coefficients(x, gscale, gbias, cscale, cshift, groups, eps):
+  """Per-(image, channel) coefficients [N,1,1,C] of `group_norm_silu`: the normalisation
+  (x * inv + shift = normed), the affine-and-conditioning slope a = gscale * (1 + cscale), and
+  u = x * p + q, the SiLU's input."""
+  count = _group_size(x.shape, groups)
+  mean = _group_means(_channel_sums(x), groups, count)
+  mean_sq = _group_means(_channel_sums(x * x), groups, count)
+  inv_g = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)  # [N,G]
+  inv, shift = _to_channels(x.shape[3], inv_g, -mean * inv_g)
+  a = gscale * (1.0 + cscale)
+  b = gbias * (1.0 + cscale) + cshift
+  return inv, shift, a, inv * a, shift * a + b
+
+
+def _silu_and_slope(u):
+  """(silu(u), d silu / du) elementwise."""
+  s = jax.nn.sigmoid(u)
+  return u * s, s * (1.0 + u * (1.0 - s))
+
+
+def _group_norm_silu_fwd(x, gscale, gbias, cscale, cshift, groups, eps, silu):
+  inv, shift, a, p, q = _norm_act_coefficients(x, gscale, gbias, cscale, cshift, groups, eps)
+  u = x * p + q
+  y = _silu_and_slope(u)[0] if silu else u
+  return y, (x, inv, shift, a, p, q, gscale, gbias, cscale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def group_norm_silu(x, gscale, gbias, cscale, cshift, groups: int, eps: float, silu: bool):
+  """silu(group_norm(x, gscale, gbias) * (1 + cscale) + cshift) (without the SiLU when
+  `silu` is False) of x[N,H,W,C] float32, gscale and gbias [C], the conditioning cscale and
+  cshift [N,1,1,C]: a residual block's normalisation, time conditioning and activation as one
+  function with one gradient (model.group_norm=fused).
+
+  The forward is two passes over x (the statistics, then one multiply-add and the SiLU with
+  per-(image, channel) coefficients); it keeps x and [N,1,1,C] coefficients for the backward
+  instead of the intermediate tensors. The backward is two passes over x and the incoming
+  gradient: the sums over positions of d_u and d_u * normed per (image, channel), from which
+  all five parameter gradients and the group means follow, then dx. JAX's differentiation of
+  the composition makes about six passes and keeps three tensors of x's size."""
+  return _group_norm_silu_fwd(x, gscale, gbias, cscale, cshift, groups, eps, silu)[0]
+
+
+def _group_norm_silu_bwd(groups, eps, silu, residuals, dy):
+  del eps
+  x, inv, shift, a, p, q, gscale, gbias, cscale = residuals
+  d_u = dy * _silu_and_slope(x * p + q)[1] if silu else dy
+  normed = x * inv + shift
+  n, h, w, c = x.shape
+  sum_d = _channel_sums(d_u)  # [N,C]
+  sum_dn = _channel_sums(d_u * normed)  # [N,C]
+  a_nc = a.reshape(n, c)
+  count = _group_size(x.shape, groups)
+  mean_d = _group_means(a_nc * sum_d, groups, count)  # the group means of d_normed = a * d_u
+  mean_dn = _group_means(a_nc * sum_dn, groups, count)  # ... and of d_normed * normed
+  inv_g = inv.reshape(n, c)[:, ::c // groups]  # [N,G]
+  offset, slope = _to_channels(c, inv_g * mean_d, inv_g * mean_dn)
+  # dx = inv * d_normed - offset - normed * slope, with normed = x * inv + shift
+  dx = p * d_u - x * (inv * slope) - (offset + shift * slope)
+  one_plus = (1.0 + cscale).reshape(n, c)
+  d_gscale = jnp.sum(one_plus * sum_dn, axis=0)
+  d_gbias = jnp.sum(one_plus * sum_d, axis=0)
+  d_cscale = (gscale * sum_dn + gbias * sum_d).reshape(cscale.shape)
+  d_cshift = sum_d.reshape(cscale.shape)
+  return dx, d_gscale, d_gbias, d_cscale, d_cshift
+
+
+group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
+
+
+GROUP_NORMS = {"sums": group_norm, "direct": group_norm_direct,
+               "fused": group_norm}  # "fused": group_norm_silu where a SiLU or conditioning follows
 
 
 def group_norm_channels_first(x, scale, bias, groups: int, eps: float):
@@ -152,22 +223,33 @@ def group_norm_channels_first(x, scale, bias, groups: int, eps: float):
 
 class _GroupNormParams(nn.Module):
   """The scale and bias of one GroupNorm, under the names flax's `nn.GroupNorm` gives them;
-  `impl` names the NHWC function (GROUP_NORMS)."""
+  `impl` names the NHWC function (GROUP_NORMS). With `conditioning` ([N,1,1,C] scale and
+  shift) they multiply by (1 + scale) and add shift after the GroupNorm, then `silu` applies
+  a SiLU; with impl "fused" in NHWC all of it is `group_norm_silu`. float32 in and out."""
   num_groups: int
   layout: str = "NHWC"
   impl: str = "sums"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, conditioning=None, silu: bool = False):
     c = x.shape[_channel_axis(self.layout)]
     scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    if self.impl == "fused" and self.layout == "NHWC" and (silu or conditioning is not None):
+      cscale, cshift = conditioning if conditioning is not None else (
+          jnp.zeros((x.shape[0], 1, 1, c), jnp.float32),) * 2
+      return group_norm_silu(x, scale, bias, cscale, cshift, self.num_groups, 1e-5, silu)
     norm = GROUP_NORMS[self.impl] if self.layout == "NHWC" else group_norm_channels_first
-    return norm(x, scale, bias, self.num_groups, 1e-5)
+    y = norm(x, scale, bias, self.num_groups, 1e-5)
+    if conditioning is not None:
+      y = y * (1 + conditioning[0]) + conditioning[1]
+    return nn.silu(y) if silu else y
 
 
 class GroupNorm32(nn.Module):
-  """GroupNorm computed in float32 (eps 1e-5, as PyTorch), cast back to `dtype`.
+  """GroupNorm computed in float32 (eps 1e-5, as PyTorch), cast back to `dtype`; optionally
+  followed by the conditioning (x * (1 + scale) + shift, in float32) and a SiLU (in `dtype`,
+  after the cast; in float32 before it with model.group_norm=fused).
 
   Parameters as flax's `nn.GroupNorm` named "norm" (checkpoints are interchangeable)."""
   num_groups: int = 32
@@ -176,10 +258,12 @@ class GroupNorm32(nn.Module):
   impl: str = "sums"  # a name in GROUP_NORMS (model.group_norm)
 
   @nn.compact
-  def __call__(self, x):
-    y = _GroupNormParams(self.num_groups, self.layout, self.impl, name="norm")(
-        x.astype(jnp.float32))
-    return y.astype(self.dtype)
+  def __call__(self, x, conditioning=None, silu: bool = False):
+    params = _GroupNormParams(self.num_groups, self.layout, self.impl, name="norm")
+    if self.impl == "fused" and self.layout == "NHWC":
+      return params(x.astype(jnp.float32), conditioning, silu).astype(self.dtype)
+    y = params(x.astype(jnp.float32), conditioning).astype(self.dtype)
+    return nn.silu(y) if silu else y
 
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -261,8 +345,8 @@ class ResBlock(nn.Module):
   def __call__(self, x, emb, deterministic: bool = True):
     layout, axis = self.layout, _channel_axis(self.layout)
     conv = functools.partial(_conv, layout, dtype=self.dtype)
-    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, layout, self.group_norm,
-                            name="in_norm")(x))
+    h = GroupNorm32(self.norm_groups, self.dtype, layout, self.group_norm,
+                    name="in_norm")(x, silu=True)
     if self.up:
       h, x = _upsample(h, layout), _upsample(x, layout)
     elif self.down:
@@ -272,9 +356,9 @@ class ResBlock(nn.Module):
     scale_shift = nn.Dense(2 * self.out_channels, dtype=self.dtype, name="emb_proj")(nn.silu(emb))
     scale_shift = scale_shift[:, None, None, :] if layout == "NHWC" else scale_shift[:, :, None, None]
     scale, shift = jnp.split(scale_shift.astype(jnp.float32), 2, axis=axis)
-    h = GroupNorm32(self.norm_groups, jnp.float32, layout, self.group_norm, name="out_norm")(h)
-    h = (h * (1 + scale) + shift).astype(self.dtype)
-    h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=deterministic)
+    h = GroupNorm32(self.norm_groups, self.dtype, layout, self.group_norm,
+                    name="out_norm")(h, (scale, shift), silu=True)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = conv(self.out_channels, 3, name="out_conv", init=zeros_init)(h)
 
     if x.shape[axis] != self.out_channels:
@@ -430,8 +514,8 @@ class UNet(nn.Module):
         h = res(h.shape[axis], f"up_{level}_upsample", up=True)(h, emb, det)
         rate //= 2
 
-    h = nn.silu(GroupNorm32(self.norm_groups, self.dtype, layout, self.group_norm,
-                            name="out_norm")(h))
+    h = GroupNorm32(self.norm_groups, self.dtype, layout, self.group_norm,
+                    name="out_norm")(h, silu=True)
     h = _conv(layout, self.out_channels, 3, self.dtype, "out_conv", zeros_init)(h)
     if layout == "NCHW":
       h = h.transpose(0, 2, 3, 1)
