@@ -34,6 +34,10 @@ def write_bytes(path, data):
 
 
 files.write_bytes = write_bytes
+# Ctrl-C as a terminal sends it to a run in the foreground: a run started in the background
+# (nohup, or `&` without job control) inherits SIGINT ignored, and Python then never raises
+# KeyboardInterrupt, so the SIGINT cases would test nothing.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":
   app.run(fm_main.main, flags_parser=fm_main.parse_flags)
