@@ -139,7 +139,7 @@ def test_group_norm_and_its_input_gradient_match_a_float64_oracle(offset, impl):
 
 
 def _norm_silu_float64(x, gscale, gbias, cscale, cshift, groups, silu, eps=1e-5):
-  """numpy float64: silu(GroupNorm(x) * gscale + gbias) * (1 + cscale) + cshift) (no SiLU
+  """numpy float64: silu((GroupNorm(x) * gscale + gbias) * (1 + cscale) + cshift) (no SiLU
   when `silu` is False), the GroupNorm over each group's positions and channels."""
   n, h, w, c = x.shape
   xg = x.reshape(n, h, w, groups, c // groups)
@@ -190,20 +190,20 @@ def test_every_group_norm_gives_one_model_the_same_velocity_and_gradient(impl):
   config = tiny_config(**{"model.group_norm": "sums"})
   sums = build_unet(config.model, 3)
   config.model.group_norm = impl
-  direct = build_unet(config.model, 3)
-  assert direct.group_norm == impl and sums.group_norm == "sums"
+  other = build_unet(config.model, 3)
+  assert other.group_norm == impl and sums.group_norm == "sums"
   params = init_params(sums, jax.random.key(0), (16, 16, 3))
-  assert jax.tree.map(jnp.shape, init_params(direct, jax.random.key(0), (16, 16, 3))) == \
+  assert jax.tree.map(jnp.shape, init_params(other, jax.random.key(0), (16, 16, 3))) == \
       jax.tree.map(jnp.shape, params)
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
   t, label = jnp.asarray([0.3, 0.8]), jnp.asarray([0, 2])
   apply = lambda model, p: model.apply({"params": p}, x, t, label)
-  want, got = apply(sums, params), apply(direct, params)
+  want, got = apply(sums, params), apply(other, params)
   np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()))
   loss = lambda model: jax.grad(lambda p: jnp.sum(apply(model, p) ** 2))(params)
-  for a, b in zip(jax.tree.leaves(loss(direct)), jax.tree.leaves(loss(sums))):
+  for a, b in zip(jax.tree.leaves(loss(other)), jax.tree.leaves(loss(sums))):
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(jnp.abs(b).max())))
 
 

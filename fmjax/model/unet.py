@@ -73,14 +73,22 @@ def _group_size(shape, groups: int) -> int:
   return shape[1] * shape[2] * (shape[3] // groups)
 
 
-def _normalize_groups_fwd(x, groups, eps):
+def _group_coefficients(x, groups: int, eps: float):
+  """The normalisation of x[N,H,W,C] as x * inv + shift: returns (inv_g [N,G], the inverse
+  standard deviation of each group; inv and shift [N,1,1,C], each channel's group's inv_g
+  and -mean * inv_g)."""
   count = _group_size(x.shape, groups)
   mean = _group_means(_channel_sums(x), groups, count)
   mean_sq = _group_means(_channel_sums(x * x), groups, count)
-  inv = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)  # [N,G]
-  scale, shift = _to_channels(x.shape[3], inv, -mean * inv)
-  normed = x * scale + shift
-  return normed, (normed, inv, scale)
+  inv_g = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)
+  inv, shift = _to_channels(x.shape[3], inv_g, -mean * inv_g)
+  return inv_g, inv, shift
+
+
+def _normalize_groups_fwd(x, groups, eps):
+  inv_g, inv, shift = _group_coefficients(x, groups, eps)
+  normed = x * inv + shift
+  return normed, (normed, inv_g, inv)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -92,12 +100,12 @@ def _normalize_groups(x, groups: int, eps: float):
 
 def _normalize_groups_bwd(groups, eps, residuals, d_normed):
   del eps
-  normed, inv, scale = residuals
+  normed, inv_g, inv = residuals
   count = _group_size(normed.shape, groups)
   mean_d = _group_means(_channel_sums(d_normed), groups, count)
   mean_d_normed = _group_means(_channel_sums(d_normed * normed), groups, count)
-  offset, slope = _to_channels(normed.shape[3], inv * mean_d, inv * mean_d_normed)
-  return (scale * d_normed - offset - normed * slope,)
+  offset, slope = _to_channels(normed.shape[3], inv_g * mean_d, inv_g * mean_d_normed)
+  return (inv * d_normed - offset - normed * slope,)
 
 
 _normalize_groups.defvjp(_normalize_groups_fwd, _normalize_groups_bwd)
@@ -129,17 +137,13 @@ def group_norm_direct(x, scale, bias, groups: int, eps: float):
 
 
 def _norm_act_coefficients(x, gscale, gbias, cscale, cshift, groups, eps):
-  """Per-(image, channel) coefficients [N,1,1,C] of `group_norm_silu`: the normalisation
-  (x * inv + shift = normed), the affine-and-conditioning slope a = gscale * (1 + cscale), and
-  u = x * p + q, the SiLU's input."""
-  count = _group_size(x.shape, groups)
-  mean = _group_means(_channel_sums(x), groups, count)
-  mean_sq = _group_means(_channel_sums(x * x), groups, count)
-  inv_g = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + eps)  # [N,G]
-  inv, shift = _to_channels(x.shape[3], inv_g, -mean * inv_g)
+  """The coefficients of `group_norm_silu`: inv_g [N,G] and, per (image, channel) [N,1,1,C],
+  the normalisation (x * inv + shift = normed), the affine-and-conditioning slope
+  a = gscale * (1 + cscale), and u = x * p + q, the SiLU's input."""
+  inv_g, inv, shift = _group_coefficients(x, groups, eps)
   a = gscale * (1.0 + cscale)
   b = gbias * (1.0 + cscale) + cshift
-  return inv, shift, a, inv * a, shift * a + b
+  return inv_g, inv, shift, a, inv * a, shift * a + b
 
 
 def _silu_and_slope(u):
@@ -149,10 +153,11 @@ def _silu_and_slope(u):
 
 
 def _group_norm_silu_fwd(x, gscale, gbias, cscale, cshift, groups, eps, silu):
-  inv, shift, a, p, q = _norm_act_coefficients(x, gscale, gbias, cscale, cshift, groups, eps)
+  inv_g, inv, shift, a, p, q = _norm_act_coefficients(x, gscale, gbias, cscale, cshift, groups,
+                                                      eps)
   u = x * p + q
   y = _silu_and_slope(u)[0] if silu else u
-  return y, (x, inv, shift, a, p, q, gscale, gbias, cscale)
+  return y, (x, inv_g, inv, shift, a, p, q, gscale, gbias, cscale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -173,7 +178,7 @@ def group_norm_silu(x, gscale, gbias, cscale, cshift, groups: int, eps: float, s
 
 def _group_norm_silu_bwd(groups, eps, silu, residuals, dy):
   del eps
-  x, inv, shift, a, p, q, gscale, gbias, cscale = residuals
+  x, inv_g, inv, shift, a, p, q, gscale, gbias, cscale = residuals
   d_u = dy * _silu_and_slope(x * p + q)[1] if silu else dy
   normed = x * inv + shift
   n, h, w, c = x.shape
@@ -183,7 +188,6 @@ def _group_norm_silu_bwd(groups, eps, silu, residuals, dy):
   count = _group_size(x.shape, groups)
   mean_d = _group_means(a_nc * sum_d, groups, count)  # the group means of d_normed = a * d_u
   mean_dn = _group_means(a_nc * sum_dn, groups, count)  # ... and of d_normed * normed
-  inv_g = inv.reshape(n, c)[:, ::c // groups]  # [N,G]
   offset, slope = _to_channels(c, inv_g * mean_d, inv_g * mean_dn)
   # dx = inv * d_normed - offset - normed * slope, with normed = x * inv + shift
   dx = p * d_u - x * (inv * slope) - (offset + shift * slope)
@@ -224,8 +228,9 @@ def group_norm_channels_first(x, scale, bias, groups: int, eps: float):
 class _GroupNormParams(nn.Module):
   """The scale and bias of one GroupNorm, under the names flax's `nn.GroupNorm` gives them;
   `impl` names the NHWC function (GROUP_NORMS). With `conditioning` ([N,1,1,C] scale and
-  shift) they multiply by (1 + scale) and add shift after the GroupNorm, then `silu` applies
-  a SiLU; with impl "fused" in NHWC all of it is `group_norm_silu`. float32 in and out."""
+  shift) they multiply by (1 + scale) and add shift after the GroupNorm. With impl "fused" in
+  NHWC all of it and the SiLU (`silu`) is `group_norm_silu`; otherwise `silu` is not read here
+  (GroupNorm32 applies it, in its dtype). float32 in and out."""
   num_groups: int
   layout: str = "NHWC"
   impl: str = "sums"
@@ -243,7 +248,7 @@ class _GroupNormParams(nn.Module):
     y = norm(x, scale, bias, self.num_groups, 1e-5)
     if conditioning is not None:
       y = y * (1 + conditioning[0]) + conditioning[1]
-    return nn.silu(y) if silu else y
+    return y
 
 
 class GroupNorm32(nn.Module):
